@@ -1,0 +1,228 @@
+"""Typed configuration of the HAR-Net detector.
+
+Every knob of the model lives here as a plain dataclass field, so that a YAML file, a ``--set``
+override and a Python call all describe the same object. ``HARNetConfig.preset(name)`` gives the
+paper's ablation rows; everything else is an ordinary field assignment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal
+
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"]
+PRESETS = ("retinanet", "spatial", "channel", "aligned", "hybrid")
+
+
+@dataclass
+class BackboneConfig:
+    """ResNet body. ``norm`` is ``frozen_bn`` for fine-tuning pretrained weights (the paper),
+    ``bn`` for training from scratch on small data, where frozen random statistics would leave
+    the network un-normalised."""
+
+    name: BackboneName = "resnet50"
+    norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+    # Number of trainable ResNet stages counted from the top (torchvision's convention): 5 trains
+    # everything, 3 freezes the stem and layer1 (Detectron's "frozen stem" FREEZE_AT=2).
+    trainable_layers: int = 3
+    # Path to a local state_dict for the ResNet body (nothing is downloaded at run time).
+    weights: str | None = None
+
+
+@dataclass
+class FPNConfig:
+    """FPN P3-P7. ``p6_from='c5'`` follows Detectron / the paper; torchvision's v1 RetinaNet
+    builds P6 from P5 (``'p5'``)."""
+
+    channels: int = 256
+    p6_from: Literal["c5", "p5"] = "c5"
+
+
+@dataclass
+class AnchorConfig:
+    """Per-level anchor sizes = ``sizes[l] * scale`` for every scale and ratio.
+
+    Default: the paper's 6 anchors (sizes 2^2 and 2^2.5 times the stride). The classic 9-anchor
+    RetinaNet setting is ``scales=(1, 2**(1/3), 2**(2/3))``; ``integer_sizes`` truncates each
+    size to an int the way torchvision's ``retinanet_resnet50_fpn`` does (needed for exact parity).
+    """
+
+    sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    scales: tuple[float, ...] = (1.0, 2**0.5)
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    integer_sizes: bool = False
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.scales) * len(self.ratios)
+
+    def sizes_per_level(self) -> tuple[tuple[float, ...], ...]:
+        def size(base: float, scale: float) -> float:
+            return float(int(base * scale)) if self.integer_sizes else base * scale
+
+        return tuple(tuple(size(base, s) for s in self.scales) for base in self.sizes)
+
+    @classmethod
+    def retinanet(cls) -> AnchorConfig:
+        """torchvision / Detectron RetinaNet's 9 anchors per location."""
+        return cls(scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), integer_sizes=True)
+
+
+@dataclass
+class HeadConfig:
+    num_convs: int = 4
+    prior_probability: float = 0.01
+
+
+@dataclass
+class LossConfig:
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # "l1" is torchvision RetinaNet's default; the paper (Detectron) uses smooth L1.
+    box_loss: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
+    smooth_l1_beta: float = 1.0 / 9.0
+    fg_iou: float = 0.5
+    bg_iou: float = 0.4
+    allow_low_quality_matches: bool = True
+
+
+@dataclass
+class InferenceConfig:
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000
+    nms: Literal["nms", "soft_nms"] = "nms"
+    nms_iou: float = 0.5
+    soft_nms_sigma: float = 0.5
+    # Box voting (Detectron): refine each kept box with the score-weighted mean of the candidates
+    # it overlaps by at least this IoU. None disables it.
+    box_voting_iou: float | None = None
+    detections_per_img: int = 100
+
+
+@dataclass
+class TransformConfig:
+    """Resize + normalise inside the model, like torchvision's GeneralizedRCNNTransform. Several
+    ``min_size`` values give multi-scale training (one is drawn per batch)."""
+
+    min_size: tuple[int, ...] = (800,)
+    max_size: int = 1333
+    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    size_divisible: int = 32
+
+
+@dataclass
+class SpatialAttentionConfig:
+    """Per-level mask from stacked dilated 3x3 convs with symmetric rates 1-2-5-2-1."""
+
+    enabled: bool = False
+    mode: Literal["mul", "residual"] = "mul"
+    channels: int = 16
+    rates: tuple[int, ...] = (1, 2, 5, 2)
+    # Rates used on P6/P7 (the authors' variant 1-2-3-2); None uses ``rates`` everywhere.
+    coarse_rates: tuple[int, ...] | None = None
+    group_norm: bool = True
+    gn_groups: int = 4
+
+
+@dataclass
+class ChannelAttentionConfig:
+    """Cross-level GroupNorm in the towers plus a cross-level squeeze-and-excitation."""
+
+    enabled: bool = False
+    gn_groups: int = 32
+    cross_level_gn: bool = True
+    se: bool = True
+    se_hidden: int = 32
+
+
+@dataclass
+class AlignedAttentionConfig:
+    """Residual deformable bottleneck on C5 (or C4 and C5) before the FPN."""
+
+    enabled: bool = False
+    stages: tuple[Literal["c4", "c5"], ...] = ("c5",)
+    mid_channels: int = 256
+    deform_groups: int = 4
+    gn_groups: int = 32
+    offset_lr_mult: float = 0.1
+    out_scale_init: float = 0.1
+
+
+@dataclass
+class HARNetConfig:
+    """The whole detector. All attentions off is exactly RetinaNet."""
+
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    spatial: SpatialAttentionConfig = field(default_factory=SpatialAttentionConfig)
+    channel: ChannelAttentionConfig = field(default_factory=ChannelAttentionConfig)
+    aligned: AlignedAttentionConfig = field(default_factory=AlignedAttentionConfig)
+    # Hybrid joint learning: a second prediction set (extra conv + SE) trained with the first,
+    # each loss weighted 0.5, logits and deltas averaged at test time.
+    dual_prediction: bool = False
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> HARNetConfig:
+        """The paper's ablation rows: retinanet, spatial, channel, aligned, hybrid."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        cfg = cls(**overrides)
+        cfg.spatial.enabled = name in ("spatial", "hybrid")
+        cfg.channel.enabled = name in ("channel", "hybrid")
+        cfg.aligned.enabled = name in ("aligned", "hybrid")
+        cfg.dual_prediction = name == "hybrid"
+        return cfg
+
+    @property
+    def preset_name(self) -> str:
+        """The preset this config matches, or ``custom``."""
+        flags = (self.spatial.enabled, self.channel.enabled, self.aligned.enabled, self.dual_prediction)
+        names = {
+            (False, False, False, False): "retinanet",
+            (True, False, False, False): "spatial",
+            (False, True, False, False): "channel",
+            (False, False, True, False): "aligned",
+            (True, True, True, True): "hybrid",
+        }
+        return names.get(flags, "custom")
+
+
+def prior_bias(probability: float) -> float:
+    """Classification bias so that every anchor starts at ``probability`` foreground."""
+    return -math.log((1 - probability) / probability)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict/list/scalars (YAML- and JSON-safe, tuples become lists)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+__all__ = [
+    "PRESETS",
+    "AlignedAttentionConfig",
+    "AnchorConfig",
+    "BackboneConfig",
+    "ChannelAttentionConfig",
+    "FPNConfig",
+    "HARNetConfig",
+    "HeadConfig",
+    "InferenceConfig",
+    "LossConfig",
+    "SpatialAttentionConfig",
+    "TransformConfig",
+    "prior_bias",
+    "replace",
+    "to_dict",
+]
