@@ -40,8 +40,17 @@ class ResNetBackbone(nn.Module):
         if cfg.weights:
             state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            resnet.load_state_dict(state, strict=False)
+            missing, unexpected = resnet.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:  # e.g. a detector checkpoint: keys prefixed, nothing loaded
+                raise ValueError(
+                    f"backbone.weights {cfg.weights!r} is not a {cfg.name} state_dict: "
+                    f"{len(missing)} missing keys (e.g. {missing[:2]}), "
+                    f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+                )
         trainable = _STAGES[: cfg.trainable_layers]
+        if cfg.trainable_layers == 5:
+            trainable += ("bn1",)  # the stem is conv1 + bn1; torchvision trains both at 5
         for name, param in resnet.named_parameters():
             if not name.startswith(trainable):
                 param.requires_grad_(False)

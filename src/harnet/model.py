@@ -69,7 +69,7 @@ class HARNet(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("HARNet in train mode needs targets; call model.eval() to predict")
-            _check_targets(targets)
+            _check_targets(targets, self.config.num_classes)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         image_list, targets = self.transform(images, targets)
         features = self.features(image_list.tensors)
@@ -102,7 +102,7 @@ class HARNet(nn.Module):
         return losses
 
 
-def _check_targets(targets: list[dict[str, Tensor]]) -> None:
+def _check_targets(targets: list[dict[str, Tensor]], num_classes: int) -> None:
     """Fail early with a readable message instead of deep inside the matcher."""
     for i, t in enumerate(targets):
         boxes = t.get("boxes")
@@ -110,6 +110,12 @@ def _check_targets(targets: list[dict[str, Tensor]]) -> None:
             raise ValueError(f"target {i}: 'boxes' must be a float tensor of shape (n, 4)")
         if "labels" not in t or t["labels"].shape[0] != boxes.shape[0]:
             raise ValueError(f"target {i}: 'labels' must be an int64 tensor with one label per box")
+        labels = t["labels"]
+        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8):
+            raise ValueError(f"target {i}: 'labels' must be an integer tensor, got {labels.dtype}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            # A negative label would silently index the last class; too large fails deep in the loss.
+            raise ValueError(f"target {i}: labels must be in 0..{num_classes - 1}, got {labels.tolist()}")
         degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
         if degenerate.any():
             j = int(torch.where(degenerate)[0][0])

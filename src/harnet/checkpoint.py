@@ -1,0 +1,130 @@
+"""Checkpoints: atomic writes and safe (``weights_only``) loads.
+
+A checkpoint holds only tensors and plain Python values, so ``torch.load(weights_only=True)``
+can read it and a file carrying pickled code is refused. It is written to a temporary file in the
+same folder and renamed over the old one, so a kill at any moment leaves either the previous or
+the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harnet.config import HARNetConfig, to_dict
+from harnet.configio import from_dict
+from harnet.model import HARNet
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or made for another model."""
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; clear errors for missing, torn or unsafe files."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path}: no best.pt or last.pt in this run folder")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: not a plain-tensor checkpoint (it may carry pickled code): {first}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not a harnet checkpoint (no 'model'/'config' entries)")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def model_config(ckpt: dict[str, Any]) -> HARNetConfig:
+    return from_dict(HARNetConfig, ckpt["config"]["model"], "model")
+
+
+def load_model_weights(model: HARNet, ckpt: dict[str, Any]) -> None:
+    """Load weights, refusing a checkpoint whose model config differs from ``model``'s."""
+    saved = ckpt["config"]["model"]
+    current = to_dict(model.config)
+    if saved != current:
+        diffs = _diff(saved, current)
+        raise CheckpointError(
+            f"{ckpt.get('path', 'checkpoint')}: made for a different model config; differing keys: "
+            + ", ".join(f"model.{k} (checkpoint {a!r}, now {b!r})" for k, a, b in diffs[:5])
+        )
+    model.load_state_dict(ckpt["model"])
+
+
+def build_model(ckpt: dict[str, Any]) -> HARNet:
+    """A model built from the checkpoint's own config, with its weights."""
+    model = HARNet(model_config(ckpt))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [(prefix, a, b)]
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop touches, as weights_only-safe values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x: Any) -> Any:
+    """``random.setstate`` needs tuples; a round trip may hand back lists."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

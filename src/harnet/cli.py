@@ -1,0 +1,211 @@
+"""``harnet`` command line: demo, data, train, eval, predict, info.
+
+Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
+with status 2 (usage/config) or 1 (runtime); ``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harnet.checkpoint import CheckpointError
+from harnet.configio import ConfigError
+
+
+def _experiment_path(value: str) -> Path:
+    """``--config`` takes a YAML path or the name of a built-in config (e.g. ``demo``)."""
+    from harnet.experiment import builtin_config
+
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return builtin_config(value)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from harnet.demo import run_demo
+
+    run_demo(Path(args.out), threads=args.threads)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.dataset == "shapes":
+        from harnet.data.shapes import generate_shapes
+
+        info = generate_shapes(Path(args.out), num_images=args.images, size=args.size, seed=args.seed,
+                               difficulty=args.difficulty)
+    else:
+        from harnet.data.trees import convert_trees
+
+        info = convert_trees(Path(args.out), wheel=args.wheel, tile=args.tile)
+    print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harnet.experiment import load_experiment
+    from harnet.train import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_experiment(run_dir / "config.yaml", [*args.set, f"output_dir={run_dir}"])
+    else:
+        if not args.config:
+            raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")
+        cfg = load_experiment(_experiment_path(args.config), args.set)
+    result = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    if result.final is not None:
+        print(result.final.table())
+    print(f"run folder: {result.run_dir}  (best AP {result.best_ap:.4f})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from harnet import checkpoint
+    from harnet.configio import merge, parse_overrides
+    from harnet.data.build import build_dataset
+    from harnet.evaluation import evaluate_predictions, to_coco_results
+    from harnet.experiment import ExperimentConfig, load_experiment
+    from harnet.inference import predict_dataset
+    from harnet.train import resolve_device
+
+    ckpt = checkpoint.load(args.checkpoint)
+    data_cfg = (load_experiment(args.data, args.set) if args.data else
+                ExperimentConfig.from_dict(merge(ckpt["config"], parse_overrides(args.set)))).data
+    dataset = build_dataset(data_cfg, args.split, class_names=ckpt["class_names"])
+    if dataset.class_names != ckpt["class_names"]:
+        raise ConfigError(f"dataset classes {dataset.class_names} differ from the checkpoint's "
+                          f"{ckpt['class_names']}")
+    model = checkpoint.build_model(ckpt)
+    device = resolve_device(args.device)
+    model.to(device)
+    with torch.inference_mode():
+        ids, preds = predict_dataset(model, dataset, device)
+    result = evaluate_predictions(dataset, ids, preds)
+    print(result.table())
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"eval_{args.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    result.save_json(out / "metrics.json")
+    (out / "detections.json").write_text(json.dumps(to_coco_results(ids, preds, dataset.category_ids)))
+    print(f"metrics: {out / 'metrics.json'}  detections (COCO results format): {out / 'detections.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from harnet.detector import Detector
+    from harnet.predict import expand_inputs, predict_files
+
+    detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
+    paths = expand_inputs(args.images)
+    report = predict_files(detector, paths, Path(args.out), args.score)
+    print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+    for line in report.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    return 1 if report.skipped and not report.images else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from harnet.complexity import count_flops, count_parameters
+    from harnet.config import BackboneConfig, HARNetConfig
+    from harnet.model import HARNet
+
+    cfg = HARNetConfig.preset(args.preset, num_classes=args.num_classes,
+                              backbone=BackboneConfig(args.backbone))  # type: ignore[arg-type]
+    model = HARNet(cfg).eval()
+    params = count_parameters(model)
+    gflops = count_flops(model, args.size)
+    print(f"preset {args.preset}  backbone {args.backbone}  classes {args.num_classes}")
+    for name, count in params.items():
+        print(f"  params {name:<10} {count / 1e6:8.2f} M")
+    print(f"  GFLOPs at {args.size}x{args.size}: {gflops:.1f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harnet.config import PRESETS
+
+    p = argparse.ArgumentParser(prog="harnet", description="HAR-Net object detection")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="generate shapes, train the hybrid model, evaluate, predict")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: measured best)")
+    d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="generate or convert datasets")
+    dsub = data.add_subparsers(dest="dataset", required=True)
+    s = dsub.add_parser("shapes", help="the built-in synthetic shapes dataset (COCO format)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--images", type=int, default=300)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--difficulty", choices=["easy", "hard"], default="easy")
+    s.set_defaults(func=cmd_data)
+    t = dsub.add_parser("trees", help="real aerial tree crowns from the deepforest wheel (COCO format)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--wheel", default=None, help="local deepforest .whl (default: pip download it)")
+    t.add_argument("--tile", type=int, default=400)
+    t.set_defaults(func=cmd_data)
+
+    tr = sub.add_parser("train", help="train from a YAML config")
+    tr.add_argument("--config", help="YAML file or built-in config name")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="COCO AP of a checkpoint or run folder")
+    ev.add_argument("checkpoint", metavar="RUN_OR_CKPT")
+    ev.add_argument("--data", help="experiment YAML whose data section to use (default: the run's own)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--split", choices=["train", "val"], default="val")
+    ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="detect objects in image files, folders or globs")
+    pr.add_argument("checkpoint", metavar="CKPT")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--score", type=float, default=0.3)
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(func=cmd_predict)
+
+    info = sub.add_parser("info", help="parameter count and FLOPs of a preset")
+    info.add_argument("--preset", choices=PRESETS, default="hybrid")
+    info.add_argument("--backbone", default="resnet50")
+    info.add_argument("--num-classes", type=int, default=80)
+    info.add_argument("--size", type=int, default=512)
+    info.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, CheckpointError) as e:
+        if args.debug:
+            raise
+        print(f"harnet: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"harnet: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("harnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""An experiment = model config + data + schedule: what a YAML file under ``configs/`` describes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harnet.config import HARNetConfig, to_dict
+from harnet.configio import ConfigError, from_dict, load_yaml, merge, parse_overrides
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ShapesConfig:
+    """The built-in synthetic dataset, generated on first use into ``root``."""
+
+    root: str = "data/shapes"
+    num_images: int = 300
+    size: int = 128
+    seed: int = 0
+    difficulty: Literal["easy", "hard"] = "easy"
+
+
+@dataclass
+class DataConfig:
+    """Where the images and boxes are. ``format: shapes`` needs no files: they are generated.
+
+    coco: ``*_images`` is the image folder, ``*_annotations`` the instances JSON.
+    voc: ``*_images`` is the VOC root (or flat folder), ``*_annotations`` the split name.
+    csv: ``*_annotations`` is the CSV file, ``*_images`` an optional image root.
+    """
+
+    format: Literal["shapes", "coco", "voc", "csv"] = "shapes"
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    train_images: str = ""
+    train_annotations: str = ""
+    val_images: str = ""
+    val_annotations: str = ""
+    hflip_prob: float = 0.5
+    photometric: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """SGD schedule (the paper's: momentum 0.9, wd 1e-4, linear warmup, step decay)."""
+
+    batch_size: int = 2
+    max_steps: int = 90000
+    lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    warmup_factor: float = 1.0 / 3
+    lr_steps: tuple[int, ...] = (60000,)
+    lr_gamma: float = 0.1
+    grad_clip: float | None = None
+    amp: bool = True  # used only on CUDA
+    eval_every: int = 0  # 0: evaluate at the end only
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+
+
+@dataclass
+class ExperimentConfig:
+    model: HARNetConfig = field(default_factory=HARNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/exp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Validate a nested dict; ``model.preset: NAME`` applies that preset's switches first and
+        the file's explicit model keys on top of them."""
+        model = dict(data.get("model") or {})
+        preset = model.pop("preset", None)
+        if preset is not None:
+            if not isinstance(preset, str):
+                raise ConfigError(f"model.preset: expected a preset name, got {preset!r}")
+            try:
+                model = merge(to_dict(HARNetConfig.preset(preset)), model)
+            except ValueError as e:
+                raise ConfigError(f"model.preset: {e}") from None
+        return from_dict(cls, {**data, "model": model})
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """YAML file (or defaults when ``path`` is None) + ``--set`` overrides -> validated config."""
+    data = load_yaml(path) if path is not None else {}
+    data = merge(data, parse_overrides(overrides))
+    return ExperimentConfig.from_dict(data)
+
+
+def builtin_config(name: str) -> Path:
+    """Path of a config shipped with the package (``configs/<name>.yaml``)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no built-in config {name!r}; known: {', '.join(known)}")
+    return path

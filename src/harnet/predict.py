@@ -1,0 +1,76 @@
+"""``harnet predict``: detections for files, folders or globs, written as JSON and annotated PNGs."""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.transforms.v2.functional import to_pil_image
+from torchvision.utils import draw_bounding_boxes
+
+from harnet.detector import Detector
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their image files (sorted), globs expanded. Missing -> error."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            paths.append(p)
+        elif any(ch in item for ch in "*?["):
+            paths += sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+        else:
+            raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
+    return paths
+
+
+@dataclass
+class PredictReport:
+    detections: list[dict[str, Any]] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "path: reason"
+
+
+def predict_files(
+    detector: Detector, paths: list[Path], out_dir: Path | None, score_thresh: float
+) -> PredictReport:
+    """Run the detector on each file; unreadable files are listed in ``skipped``, not fatal."""
+    report = PredictReport()
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        try:
+            image = detector.to_tensor(path)
+        except Exception as e:  # any unreadable image is reported, the rest still processed
+            report.skipped.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            continue
+        (det,) = detector.predict(image, score_thresh)
+        report.images.append(str(path))
+        for box, score, label, name in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                           det["labels"].tolist(), det["names"]):
+            x0, y0, x1, y1 = box
+            report.detections.append({
+                "file_name": str(path), "category_id": detector.category_ids[label], "category_name": name,
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
+            })
+        if out_dir is not None:
+            drawn = draw_bounding_boxes(
+                (image * 255).round().to(torch.uint8), det["boxes"],
+                labels=[f"{n} {s:.2f}" for n, s in zip(det["names"], det["scores"].tolist())],
+                colors="red", width=2,
+            )
+            to_pil_image(drawn).save(out_dir / f"{path.stem}_pred.png")
+    if out_dir is not None:
+        (out_dir / "detections.json").write_text(json.dumps(report.detections, indent=1))
+        if report.skipped:
+            (out_dir / "skipped.txt").write_text("\n".join(report.skipped) + "\n")
+    return report

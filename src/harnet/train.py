@@ -1,0 +1,293 @@
+"""The training loop: deterministic, resumable, and loud about anything that goes wrong.
+
+Determinism is built in rather than hoped for: the image order is a seeded stream of
+permutations indexed by the global step, and each sample's augmentation is seeded by its position
+in that stream. So a run stopped at step k and resumed from its checkpoint draws exactly the
+batches an uninterrupted run would, whatever the number of data-loader workers.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from harnet import checkpoint
+from harnet.data.build import build_dataset
+from harnet.data.loader import collate_fn
+from harnet.data.transforms import build_transforms
+from harnet.evaluation import EvalResult, evaluate_predictions
+from harnet.experiment import ExperimentConfig
+from harnet.inference import predict_dataset
+from harnet.model import HARNet
+from harnet.optim import build_optimizer, build_scheduler
+
+MIN_FREE_BYTES = 200 * 2**20
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must act on (the message says which)."""
+
+
+class InfiniteBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(dataset index, draw number)`` from an endless stream of seeded permutations.
+
+    Starting at ``start_step`` skips exactly the draws already consumed, which is what makes resume
+    exact. The draw number seeds that sample's augmentation.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+        self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        draw = self.start_step * self.batch_size
+        epoch, offset = divmod(draw, self.size)
+        batch: list[tuple[int, int]] = []
+        while True:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            for index in order[offset:].tolist():
+                batch.append((index, draw))
+                draw += 1
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; DataLoader only needs it to exist for some code paths
+        return 2**62
+
+
+class AugmentedDataset(Dataset):
+    """Applies the training transforms with the global RNG seeded by the draw number."""
+
+    def __init__(self, base: Dataset, transforms: Any, seed: int) -> None:
+        self.base, self.transforms, self.seed = base, transforms, seed
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+        index, draw = key
+        image, target = self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + draw)
+            return self.transforms(image, target)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    final: EvalResult | None
+    best_ap: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Fail before training if the run folder cannot be written or the disk is nearly full."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"{run_dir}: output folder is not writable ({e.strerror or e})") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise TrainingError(f"{run_dir}: only {free // 2**20} MiB free on disk; need at least "
+                            f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
+
+
+class MetricsLog:
+    """metrics.csv (always) and TensorBoard (when installed) in the run folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.writer: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        row = {"step": step, **values}
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "name", "value"])
+            w.writerows([step, k, v] for k, v in row.items() if k != "step")
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Trainer:
+    """Owns model, optimizer, data and run folder for one experiment."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> None:
+        self.cfg, self.progress = cfg, progress
+        t = cfg.train
+        self.run_dir = Path(cfg.output_dir)
+        check_output_dir(self.run_dir)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.train_set = build_dataset(cfg.data, "train")
+        self.val_set = build_dataset(cfg.data, "val", class_names=self.train_set.class_names)
+        if len(self.train_set) == 0:
+            raise TrainingError(f"training set is empty ({cfg.data.format}: {cfg.data.train_annotations})")
+        # The data decide the number of classes; a config that says otherwise would be silently wrong.
+        cfg.model.num_classes = len(self.train_set.class_names)
+        torch.manual_seed(t.seed)
+        self.model = HARNet(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, t)
+        self.scheduler = build_scheduler(self.optimizer, t)
+        self.amp = t.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step, self.best_ap = 0, -1.0
+        if resume:
+            self._resume()
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.log = MetricsLog(self.run_dir)
+
+    def _resume(self) -> None:
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            raise TrainingError(f"{self.run_dir}: nothing to resume (no last.pt)")
+        ckpt = checkpoint.load(path, map_location=self.device)
+        checkpoint.load_model_weights(self.model, ckpt)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.best_ap = int(ckpt["step"]), float(ckpt["best_ap"])
+        checkpoint.set_rng_state(ckpt["rng"])
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best_ap": self.best_ap,
+            "rng": checkpoint.rng_state(),
+            "config": self.cfg.to_dict(),
+            "class_names": list(self.train_set.class_names),
+            "category_ids": [int(c) for c in self.train_set.category_ids],
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.run_dir / name
+        checkpoint.save_atomic(self.state(), path)
+        return path
+
+    def evaluate(self) -> EvalResult:
+        ids, preds = predict_dataset(self.model, self.val_set, self.device, self.cfg.train.batch_size)
+        return evaluate_predictions(self.val_set, ids, preds)
+
+    def _loader(self) -> Iterator[tuple[list[Tensor], list[dict[str, Any]]]]:
+        t, d = self.cfg.train, self.cfg.data
+        data = AugmentedDataset(self.train_set, build_transforms(True, d.hflip_prob, d.photometric), t.seed)
+        sampler = InfiniteBatchSampler(len(self.train_set), t.batch_size, t.seed, self.step)
+        loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate_fn, num_workers=d.num_workers,
+                            persistent_workers=d.num_workers > 0)
+        return iter(loader)
+
+    def train_step(self, images: list[Tensor], targets: list[dict[str, Any]]) -> dict[str, float]:
+        images = [img.to(self.device, non_blocking=True) for img in images]
+        targets = [{k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+        with torch.autocast(self.device.type, enabled=self.amp):
+            losses = self.model(images, targets)
+        loss = sum(losses.values())
+        assert isinstance(loss, Tensor)
+        if not torch.isfinite(loss):
+            path = self.save()
+            ids = [int(t["image_id"]) for t in targets]
+            raise TrainingError(
+                f"non-finite loss {loss.item()} at step {self.step} (batch image ids {ids}); "
+                f"last good state saved to {path}. Lower train.lr or set train.grad_clip."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": float(loss), **{k: float(v) for k, v in losses.items()}}
+
+    def _eval_and_keep_best(self) -> EvalResult:
+        result = self.evaluate()
+        result.save_json(self.run_dir / f"eval_step{self.step}.json")
+        ap = result.stats["AP"]
+        self.log.write(self.step, {f"val/{k}": v for k, v in result.stats.items()})
+        if ap > self.best_ap:
+            self.best_ap = ap
+            self.save("best.pt")
+        return result
+
+    def fit(self) -> TrainResult:
+        t = self.cfg.train
+        self.model.train()
+        batches = self._loader()
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
+                   desc="train")
+        interrupted = False
+        start = time.perf_counter()
+        try:
+            while self.step < t.max_steps:
+                images, targets = next(batches)
+                values = self.train_step(images, targets)
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()} | {"lr": f"{lr:.2e}"})
+                    self.log.write(self.step, {f"train/{k}": v for k, v in values.items()} | {"lr": lr})
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save()
+                if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
+                    self._eval_and_keep_best()
+                    self.model.train()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+        self.save()
+        if interrupted:
+            self.log.close()
+            raise TrainingError(f"interrupted at step {self.step}; checkpoint saved to "
+                                f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
+        final = self._eval_and_keep_best()
+        self.save()
+        self.log.write(self.step, {"time/train_seconds": time.perf_counter() - start})
+        self.log.close()
+        return TrainResult(self.run_dir, self.step, final, self.best_ap)
+
+
+def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume) the experiment; returns the final evaluation."""
+    return Trainer(cfg, resume=resume, progress=progress).fit()

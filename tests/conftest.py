@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny shapes dataset and a tiny experiment config that trains in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harnet.data.shapes import generate_shapes
+from harnet.experiment import ExperimentConfig, load_experiment
+from tests_support import tiny_overrides
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, num_images=20, size=64, seed=0, difficulty="easy")
+    return root
+
+
+def tiny_experiment(shapes_root: Path, out: Path, *extra: str, preset: str = "hybrid") -> ExperimentConfig:
+    """ResNet-18, 32-channel FPN and head, 64 px images: a few hundred ms per step."""
+    return load_experiment(None, [*tiny_overrides(shapes_root, out), f"model.preset={preset}", *extra])
+
+
+@pytest.fixture
+def tiny(shapes_root: Path):  # type: ignore[no-untyped-def]
+    """``tiny(out_dir, "key=value", ...)`` -> a tiny ExperimentConfig on the shared shapes data."""
+
+    def make(out: Path, *extra: str, preset: str = "hybrid") -> ExperimentConfig:
+        return tiny_experiment(shapes_root, out, *extra, preset=preset)
+
+    return make

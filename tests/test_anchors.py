@@ -1,0 +1,60 @@
+"""Anchors: the paper's 6 per location (4 x stride x {1, sqrt 2}) and torchvision's 9 integer-sized ones."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import _default_anchorgen
+
+from harnet.anchors import build_anchor_generator
+from harnet.config import AnchorConfig
+
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def _anchors(cfg: AnchorConfig, size: int = 128) -> list[torch.Tensor]:
+    """Anchors of one size x size image, split per level (P3..P7)."""
+    images = ImageList(torch.zeros(1, 3, size, size), [(size, size)])
+    feats = [torch.zeros(1, 8, size // s, size // s) for s in STRIDES]
+    anchors = build_anchor_generator(cfg)(images, feats)[0]
+    return list(anchors.split([(size // s) ** 2 * cfg.num_anchors for s in STRIDES]))
+
+
+def test_paper_default_is_six_anchors_of_4_stride_times_1_and_sqrt2() -> None:
+    """AnchorConfig() = 3 ratios x sizes {4s, 4s*sqrt2} per level; widths and heights as specified."""
+    cfg = AnchorConfig()
+    assert cfg.num_anchors == 6
+    for stride, sizes in zip(STRIDES, cfg.sizes_per_level()):
+        assert sizes == (4 * stride, 4 * stride * math.sqrt(2))
+    for stride, level in zip(STRIDES, _anchors(cfg, 256)):
+        first = level[: cfg.num_anchors]  # the 6 anchors of location (0, 0)
+        w, h = first[:, 2] - first[:, 0], first[:, 3] - first[:, 1]
+        torch.testing.assert_close((first[:, :2] + first[:, 2:]) / 2, torch.zeros(6, 2), atol=1e-4, rtol=0)
+        # ratio-major, scale-minor: (0.5, s1), (0.5, s2), (1, s1), (1, s2), (2, s1), (2, s2).
+        sizes = torch.tensor([4.0 * stride, 4.0 * stride * math.sqrt(2)] * 3)
+        ratios = torch.tensor([0.5, 0.5, 1.0, 1.0, 2.0, 2.0])
+        # torchvision rounds each base anchor's corners to integers: within 1 px of the ideal size
+        # (the 4*8*sqrt2 = 45.25 px anchor of P3 comes out 46 x 46).
+        assert bool((first == first.round()).all())
+        torch.testing.assert_close(w, sizes / ratios.sqrt(), atol=1.0, rtol=0)
+        torch.testing.assert_close(h, sizes * ratios.sqrt(), atol=1.0, rtol=0)
+        # Next location along x is one stride further.
+        step = level[cfg.num_anchors : 2 * cfg.num_anchors] - first
+        torch.testing.assert_close(step, torch.tensor([stride, 0.0, stride, 0.0]).expand(6, 4))
+
+
+def test_retinanet_anchors_are_torchvisions() -> None:
+    """AnchorConfig.retinanet(): 9 per location, integer sizes (32, 40, 50) at P3, equal anchors."""
+    cfg = AnchorConfig.retinanet()
+    assert cfg.num_anchors == 9
+    per_level = cfg.sizes_per_level()
+    assert per_level[0] == (32, 40, 50)
+    bases = (32, 64, 128, 256, 512)
+    assert per_level == tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in bases)
+    images = ImageList(torch.zeros(1, 3, 128, 128), [(128, 128)])
+    feats = [torch.zeros(1, 8, 128 // s, 128 // s) for s in STRIDES]
+    expected = _default_anchorgen()(images, feats)[0]
+    got = build_anchor_generator(cfg)(images, feats)[0]
+    assert torch.equal(got, expected)

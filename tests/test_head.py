@@ -1,0 +1,124 @@
+"""Head: shared towers, and the hybrid's two prediction sets (0.5/0.5 loss, averaged at test time)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import harnet.model as model_module
+from harnet.config import BackboneConfig, HARNetConfig
+from harnet.head import HARNetHead
+from harnet.model import HARNet
+
+SIZES = ((8, 8), (4, 4), (2, 2), (1, 1), (1, 1))
+NUM_CLASSES = 3
+
+
+def _hybrid(channels: int = 32) -> HARNetConfig:
+    cfg = HARNetConfig.preset(
+        "hybrid", num_classes=NUM_CLASSES, backbone=BackboneConfig("resnet18", norm="bn", trainable_layers=5)
+    )
+    cfg.fpn.channels = channels
+    cfg.channel.gn_groups = 8
+    cfg.aligned.mid_channels = 32
+    cfg.transform.min_size = (64,)
+    cfg.transform.max_size = 96
+    cfg.inference.score_thresh = 0.0
+    return cfg
+
+
+def _model() -> HARNet:
+    torch.manual_seed(0)
+    return HARNet(_hybrid())
+
+
+def _images() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(3, 64, 80, generator=g), torch.rand(3, 56, 64, generator=g)]
+
+
+def _targets() -> list[dict[str, torch.Tensor]]:
+    return [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+
+
+def test_hybrid_head_gives_two_prediction_sets() -> None:
+    """Two (logits, deltas) sets of equal shapes; set 2 = predictor2(SE(ReLU(extra conv(tower))))."""
+    torch.manual_seed(0)
+    head = HARNetHead(_hybrid())
+    g = torch.Generator().manual_seed(1)
+    features = [torch.randn(2, 32, h, w, generator=g) for h, w in SIZES]
+    total = sum(h * w for h, w in SIZES) * head.predictor.cls_logits.out_channels // NUM_CLASSES
+    with torch.no_grad():
+        sets = head([f.clone() for f in features])
+        assert len(sets) == 2
+        for logits, deltas in sets:
+            assert logits.shape == (2, total, NUM_CLASSES) and deltas.shape == (2, total, 4)
+        assert not torch.allclose(sets[0][0], sets[1][0])
+        cls_t = head.cls_tower([f.clone() for f in features])
+        box_t = head.box_tower([f.clone() for f in features])
+        assert head.cls_se is not None and head.box_se is not None
+        cls2 = head.cls_se([head.cls_extra(x).relu() for x in cls_t])
+        box2 = head.box_se([head.box_extra(x).relu() for x in box_t])
+        expected = head.predictor2(cls2, box2)
+    torch.testing.assert_close(sets[1][0], expected[0])
+    torch.testing.assert_close(sets[1][1], expected[1])
+
+
+def test_single_set_without_dual_prediction() -> None:
+    """Every non-hybrid preset has exactly one prediction set and no second predictor."""
+    for name in ("retinanet", "spatial", "channel", "aligned"):
+        cfg = HARNetConfig.preset(name, num_classes=NUM_CLASSES)
+        cfg.fpn.channels, cfg.channel.gn_groups = 32, 8
+        head = HARNetHead(cfg)
+        assert not hasattr(head, "predictor2")
+        features = [torch.randn(1, 32, h, w) for h, w in SIZES]
+        assert len(head(features)) == 1
+
+
+def test_hybrid_train_loss_weights_each_set_by_half(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loss dict = {cls, box} of set 1 and {cls_2, box_2} of set 2, each = 0.5 * model.loss(set)."""
+    model = _model().train()
+    captured: dict[str, Any] = {}
+    original = model.compute_loss
+
+    def spy(sets: Any, targets: Any, anchors: Any) -> dict[str, torch.Tensor]:
+        captured.update(sets=sets, targets=targets, anchors=anchors)
+        return original(sets, targets, anchors)
+
+    monkeypatch.setattr(model, "compute_loss", spy)
+    losses = model(_images(), _targets())
+    assert set(losses) == {"classification", "bbox_regression", "classification_2", "bbox_regression_2"}
+    sets, targets, anchors = captured["sets"], captured["targets"], captured["anchors"]
+    matched = model.loss.match(targets, anchors)
+    for suffix, (logits, deltas) in zip(("", "_2"), sets):
+        full = model.loss(targets, logits, deltas, anchors, matched)
+        for name, value in full.items():
+            torch.testing.assert_close(losses[name + suffix], 0.5 * value)
+            assert float(value.detach()) > 0
+
+
+def test_hybrid_eval_averages_logits_and_deltas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """postprocess receives the mean of the two sets' logits and the mean of their deltas."""
+    model = _model().eval()
+    head_out: list[Any] = []
+    model.head.register_forward_hook(lambda _m, _a, out: head_out.append(out))
+    received: dict[str, torch.Tensor] = {}
+    original = model_module.postprocess
+
+    def spy(cls_logits: torch.Tensor, box_deltas: torch.Tensor, *args: Any) -> Any:
+        received.update(cls_logits=cls_logits, box_deltas=box_deltas)
+        return original(cls_logits, box_deltas, *args)
+
+    monkeypatch.setattr(model_module, "postprocess", spy)
+    with torch.no_grad():
+        detections = model(_images())
+    (s1, s2) = head_out[0]
+    assert not torch.allclose(s1[0], s2[0]) and not torch.allclose(s1[1], s2[1])
+    torch.testing.assert_close(received["cls_logits"], (s1[0] + s2[0]) / 2)
+    torch.testing.assert_close(received["box_deltas"], (s1[1] + s2[1]) / 2)
+    assert len(detections) == 2 and detections[0]["boxes"].shape[0] > 0

@@ -1,0 +1,79 @@
+"""Training: a tiny run end to end, exact resume, atomic checkpoints, loud failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harnet import checkpoint
+from harnet.train import InfiniteBatchSampler, Trainer, TrainingError, train
+
+
+def test_sampler_resumes_the_same_stream() -> None:
+    full = InfiniteBatchSampler(5, 2, seed=3)
+    it = iter(full)
+    first = [next(it) for _ in range(6)]
+    resumed = iter(InfiniteBatchSampler(5, 2, seed=3, start_step=4))
+    assert [next(resumed) for _ in range(2)] == first[4:]
+    draws = [d for batch in first for _, d in batch]
+    assert draws == list(range(12))
+    epoch0 = [i for batch in first for i, _ in batch][:5]
+    assert sorted(epoch0) == list(range(5))
+
+
+def test_stop_and_resume_gives_the_same_weights(tiny, tmp_path: Path) -> None:
+    straight = train(tiny(tmp_path / "a"), progress=False)
+    assert straight.step == 4 and straight.final is not None
+    # Same run stopped after 2 steps, then resumed to 4.
+    train(tiny(tmp_path / "b", "train.max_steps=2"), progress=False)
+    resumed = train(tiny(tmp_path / "b"), resume=True, progress=False)
+    assert resumed.step == 4
+    a = checkpoint.load(tmp_path / "a" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "b" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    for name in ("config.yaml", "metrics.csv", "best.pt"):
+        assert (tmp_path / "a" / name).is_file()
+
+
+def test_checkpoint_holds_everything_for_resume(tiny, tmp_path: Path) -> None:
+    train(tiny(tmp_path, "train.max_steps=2"), progress=False)
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert {"model", "optimizer", "scheduler", "step", "rng", "config", "class_names"} <= set(ckpt)
+    assert ckpt["step"] == 2
+    assert not list(tmp_path.glob(".*.tmp")), "no temp files left behind"
+
+
+def test_mismatched_config_is_a_clear_error(tiny, tmp_path: Path) -> None:
+    train(tiny(tmp_path, "train.max_steps=1"), progress=False)
+    cfg = tiny(tmp_path, "model.fpn.channels=16")
+    with pytest.raises(checkpoint.CheckpointError, match=r"model\.fpn\.channels"):
+        Trainer(cfg, resume=True, progress=False)
+
+
+def test_resume_without_checkpoint(tiny, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        Trainer(tiny(tmp_path / "empty"), resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_with_step_and_batch(tiny, tmp_path: Path) -> None:
+    trainer = Trainer(tiny(tmp_path), progress=False)
+    original = trainer.model.forward
+
+    def poisoned(images, targets=None):  # type: ignore[no-untyped-def]
+        losses = original(images, targets)
+        return {k: v * float("nan") for k, v in losses.items()}
+
+    trainer.model.forward = poisoned  # type: ignore[method-assign]
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 0 \(batch image ids \["):
+        trainer.fit()
+    assert (tmp_path / "last.pt").is_file()
+
+
+def test_unwritable_output_fails_before_training(tiny, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrainingError, match="not writable"):
+        Trainer(tiny(blocker / "run"), progress=False)
