@@ -8,7 +8,8 @@ import pytest
 
 from harnet.data.shapes import generate_shapes
 from harnet.experiment import ExperimentConfig, load_experiment
-from tests_support import tiny_overrides
+from harnet.cli import main
+from tests_support import tiny_args, tiny_overrides
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,11 @@ def tiny(shapes_root: Path):  # type: ignore[no-untyped-def]
         return tiny_experiment(shapes_root, out, *extra, preset=preset)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> Path:
+    """A run folder from ``harnet train`` on the tiny config (shared by CLI/detector tests)."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *tiny_args(shapes_root, run), "--no-progress"]) == 0
+    return run

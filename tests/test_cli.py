@@ -9,14 +9,6 @@ import pytest
 import yaml
 
 from harnet.cli import main
-from tests_support import tiny_args
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, shapes_root: Path) -> Path:
-    run = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", *tiny_args(shapes_root, run), "--no-progress"]) == 0
-    return run
 
 
 def test_train_writes_a_complete_run_folder(trained_run: Path) -> None:

@@ -22,10 +22,11 @@ def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
     return [{"params": ps, "lr": lr * mult, "lr_mult": mult} for mult, ps in groups.items() if ps]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        parameter_groups(model, cfg.lr), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:

@@ -63,11 +63,10 @@ def predict_files(
                 "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
             })
         if out_dir is not None:
-            drawn = draw_bounding_boxes(
-                (image * 255).round().to(torch.uint8), det["boxes"],
-                labels=[f"{n} {s:.2f}" for n, s in zip(det["names"], det["scores"].tolist())],
-                colors="red", width=2,
-            )
+            drawn = (image * 255).round().to(torch.uint8)
+            if len(det["boxes"]):
+                labels = [f"{n} {s:.2f}" for n, s in zip(det["names"], det["scores"].tolist())]
+                drawn = draw_bounding_boxes(drawn, det["boxes"], labels=labels, colors="red", width=2)
             to_pil_image(drawn).save(out_dir / f"{path.stem}_pred.png")
     if out_dir is not None:
         (out_dir / "detections.json").write_text(json.dumps(report.detections, indent=1))

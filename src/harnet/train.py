@@ -238,7 +238,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {"loss": float(loss), **{k: float(v) for k, v in losses.items()}}
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
 
     def _eval_and_keep_best(self) -> EvalResult:
         result = self.evaluate()

@@ -1,0 +1,22 @@
+"""``harnet demo`` end to end on a tiny budget (the real budget is measured, see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harnet.demo import run_demo
+from tests_support import TINY
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = tuple(o for o in TINY if not o.startswith("data.")) + (
+        "data.shapes.num_images=20", "data.shapes.size=64", "train.max_steps=2",
+    )
+    ap = run_demo(tmp_path, overrides=overrides)
+    assert 0.0 <= ap <= 1.0
+    out = capsys.readouterr().out
+    assert "AP@[.5:.95]" in out and "pictures" in out
+    assert len(list((tmp_path / "predictions").glob("*_pred.png"))) == 4
+    assert (tmp_path / "run" / "last.pt").is_file()
