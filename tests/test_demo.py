@@ -11,9 +11,8 @@ from tests_support import TINY
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    overrides = tuple(o for o in TINY if not o.startswith("data.")) + (
-        "data.shapes.num_images=20", "data.shapes.size=64", "train.max_steps=2",
-    )
+    keep = [o for o in TINY if not o.startswith("data.")]
+    overrides = (*keep, "data.shapes.num_images=20", "data.shapes.size=64", "train.max_steps=2")
     ap = run_demo(tmp_path, overrides=overrides)
     assert 0.0 <= ap <= 1.0
     out = capsys.readouterr().out

@@ -15,7 +15,7 @@ def test_predict_accepts_paths_pil_and_tensors(trained_run: Path, shapes_root: P
     detector = Detector.from_checkpoint(trained_run)
     path = sorted((shapes_root / "val").glob("*.png"))[0]
     pil = Image.open(path)
-    tensor = torch.from_numpy(np.asarray(pil.convert("RGB"))).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
     by_path = detector.predict(path)
     assert len(by_path) == 1
     batch = detector.predict([path, pil, tensor])
