@@ -1,0 +1,164 @@
+"""The format-independent core shared by every dataset: one record per image, turned into a sample.
+
+COCO, VOC and CSV differ only in how annotations are parsed. Each parser produces a list of
+:class:`DetectionRecord`; :class:`RecordDataset` does everything after that (image loading, target
+construction, transforms), and :func:`build_coco` turns records into a ``pycocotools`` ground truth so
+that the evaluator can run ``COCOeval`` on any format without knowing where the data came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision import ops, tv_tensors
+
+from harnet.data.image_io import load_image
+
+Target = dict[str, Any]
+Sample = tuple[tv_tensors.Image, Target]
+Transform = Callable[[tv_tensors.Image, Target], Sample]
+
+
+def _empty_boxes() -> torch.Tensor:
+    return torch.zeros((0, 4), dtype=torch.float32)
+
+
+def _empty_labels() -> torch.Tensor:
+    return torch.zeros((0,), dtype=torch.int64)
+
+
+@dataclass
+class DetectionRecord:
+    """Everything known about one image before it is decoded.
+
+    ``boxes`` (XYXY, float32, already clipped and valid) and ``labels`` (contiguous, int64) are the
+    training targets. ``ignored_boxes``/``ignored_labels`` are objects that must not be trained on but
+    also must not be counted as false positives (VOC ``difficult``); they only enter the COCO ground
+    truth, as ``iscrowd=1`` regions.
+    """
+
+    path: Path
+    width: int
+    height: int
+    image_id: int
+    boxes: torch.Tensor = field(default_factory=_empty_boxes)
+    labels: torch.Tensor = field(default_factory=_empty_labels)
+    ignored_boxes: torch.Tensor = field(default_factory=_empty_boxes)
+    ignored_labels: torch.Tensor = field(default_factory=_empty_labels)
+
+
+def clip_valid_boxes(boxes_xyxy: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip XYXY boxes to the image and say which survive.
+
+    A box is invalid when any coordinate is non-finite, when it has no positive width/height as
+    annotated, or when nothing of it is left inside the image. Returns ``(clipped_boxes, keep_mask)``;
+    callers count ``(~keep_mask).sum()`` so that silently broken annotation files become visible.
+    """
+    boxes_xyxy = boxes_xyxy.reshape(-1, 4).to(torch.float32)
+    finite = torch.isfinite(boxes_xyxy).all(dim=1)
+    safe = torch.where(finite[:, None], boxes_xyxy, torch.zeros_like(boxes_xyxy))
+    positive = (safe[:, 2] > safe[:, 0]) & (safe[:, 3] > safe[:, 1])
+    clipped = ops.clip_boxes_to_image(safe, (height, width))
+    inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return clipped, finite & positive & inside
+
+
+def build_coco(
+    records: Sequence[DetectionRecord], class_names: Sequence[str], category_ids: Sequence[int]
+) -> COCO:
+    """Build an in-memory ``pycocotools`` ground truth from records.
+
+    Trained-on boxes become ``iscrowd=0`` annotations and ignored boxes ``iscrowd=1``, which is exactly
+    how COCOeval already treats regions that neither need to be found nor count against a detector.
+    """
+    images = [
+        {"id": r.image_id, "file_name": r.path.name, "width": r.width, "height": r.height} for r in records
+    ]
+    annotations: list[dict[str, Any]] = []
+    for record in records:
+        for boxes, labels, crowd in (
+            (record.boxes, record.labels, 0),
+            (record.ignored_boxes, record.ignored_labels, 1),
+        ):
+            for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
+                w, h = box[2] - box[0], box[3] - box[1]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": record.image_id,
+                        "category_id": int(category_ids[label]),
+                        "bbox": [box[0], box[1], w, h],
+                        "area": w * h,
+                        "iscrowd": crowd,
+                    }
+                )
+    categories = [{"id": int(c), "name": n} for c, n in zip(category_ids, class_names, strict=True)]
+    return coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
+
+
+def coco_from_dict(dataset: dict[str, Any]) -> COCO:
+    """Wrap an already-loaded COCO dict without pycocotools' progress prints on stdout."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class RecordDataset(Dataset[Sample]):
+    """Map-style dataset over :class:`DetectionRecord` s, implementing the common sample contract.
+
+    ``__getitem__`` returns ``(image, target)``: a float32 ``tv_tensors.Image`` (3, H, W) in [0, 1] and
+    ``{"boxes": BoundingBoxes XYXY (n, 4), "labels": int64 (n,), "image_id": int}``, after
+    ``transforms`` if given. Subclasses only parse their format and call ``__init__``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[DetectionRecord],
+        class_names: Sequence[str],
+        category_ids: Sequence[int],
+        coco: COCO | None = None,
+        transforms: Transform | None = None,
+        num_invalid_boxes: int = 0,
+    ) -> None:
+        if len(class_names) != len(category_ids):
+            raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
+        self.records = list(records)
+        self.class_names: list[str] = list(class_names)
+        self.category_ids: list[int] = [int(c) for c in category_ids]
+        self.coco: COCO = coco if coco is not None else build_coco(self.records, class_names, category_ids)
+        self.transforms = transforms
+        # Boxes dropped while parsing (degenerate, non-finite or outside the image).
+        self.num_invalid_boxes = num_invalid_boxes
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        record = self.records[index]
+        image = load_image(record.path)
+        height, width = image.shape[-2:]
+        if (width, height) != (record.width, record.height):
+            raise ValueError(
+                f"{record.path}: decoded image is {width}x{height} (after EXIF orientation) but the "
+                f"annotations say {record.width}x{record.height}"
+            )
+        target: Target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                record.boxes.clone(), format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height, width)
+            ),
+            "labels": record.labels.clone(),
+            "image_id": record.image_id,
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target

@@ -1,0 +1,181 @@
+"""Pascal VOC XML detection dataset, in the VOC directory layout or as a flat folder."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harnet.data.image_io import image_size
+from harnet.data.records import DetectionRecord, RecordDataset, Transform, clip_valid_boxes
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class VocObject:
+    """One ``<object>``: class name, raw ``(xmin, ymin, xmax, ymax)`` as written, difficult flag."""
+
+    name: str
+    box: tuple[float, float, float, float]
+    difficult: bool
+
+
+@dataclass
+class VocAnnotation:
+    """One parsed XML file. ``width``/``height`` are ``None`` when absent or zero (common in the wild)."""
+
+    filename: str | None
+    width: int | None
+    height: int | None
+    objects: list[VocObject]
+
+
+def parse_voc_xml(data: bytes | str, source: str | Path) -> VocAnnotation:
+    """Parse VOC XML text; every problem is a ``ValueError`` naming ``source`` (the file)."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise ValueError(f"{source}: malformed XML: {exc}") from None
+    if root.tag != "annotation":
+        raise ValueError(f"{source}: root element is <{root.tag}>, expected <annotation>")
+
+    def number(element: ET.Element, tag: str, where: str) -> float:
+        text = element.findtext(tag)
+        try:
+            return float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {where}: <{tag}> must be a number, got {text!r}") from None
+
+    size = root.find("size")
+    width = height = None
+    if size is not None and size.findtext("width") and size.findtext("height"):
+        width = int(number(size, "width", "<size>")) or None
+        height = int(number(size, "height", "<size>")) or None
+
+    objects = []
+    for k, obj in enumerate(root.findall("object")):
+        where = f"object {k}"
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise ValueError(f"{source}: {where} has no <name>")
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise ValueError(f"{source}: {where} ({name}) has no <bndbox>")
+        box = tuple(number(bndbox, tag, f"{where} ({name})") for tag in ("xmin", "ymin", "xmax", "ymax"))
+        difficult_text = (obj.findtext("difficult") or "0").strip()
+        try:
+            difficult = bool(int(float(difficult_text)))
+        except ValueError:
+            raise ValueError(f"{source}: {where} ({name}): bad <difficult> {difficult_text!r}") from None
+        objects.append(VocObject(name=name, box=box, difficult=difficult))  # type: ignore[arg-type]
+    filename = (root.findtext("filename") or "").strip() or None
+    return VocAnnotation(filename=filename, width=width, height=height, objects=objects)
+
+
+def _resolve_image(image_dir: Path, xml_path: Path, filename: str | None) -> Path:
+    """The image an XML describes: its ``<filename>``, else the XML's stem with an image extension."""
+    if filename is not None and (image_dir / filename).is_file():
+        return image_dir / filename
+    for extension in IMAGE_EXTENSIONS:
+        for candidate in (xml_path.stem + extension, xml_path.stem + extension.upper()):
+            if (image_dir / candidate).is_file():
+                return image_dir / candidate
+    # Nothing on disk: keep the declared name so the FileNotFoundError at load time names it.
+    return image_dir / (filename or xml_path.stem + ".jpg")
+
+
+class VOCDataset(RecordDataset):
+    """Pascal VOC annotations.
+
+    Layouts: ``root/Annotations/*.xml`` + ``root/JPEGImages/*`` (the VOC devkit), or a flat folder with
+    XML files next to their images (what labelling tools export). ``split`` reads the ids from
+    ``root/ImageSets/Main/{split}.txt``; without it every XML is used. Image ids are ``1..N`` in sorted
+    XML file name order, so they are stable across runs. ``class_names`` defaults to the sorted set of
+    names in the XMLs; a name outside a given list is an error rather than silently dropped.
+
+    ``difficult`` objects are not training targets; they enter ``coco`` as ``iscrowd=1`` so that COCOeval
+    neither rewards nor penalises detections on them, as the VOC protocol does.
+
+    ``one_based=True`` follows the VOC devkit, whose coordinates are 1-based pixel indices (``xmin - 1``,
+    ``ymin - 1`` gives continuous 0-based corners); pass ``False`` for tools that write 0-based corners.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        class_names: Sequence[str] | None = None,
+        transforms: Transform | None = None,
+        *,
+        one_based: bool = True,
+    ) -> None:
+        root = Path(root)
+        if (root / "Annotations").is_dir():
+            ann_dir, image_dir = root / "Annotations", root / "JPEGImages"
+        elif root.is_dir():
+            ann_dir = image_dir = root
+        else:
+            raise FileNotFoundError(f"VOC root not found: {root}")
+
+        if split is not None:
+            split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+            if not split_file.is_file():
+                raise FileNotFoundError(f"VOC split file not found: {split_file}")
+            ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+            xml_paths = sorted(ann_dir / f"{image_id}.xml" for image_id in ids)
+            for path in xml_paths:
+                if not path.is_file():
+                    raise FileNotFoundError(f"{split_file}: annotation file not found: {path}")
+        else:
+            xml_paths = sorted(ann_dir.glob("*.xml"))
+
+        parsed = [(path, parse_voc_xml(path.read_bytes(), path)) for path in xml_paths]
+        if class_names is None:
+            class_names = sorted({obj.name for _, ann in parsed for obj in ann.objects})
+        label_of = {name: label for label, name in enumerate(class_names)}
+        offset = 1.0 if one_based else 0.0
+
+        records: list[DetectionRecord] = []
+        num_invalid = 0
+        for image_id, (xml_path, ann) in enumerate(parsed, start=1):
+            image_path = _resolve_image(image_dir, xml_path, ann.filename)
+            if ann.width is None or ann.height is None:
+                width, height = image_size(image_path)
+            else:
+                width, height = ann.width, ann.height
+            for obj in ann.objects:
+                if obj.name not in label_of:
+                    known = list(class_names)
+                    raise ValueError(f"{xml_path}: class {obj.name!r} is not in class_names {known}")
+            kept = {}
+            for difficult in (False, True):
+                objs = [o for o in ann.objects if o.difficult == difficult]
+                raw = torch.tensor([o.box for o in objs], dtype=torch.float64).reshape(-1, 4)
+                raw[:, :2] -= offset
+                boxes, keep = clip_valid_boxes(raw, width, height)
+                labels = torch.tensor([label_of[o.name] for o in objs], dtype=torch.int64)
+                num_invalid += int((~keep).sum())
+                kept[difficult] = (boxes[keep], labels[keep])
+            records.append(
+                DetectionRecord(
+                    path=image_path,
+                    width=width,
+                    height=height,
+                    image_id=image_id,
+                    boxes=kept[False][0],
+                    labels=kept[False][1],
+                    ignored_boxes=kept[True][0],
+                    ignored_labels=kept[True][1],
+                )
+            )
+        super().__init__(
+            records,
+            class_names=list(class_names),
+            category_ids=list(range(1, len(class_names) + 1)),
+            transforms=transforms,
+            num_invalid_boxes=num_invalid,
+        )

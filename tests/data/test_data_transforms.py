@@ -1,0 +1,51 @@
+"""build_transforms on the (image, target) structure, and collate_fn."""
+
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+
+from harnet.data import build_transforms, collate_fn
+
+
+def _sample(boxes: list[list[float]], labels: list[int]) -> tuple[tv_tensors.Image, dict]:
+    image = tv_tensors.Image(torch.rand(3, 10, 20))
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor(boxes).reshape(-1, 4), format="XYXY", canvas_size=(10, 20)
+        ),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "image_id": 5,
+    }
+    return image, target
+
+
+def test_horizontal_flip_moves_boxes_with_the_image() -> None:
+    image, target = _sample([[2.0, 1.0, 6.0, 4.0]], [3])
+    out_image, out = build_transforms(train=True, hflip_prob=1.0, photometric=False)(image, target)
+    torch.testing.assert_close(out_image, image.flip(-1))
+    assert out["boxes"].tolist() == [[14.0, 1.0, 18.0, 4.0]]  # x -> W - x
+    assert out["labels"].tolist() == [3] and out["image_id"] == 5
+    assert isinstance(out["boxes"], tv_tensors.BoundingBoxes)
+
+
+def test_boxes_leaving_the_image_are_clamped_or_dropped_with_their_labels() -> None:
+    image, target = _sample([[2.0, 1.0, 6.0, 4.0], [25.0, 2.0, 30.0, 5.0], [15.0, 2.0, 26.0, 8.0]], [0, 1, 2])
+    _, out = build_transforms(train=True, hflip_prob=0.0, photometric=True)(image, target)
+    assert out["labels"].tolist() == [0, 2]
+    assert out["boxes"].tolist() == [[2.0, 1.0, 6.0, 4.0], [15.0, 2.0, 20.0, 8.0]]
+
+
+def test_eval_transform_keeps_everything() -> None:
+    image, target = _sample([[2.0, 1.0, 6.0, 4.0]], [1])
+    out_image, out = build_transforms(train=False)(image, target)
+    torch.testing.assert_close(out_image, image)
+    assert out["boxes"].tolist() == [[2.0, 1.0, 6.0, 4.0]] and out_image.dtype == torch.float32
+
+
+def test_collate_returns_lists_of_plain_tensors() -> None:
+    images, targets = collate_fn([_sample([[1.0, 1.0, 2.0, 2.0]], [0]), _sample([], [])])
+    assert len(images) == 2 and len(targets) == 2
+    assert all(type(image) is torch.Tensor for image in images)
+    assert type(targets[0]["boxes"]) is torch.Tensor and targets[1]["boxes"].shape == (0, 4)
+    assert targets[0]["labels"].dtype == torch.int64 and targets[0]["image_id"] == 5
