@@ -73,3 +73,24 @@ def dataset_paths(out_dir: Path) -> tuple[Path, Path, Path, Path]:
     val_images.mkdir(parents=True, exist_ok=True)
     annotations = out_dir / "annotations"
     return train_images, val_images, annotations / "instances_train.json", annotations / "instances_val.json"
+
+
+def write_splits(
+    out_dir: Path, splits: dict[str, Split], categories: list[dict[str, Any]], description: str
+) -> GeneratedDataset:
+    """Write both splits' instances files (``description`` + ", split=NAME") and summarise them."""
+    train_images, val_images, train_ann, val_ann = dataset_paths(out_dir)
+    for split, path in (("train", train_ann), ("val", val_ann)):
+        write_coco_json(path, *splits[split], categories, f"{description}, split={split}")
+    return GeneratedDataset(
+        root=out_dir,
+        train_images=train_images,
+        val_images=val_images,
+        train_ann=train_ann,
+        val_ann=val_ann,
+        num_train=len(splits["train"][0]),
+        num_val=len(splits["val"][0]),
+        num_train_boxes=len(splits["train"][1]),
+        num_val_boxes=len(splits["val"][1]),
+        class_names=[c["name"] for c in categories],
+    )

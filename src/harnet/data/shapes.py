@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from harnet.data.coco_writer import GeneratedDataset, Split, coco_annotation, dataset_paths, write_coco_json
+from harnet.data.coco_writer import GeneratedDataset, Split, coco_annotation, dataset_paths, write_splits
 
 Difficulty = Literal["easy", "hard"]
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
@@ -367,7 +367,7 @@ def generate_shapes(
     if num_images < 1 or size < 32 or not 0.0 <= val_fraction < 1.0:
         raise ValueError("need num_images >= 1, size >= 32 and 0 <= val_fraction < 1")
     out_dir = Path(out_dir)
-    train_dir, val_dir, train_ann, val_ann = dataset_paths(out_dir)
+    train_dir, val_dir, _, _ = dataset_paths(out_dir)
     num_val = round(num_images * val_fraction)
     num_train = num_images - num_val
     splits: dict[str, Split] = {"train": ([], []), "val": ([], [])}
@@ -388,17 +388,4 @@ def generate_shapes(
         {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)
     ]
     description = f"harnet synthetic shapes, difficulty={difficulty}, seed={seed}, size={size}"
-    for split, path in (("train", train_ann), ("val", val_ann)):
-        write_coco_json(path, *splits[split], categories, f"{description}, split={split}")
-    return GeneratedDataset(
-        root=out_dir,
-        train_images=train_dir,
-        val_images=val_dir,
-        train_ann=train_ann,
-        val_ann=val_ann,
-        num_train=num_train,
-        num_val=num_val,
-        num_train_boxes=len(splits["train"][1]),
-        num_val_boxes=len(splits["val"][1]),
-        class_names=list(SHAPE_CLASSES),
-    )
+    return write_splits(out_dir, splits, categories, description)

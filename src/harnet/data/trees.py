@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torchvision import ops
 
-from harnet.data.coco_writer import GeneratedDataset, Split, coco_annotation, dataset_paths, write_coco_json
+from harnet.data.coco_writer import GeneratedDataset, Split, coco_annotation, dataset_paths, write_splits
 from harnet.data.csv_dataset import parse_csv_annotations
 from harnet.data.image_io import pil_to_rgb_array
 from harnet.data.records import clip_valid_boxes
@@ -174,7 +174,7 @@ def _convert(wheel: Path, out_dir: Path, tile: int, val_fraction: float, seed: i
         permutation = np.random.default_rng(seed).permutation(len(stems))
         val_stems = {stems[i] for i in permutation[:num_val]}
 
-        train_dir, val_dir, train_ann, val_ann = dataset_paths(out_dir)
+        train_dir, val_dir, _, _ = dataset_paths(out_dir)
         splits: dict[str, Split] = {"train": ([], []), "val": ([], [])}
         image_id = 0
         for stem in stems:
@@ -206,18 +206,4 @@ def _convert(wheel: Path, out_dir: Path, tile: int, val_fraction: float, seed: i
                         annotations.append(coco_annotation(len(annotations) + 1, image_id, 1, box))
 
     categories = [{"id": 1, "name": "tree", "supercategory": "plant"}]
-    for split, path in (("train", train_ann), ("val", val_ann)):
-        description = f"deepforest sample tree crowns ({wheel.name}), {split}"
-        write_coco_json(path, *splits[split], categories, description)
-    return GeneratedDataset(
-        root=out_dir,
-        train_images=train_dir,
-        val_images=val_dir,
-        train_ann=train_ann,
-        val_ann=val_ann,
-        num_train=len(splits["train"][0]),
-        num_val=len(splits["val"][0]),
-        num_train_boxes=len(splits["train"][1]),
-        num_val_boxes=len(splits["val"][1]),
-        class_names=["tree"],
-    )
+    return write_splits(out_dir, splits, categories, f"deepforest sample tree crowns ({wheel.name})")
