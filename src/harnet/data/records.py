@@ -125,11 +125,14 @@ class RecordDataset(Dataset[Sample]):
         self,
         records: Sequence[DetectionRecord],
         class_names: Sequence[str],
-        category_ids: Sequence[int],
+        category_ids: Sequence[int] | None = None,
         coco: COCO | None = None,
         transforms: Transform | None = None,
         num_invalid_boxes: int = 0,
     ) -> None:
+        # Formats without category ids of their own (VOC, CSV) number their classes 1..K.
+        if category_ids is None:
+            category_ids = range(1, len(class_names) + 1)
         if len(class_names) != len(category_ids):
             raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
         self.records = list(records)

@@ -175,7 +175,6 @@ class VOCDataset(RecordDataset):
         super().__init__(
             records,
             class_names=list(class_names),
-            category_ids=list(range(1, len(class_names) + 1)),
             transforms=transforms,
             num_invalid_boxes=num_invalid,
         )
