@@ -127,6 +127,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harnet.bench import run_benchmark
+    from harnet.train import resolve_device
+
+    device = resolve_device(args.device)
+    result = run_benchmark(args.backbone, tuple(args.sizes), args.repeats, args.warmup, args.train_size,
+                           str(device), args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr))
+    table = result.markdown()
+    print(f"device {result.device}, {result.threads} threads, backbone {result.backbone}, "
+          f"median of {result.repeats}\n{table}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=1))
+        out.with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harnet.config import PRESETS
 
@@ -177,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score", type=float, default=0.3)
     pr.add_argument("--device", default="auto")
     pr.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet")
+    b.add_argument("--backbone", default="resnet50")
+    b.add_argument("--sizes", type=int, nargs="+", default=[320, 512, 800])
+    b.add_argument("--repeats", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--train-size", type=int, default=512, help="image size of the training-step timing")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--out", help="write results JSON here (and a .md table beside it)")
+    b.set_defaults(func=cmd_bench)
 
     info = sub.add_parser("info", help="parameter count and FLOPs of a preset")
     info.add_argument("--preset", choices=PRESETS, default="hybrid")

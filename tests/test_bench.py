@@ -1,0 +1,34 @@
+"""``harnet bench``: every preset and torchvision's RetinaNet measured side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harnet.bench import TORCHVISION, run_benchmark
+from harnet.cli import main
+from harnet.config import PRESETS
+
+
+def test_benchmark_rows_and_ratios() -> None:
+    result = run_benchmark("resnet18", sizes=(64,), repeats=1, warmup=0, train_size=64, num_classes=3)
+    models = [r["model"] for r in result.rows]
+    assert models == [TORCHVISION, *PRESETS]
+    tv = result.rows[0]
+    assert tv["latency_ratio"] == 1.0 and tv["train_ratio"] == 1.0
+    by_name = {r["model"]: r for r in result.rows}
+    # The retinanet preset is torchvision's network: same parameters and FLOPs.
+    assert abs(by_name["retinanet"]["params_m"] - tv["params_m"]) < 1e-9
+    assert abs(by_name["retinanet"]["gflops"] - tv["gflops"]) < 1e-9
+    assert by_name["hybrid"]["gflops"] > tv["gflops"]
+    assert "| hybrid | 64 |" in result.markdown()
+
+
+def test_bench_cli_writes_json_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--backbone", "resnet18", "--sizes", "64", "--repeats", "1", "--warmup", "0",
+            "--train-size", "0", "--out", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 1 + len(PRESETS) and data["rows"][0]["train_ms"] is None
+    assert out.with_suffix(".md").is_file()
