@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import harnet.model as model_module
-from harnet.config import BackboneConfig, HARNetConfig
+from harnet.config import BackboneConfig, HARNetConfig, HeadConfig
 from harnet.head import HARNetHead
 from harnet.model import HARNet
 
@@ -122,3 +122,13 @@ def test_hybrid_eval_averages_logits_and_deltas(monkeypatch: pytest.MonkeyPatch)
     torch.testing.assert_close(received["cls_logits"], (s1[0] + s2[0]) / 2)
     torch.testing.assert_close(received["box_deltas"], (s1[1] + s2[1]) / 2)
     assert len(detections) == 2 and detections[0]["boxes"].shape[0] > 0
+
+
+def test_head_group_norm_option_for_plain_retinanet() -> None:
+    """``head.group_norm`` gives per-level GN towers without any attention (RetinaNet-GN)."""
+    plain = HARNetHead(HARNetConfig.preset("retinanet", num_classes=3))
+    gn = HARNetHead(HARNetConfig.preset("retinanet", num_classes=3, head=HeadConfig(group_norm=True)))
+    assert plain.cls_tower.norm is None and len(plain.cls_tower.norms) == 0
+    assert gn.cls_tower.norm == "gn" and gn.box_tower.norm == "gn"
+    assert all(isinstance(n, torch.nn.GroupNorm) for n in gn.cls_tower.norms)
+    assert gn.spatial is None and gn.cls_se is None

@@ -73,6 +73,9 @@ class AnchorConfig:
 class HeadConfig:
     num_convs: int = 4
     prior_probability: float = 0.01
+    # Per-level GroupNorm in the towers (mmdetection's RetinaNet-GN). Without it the paper's head
+    # (std-0.01 init, no norm) barely learns from scratch; channel attention uses cross-level GN.
+    group_norm: bool = False
 
 
 @dataclass

@@ -93,8 +93,10 @@ class HARNetHead(nn.Module):
         ch, num_anchors = cfg.fpn.channels, cfg.anchors.num_anchors
         channel = cfg.channel
         norm = None
-        if channel.enabled:
-            norm = "cross_level_gn" if channel.cross_level_gn else "gn"
+        if channel.enabled and channel.cross_level_gn:
+            norm = "cross_level_gn"
+        elif channel.enabled or cfg.head.group_norm:
+            norm = "gn"
         self.cls_tower = Tower(ch, cfg.head.num_convs, norm, channel.gn_groups)
         self.box_tower = Tower(ch, cfg.head.num_convs, norm, channel.gn_groups)
         self.spatial = SpatialAttention(ch, NUM_LEVELS, cfg.spatial) if cfg.spatial.enabled else None
