@@ -11,6 +11,16 @@ from harnet.config import InferenceConfig
 from harnet.postprocess import SOFT_NMS_MIN_SCORE, box_voting, soft_nms, suppress
 
 SIGMA = 0.5
+
+
+def random_detections(
+    n: int, seed: int, extent: float, min_side: float, spread: float, num_labels: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded random candidates: boxes with sides in [min_side, min_side + spread), scores, labels."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * extent
+    boxes = torch.cat([xy, xy + min_side + torch.rand(n, 2, generator=g) * spread], dim=1)
+    return boxes, torch.rand(n, generator=g), torch.randint(0, num_labels, (n,), generator=g)
 # Class 0: A, B (IoU(A, B) = 50/150 = 1/3), C (IoU(A, C) = 80/100 = 0.8, IoU(B, C) = 30/150 = 0.2).
 # Class 1: D, the same box as A, which must not be decayed by A.
 BOXES = torch.tensor(
@@ -36,11 +46,7 @@ def test_soft_nms_matches_hand_computation() -> None:
 
 def test_soft_nms_classes_do_not_interact() -> None:
     """Running all classes together = running each class alone (same picks, same decayed scores)."""
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(30, 2, generator=g) * 40
-    boxes = torch.cat([xy, xy + 5 + torch.rand(30, 2, generator=g) * 20], dim=1)
-    scores = torch.rand(30, generator=g)
-    labels = torch.randint(0, 3, (30,), generator=g)
+    boxes, scores, labels = random_detections(30, seed=0, extent=40, min_side=5, spread=20, num_labels=3)
     keep, kept = soft_nms(boxes, scores, labels, SIGMA, max_keep=100)
     together = dict(zip(keep.tolist(), kept.tolist()))
     alone: dict[int, float] = {}
@@ -89,11 +95,7 @@ def test_box_voting_matches_weighted_mean() -> None:
 
 def test_default_nms_path_equals_torchvision_batched_nms() -> None:
     """suppress() with the default config = batched_nms at 0.5, truncated to detections_per_img."""
-    g = torch.Generator().manual_seed(1)
-    xy = torch.rand(300, 2, generator=g) * 100
-    boxes = torch.cat([xy, xy + 4 + torch.rand(300, 2, generator=g) * 40], dim=1)
-    scores = torch.rand(300, generator=g)
-    labels = torch.randint(0, 4, (300,), generator=g)
+    boxes, scores, labels = random_detections(300, seed=1, extent=100, min_side=4, spread=40, num_labels=4)
     cfg = InferenceConfig(detections_per_img=20)
     out = suppress(boxes, scores, labels, cfg)
     keep = batched_nms(boxes, scores, labels, 0.5)[:20]

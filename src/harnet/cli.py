@@ -65,8 +65,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from harnet import checkpoint
     from harnet.configio import merge, parse_overrides
     from harnet.data.build import build_dataset
@@ -85,8 +83,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = checkpoint.build_model(ckpt)
     device = resolve_device(args.device)
     model.to(device)
-    with torch.inference_mode():
-        ids, preds = predict_dataset(model, dataset, device)
+    ids, preds = predict_dataset(model, dataset, device)
     result = evaluate_predictions(dataset, ids, preds)
     print(result.table())
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"eval_{args.split}"

@@ -127,13 +127,12 @@ class MetricsLog:
             pass
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        row = {"step": step, **values}
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
             w = csv.writer(f)
             if new:
                 w.writerow(["step", "name", "value"])
-            w.writerows([step, k, v] for k, v in row.items() if k != "step")
+            w.writerows([step, k, v] for k, v in values.items())
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
