@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from harnet.config import HARNetConfig, to_dict
 from harnet.configio import from_dict
-from harnet.model import HARNet
+from harnet.detectors import build_detector
 
 
 class CheckpointError(RuntimeError):
@@ -78,10 +79,11 @@ def model_config(ckpt: dict[str, Any]) -> HARNetConfig:
     return from_dict(HARNetConfig, ckpt["config"]["model"], "model")
 
 
-def load_model_weights(model: HARNet, ckpt: dict[str, Any]) -> None:
-    """Load weights, refusing a checkpoint whose model config differs from ``model``'s."""
+def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetConfig) -> None:
+    """Load weights into ``model`` (built from ``config``), refusing a checkpoint made for another
+    model config."""
     saved = ckpt["config"]["model"]
-    current = to_dict(model.config)
+    current = to_dict(config)
     if saved != current:
         diffs = _diff(saved, current)
         raise CheckpointError(
@@ -91,9 +93,9 @@ def load_model_weights(model: HARNet, ckpt: dict[str, Any]) -> None:
     model.load_state_dict(ckpt["model"])
 
 
-def build_model(ckpt: dict[str, Any]) -> HARNet:
-    """A model built from the checkpoint's own config, with its weights."""
-    model = HARNet(model_config(ckpt))
+def build_model(ckpt: dict[str, Any]) -> nn.Module:
+    """The checkpoint's detector (HAR-Net, or the torchvision peer) from its own config, with its weights."""
+    model = build_detector(ckpt["config"].get("detector", "harnet"), model_config(ckpt))
     model.load_state_dict(ckpt["model"])
     return model
 

@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from harnet import checkpoint
 from harnet.data.image_io import load_image
-from harnet.model import HARNet
 from harnet.train import resolve_device
 
 ImageInput = str | Path | Image.Image | Tensor
@@ -24,7 +23,7 @@ class Detector:
 
     def __init__(
         self,
-        model: HARNet,
+        model: nn.Module,
         class_names: Sequence[str],
         category_ids: Sequence[int] | None = None,
         device: str = "auto",

@@ -71,6 +71,9 @@ class TrainConfig:
 @dataclass
 class ExperimentConfig:
     model: HARNetConfig = field(default_factory=HARNetConfig)
+    # ``torchvision_retinanet`` trains torchvision's RetinaNet built to ``model``'s recipe (attentions
+    # off): the same-budget peer of an ablation (see torchvision_peer.py).
+    detector: Literal["harnet", "torchvision_retinanet"] = "harnet"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/exp"

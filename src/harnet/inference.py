@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from harnet.data.loader import collate_fn
-from harnet.model import HARNet
 
 
 @torch.inference_mode()
 def predict_dataset(
-    model: HARNet, dataset: Dataset, device: torch.device, batch_size: int = 2, num_workers: int = 0
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 2, num_workers: int = 0
 ) -> tuple[list[int], list[dict[str, Tensor]]]:
     """Detections for every image of ``dataset`` (in its order): (image ids, per-image dicts on CPU)."""
     was_training = model.training

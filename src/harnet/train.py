@@ -26,10 +26,10 @@ from harnet import checkpoint
 from harnet.data.build import build_dataset
 from harnet.data.loader import collate_fn
 from harnet.data.transforms import build_transforms
+from harnet.detectors import build_detector
 from harnet.evaluation import EvalResult, evaluate_predictions
 from harnet.experiment import ExperimentConfig
 from harnet.inference import predict_dataset
-from harnet.model import HARNet
 from harnet.optim import build_optimizer, build_scheduler
 
 MIN_FREE_BYTES = 200 * 2**20
@@ -160,7 +160,7 @@ class Trainer:
         # The data decide the number of classes; a config that says otherwise would be silently wrong.
         cfg.model.num_classes = len(self.train_set.class_names)
         torch.manual_seed(t.seed)
-        self.model = HARNet(cfg.model).to(self.device)
+        self.model = build_detector(cfg.detector, cfg.model).to(self.device)
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.amp = t.amp and self.device.type == "cuda"
@@ -176,7 +176,7 @@ class Trainer:
         if not path.is_file():
             raise TrainingError(f"{self.run_dir}: nothing to resume (no last.pt)")
         ckpt = checkpoint.load(path, map_location=self.device)
-        checkpoint.load_model_weights(self.model, ckpt)
+        checkpoint.load_model_weights(self.model, ckpt, self.cfg.model)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])

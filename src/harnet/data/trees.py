@@ -122,6 +122,25 @@ def _tile_starts(length: int, tile: int) -> list[int]:
     return [*range(0, length - tile, tile), length - tile]
 
 
+def _choose_val_sources(tiles: dict[str, int], val_fraction: float, seed: int) -> set[str]:
+    """The proper, non-empty subset of sources whose tile count is closest to ``val_fraction`` of all
+    tiles (exhaustive for up to 16 sources, greedy by size beyond); ``seed`` orders the ties."""
+    if val_fraction <= 0 or len(tiles) < 2:
+        return set()
+    order = [sorted(tiles)[i] for i in np.random.default_rng(seed).permutation(len(tiles))]
+    target = val_fraction * sum(tiles.values())
+    if len(order) > 16:
+        chosen: list[str] = []
+        for stem in sorted(order, key=lambda s: -tiles[s]):
+            if sum(tiles[s] for s in chosen) + tiles[stem] <= target or not chosen:
+                chosen.append(stem)
+        return set(chosen[: len(order) - 1])
+    subsets = (
+        [order[i] for i in range(len(order)) if mask >> i & 1] for mask in range(1, 2 ** len(order) - 1)
+    )
+    return set(min(subsets, key=lambda subset: abs(sum(tiles[s] for s in subset) - target)))
+
+
 def convert_trees(
     out_dir: str | Path,
     wheel: str | Path | None = None,
@@ -142,10 +161,11 @@ def convert_trees(
 
     The train/val split is by *source image*, never by tile: neighbouring, overlapping tiles of one
     scene are strongly correlated, so splitting tiles would leak validation content into training.
-    Source images (by file stem, sorted) are shuffled with ``seed`` and the first
-    ``round(n * val_fraction)`` (at least 1 and at most n - 1 when there are two or more sources and
-    ``val_fraction > 0``) form the validation split. Layout and return value are as for
-    :func:`~harnet.data.shapes.generate_shapes`.
+    The sources are few and very unequal (the wheel's largest scene gives 40 tiles, two others one
+    each), so a split that counts sources would leave one tile to validate on. Instead the validation
+    sources are the set whose *tile* count is closest to ``val_fraction`` of all tiles (never none and
+    never all when there are two or more sources); ties are broken by a ``seed``-shuffled order. Layout
+    and return value are as for :func:`~harnet.data.shapes.generate_shapes`.
     """
     if tile < 16 or not 0.0 <= val_fraction < 1.0:
         raise ValueError("need tile >= 16 and 0 <= val_fraction < 1")
@@ -168,11 +188,12 @@ def _convert(wheel: Path, out_dir: Path, tile: int, val_fraction: float, seed: i
         if not sources:
             raise ValueError(f"{wheel}: no annotated images under {_DATA_PREFIX}")
         stems = sorted(sources)
-        num_val = 0
-        if val_fraction > 0 and len(stems) >= 2:
-            num_val = min(len(stems) - 1, max(1, round(len(stems) * val_fraction)))
-        permutation = np.random.default_rng(seed).permutation(len(stems))
-        val_stems = {stems[i] for i in permutation[:num_val]}
+        tiles = {}
+        for stem in stems:
+            with Image.open(io.BytesIO(archive.read(sources[stem].image))) as image:
+                width, height = image.size
+            tiles[stem] = len(_tile_starts(height, tile)) * len(_tile_starts(width, tile))
+        val_stems = _choose_val_sources(tiles, val_fraction, seed)
 
         train_dir, val_dir, _, _ = dataset_paths(out_dir)
         splits: dict[str, Split] = {"train": ([], []), "val": ([], [])}
