@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -55,17 +55,6 @@ class BenchResult:
         return "\n".join(lines)
 
 
-class _TorchvisionRaw(nn.Module):
-    """torchvision RetinaNet's network without transform/post-processing, for FLOP counting."""
-
-    def __init__(self, model: RetinaNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward_raw(self, images: Tensor) -> Any:
-        return self.model.head(list(self.model.backbone(images).values()))
-
-
 def build_models(backbone: str, size: int, num_classes: int) -> dict[str, nn.Module]:
     """torchvision's RetinaNet and each preset on the same backbone, anchors and image size."""
     base = torchvision_retinanet_config(num_classes=num_classes, min_size=size, max_size=size,
@@ -83,7 +72,7 @@ def build_models(backbone: str, size: int, num_classes: int) -> dict[str, nn.Mod
     return models
 
 
-def _time_ms(fn: Callable[[], Any], device: torch.device) -> float:
+def time_ms(fn: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -118,24 +107,23 @@ def run_benchmark(
         with torch.inference_mode():
             for rep in range(warmup + repeats):
                 for name, model in models.items():
-                    ms = _time_ms(lambda model=model, image=image: model(image), dev)
+                    ms = time_ms(lambda model=model, image=image: model(image), dev)
                     if rep >= warmup:
                         times[name].append(ms)
         train_times = _train_times(models, size, dev, repeats, warmup) if size == train_size else {}
         tv_latency = statistics.median(times[TORCHVISION])
         tv_train = statistics.median(train_times[TORCHVISION]) if train_times else None
         for name, model in models.items():
-            raw = _TorchvisionRaw(model) if name == TORCHVISION else model  # type: ignore[arg-type]
             latency = statistics.median(times[name])
             train = statistics.median(train_times[name]) if train_times else None
             result.rows.append({
                 "model": name, "size": size,
                 "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                "gflops": count_flops(raw.cpu(), size), "latency_ms": latency,
+                "gflops": count_flops(model.cpu(), size), "latency_ms": latency,
                 "latency_ratio": latency / tv_latency, "train_ms": train,
                 "train_ratio": None if train is None or tv_train is None else train / tv_train,
             })
-            raw.to(dev)
+            model.to(dev)
         if progress:
             progress(f"size {size} done")
     return result
@@ -162,7 +150,7 @@ def _train_times(
                 loss.backward()  # type: ignore[union-attr]
                 opt.step()
 
-            ms = _time_ms(step, dev)
+            ms = time_ms(step, dev)
             model.eval()
             if rep >= min(warmup, 1):
                 times[name].append(ms)

@@ -1,4 +1,4 @@
-"""``harnet`` command line: demo, data, train, eval, predict, info.
+"""``harnet`` command line: demo, data, train, eval, predict, bench, ablate, info.
 
 Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
 with status 2 (usage/config) or 1 (runtime); ``--debug`` shows the full traceback instead.
@@ -142,7 +142,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from harnet.ablation import run_ablation, summarize, write_report
+    from harnet.train import resolve_device
+
+    config = _experiment_path(args.config)
+    if not config.is_file():
+        raise ConfigError(f"{config}: config file not found")
+    out = Path(args.out or f"runs/ablate/{config.stem}")
+    seeds = list(range(args.seeds))
+    device = str(resolve_device(args.device))
+    log = lambda message: print(f"[ablate] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    if not args.report_only:
+        try:
+            run_ablation(config, out, seeds, args.rows, args.set, args.jobs, device, args.threads, log)
+        except KeyboardInterrupt:
+            log("stopped; finished runs are kept and the rest resume on the next call")
+    summary = summarize(out, seeds, args.rows, device, args.latency_repeats)
+    summary |= {"config": str(config), "overrides": list(args.set), "command": " ".join(sys.argv)}
+    write_report(out, summary, f"{config.stem}: ablation over {len(seeds)} seeds")
+    print((out / "results.md").read_text())
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'ap_vs_step.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from harnet.ablation import ROW_NAMES
     from harnet.config import PRESETS
 
     p = argparse.ArgumentParser(prog="harnet", description="HAR-Net object detection")
@@ -203,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--out", help="write results JSON here (and a .md table beside it)")
     b.set_defaults(func=cmd_bench)
+
+    ab = sub.add_parser("ablate", help="train + evaluate every ablation row over seeds; tables and a plot")
+    ab.add_argument("--config", required=True, help="experiment YAML or built-in name (e.g. shapes_hard)")
+    ab.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every row")
+    ab.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=None, help="default: all")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    ab.add_argument("--jobs", type=int, default=1, help="trainings at once (several small runs share a GPU)")
+    ab.add_argument("--threads", type=int, default=None, help="torch CPU threads per training")
+    ab.add_argument("--device", default="auto")
+    ab.add_argument("--out", help="default: runs/ablate/CONFIG_NAME")
+    ab.add_argument("--latency-repeats", type=int, default=10)
+    ab.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
+    ab.set_defaults(func=cmd_ablate)
 
     info = sub.add_parser("info", help="parameter count and FLOPs of a preset")
     info.add_argument("--preset", choices=PRESETS, default="hybrid")

@@ -65,8 +65,16 @@ def _make_counter(deform_op: Any) -> FlopCounterMode:
         return FlopCounterMode(display=False)
 
 
+def _forward_raw(model: nn.Module) -> Any:
+    """HAR-Net's ``forward_raw``; for a torchvision detector (RetinaNet), its backbone + head."""
+    if hasattr(model, "forward_raw"):
+        return model.forward_raw
+    return lambda images: model.head(list(model.backbone(images).values()))  # type: ignore[operator]
+
+
 def count_flops(model: nn.Module, size: int = 512) -> float:
-    """GFLOPs (= counted FLOPs / 1e9) of one ``model.forward_raw`` on a normalised (1, 3, size, size)
+    """GFLOPs (= counted FLOPs / 1e9) of one ``model.forward_raw`` (HAR-Net) or backbone + head
+    (torchvision's detectors) on a normalised (1, 3, size, size)
     batch, i.e. backbone + attentions + FPN + head; no resizing, anchors or post-processing.
 
     Convention: 2 FLOPs per multiply-add (what FlopCounterMode counts), so divide by 2 to compare
@@ -95,7 +103,7 @@ def count_flops(model: nn.Module, size: int = 512) -> float:
     try:
         model.eval()
         with torch.no_grad(), counter:
-            model.forward_raw(images)  # type: ignore[operator]
+            _forward_raw(model)(images)
     finally:
         model.train(was_training)
         for handle in handles:

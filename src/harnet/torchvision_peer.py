@@ -32,6 +32,7 @@ _FIXED = {
     "inference.nms": "nms",
     "inference.box_voting_iou": None,
     "head.prior_probability": 0.01,
+    "head.num_convs": 4,
 }
 
 
