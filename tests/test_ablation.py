@@ -53,8 +53,8 @@ def test_ablation_runs_resumes_and_reports(shapes_root: Path, tmp_path: Path) ->
 def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
     """--report-only rebuilds the report from done.json files and trains nothing."""
     config = tmp_path / "c.yaml"
-    config.write_text("model: {backbone: {name: resnet18}, fpn: {channels: 16}, aligned: {mid_channels: 16, gn_groups: 8},"
-                      " channel: {gn_groups: 8}, transform: {min_size: [64], max_size: 64}}\n")
+    config.write_text("model: {backbone: {name: resnet18}, fpn: {channels: 16}, channel: {gn_groups: 8},"
+                      " aligned: {mid_channels: 16, gn_groups: 8}, transform: {min_size: [64], max_size: 64}}\n")
     for row, ap in (("retinanet", 0.10), ("hybrid", 0.15)):
         run = tmp_path / "out" / row / "seed0"
         run.mkdir(parents=True)

@@ -90,9 +90,9 @@ def test_settings_torchvision_cannot_express_are_refused(change: dict[str, objec
 
 def test_harnet_train_runs_the_peer(tiny, tmp_path: Path) -> None:
     """``detector: torchvision_retinanet`` trains, evaluates and checkpoints through our loop."""
-    cfg = tiny(tmp_path, "detector=torchvision_retinanet", "model.head.group_norm=true", "model.loss.box_loss=l1", "model.head.num_convs=4",
-               "model.channel.gn_groups=8",
-               "train.max_steps=2", preset="retinanet")
+    peer = ["detector=torchvision_retinanet", "model.head.group_norm=true", "model.loss.box_loss=l1",
+            "model.head.num_convs=4", "model.channel.gn_groups=8", "train.max_steps=2"]
+    cfg = tiny(tmp_path, *peer, preset="retinanet")
     result = train(cfg, progress=False)
     assert result.step == 2 and result.final is not None
     ckpt = checkpoint.load(tmp_path / "last.pt")

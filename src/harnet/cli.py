@@ -130,9 +130,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     result = run_benchmark(args.backbone, tuple(args.sizes), args.repeats, args.warmup, args.train_size,
-                           str(device), args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr))
+                           str(device), args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr),
+                           amp=not args.no_amp, memory=not args.no_memory)
     table = result.markdown()
-    print(f"device {result.device}, {result.threads} threads, backbone {result.backbone}, "
+    print(f"device {result.device} {result.device_name}, {result.threads} threads, backbone {result.backbone}, "
           f"median of {result.repeats}\n{table}")
     if args.out:
         out = Path(args.out)
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--train-size", type=int, default=512, help="image size of the training-step timing")
     b.add_argument("--device", default="auto")
     b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--no-amp", action="store_true", help="on CUDA, skip the fp16-autocast rows")
+    b.add_argument("--no-memory", action="store_true", help="on CPU, skip the peak-memory processes")
     b.add_argument("--out", help="write results JSON here (and a .md table beside it)")
     b.set_defaults(func=cmd_bench)
 
