@@ -33,9 +33,10 @@ import yaml
 
 from harnet.bench import time_ms
 from harnet.complexity import count_flops
+from harnet.data.build import shapes_split
 from harnet.detectors import build_detector
 from harnet.evaluation import STAT_NAMES
-from harnet.experiment import ExperimentConfig
+from harnet.experiment import ExperimentConfig, load_experiment
 
 METRICS = STAT_NAMES[:6]  # AP, AP50, AP75, APs, APm, APl
 BASELINE = "retinanet"
@@ -112,10 +113,13 @@ def _finish(spec: RunSpec, seconds: float) -> dict[str, Any]:
 
 
 _RUNNING: set[subprocess.Popen[bytes]] = set()
+_STOPPING: list[bool] = []
 
 
 def _stop_children(signum: int, frame: Any) -> None:
-    """SIGTERM/SIGINT: each training saves its checkpoint on SIGINT; then stop (resume later)."""
+    """SIGTERM/SIGINT: no new run starts; each running training gets SIGINT, saves its checkpoint
+    and exits (the next ``harnet ablate`` resumes it)."""
+    _STOPPING.append(True)
     for process in list(_RUNNING):
         process.send_signal(signal.SIGINT)
     for process in list(_RUNNING):
@@ -128,6 +132,8 @@ def _run_one(spec: RunSpec, config: Path, overrides: Sequence[str], device: str,
     done_path = spec.run_dir / "done.json"
     if done_path.is_file():
         return json.loads(done_path.read_text())
+    if _STOPPING:
+        return None
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     command = _train_command(spec, config, overrides, device, threads)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -141,6 +147,9 @@ def _run_one(spec: RunSpec, config: Path, overrides: Sequence[str], device: str,
         _RUNNING.discard(process)
     seconds = time.perf_counter() - start
     if code != 0:
+        if _STOPPING:
+            log(f"{spec.row.name} seed {spec.seed}: stopped (resumes next time)")
+            return None
         lines = (spec.run_dir / "train.log").read_text(errors="replace").strip().splitlines()
         log(f"{spec.row.name} seed {spec.seed}: FAILED (exit {code}): {lines[-1] if lines else ''}")
         return None
@@ -161,13 +170,19 @@ def run_ablation(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every (row, seed) not yet done; returns the finished runs' summaries."""
+    data = load_experiment(config, list(overrides)).data
+    if data.format == "shapes":  # generate once here, not in N concurrent runs racing on one folder
+        shapes_split(data.shapes, "train")
     specs = plan(out, seeds, rows)
     log(f"{len(specs)} runs ({len(specs) // max(len(seeds), 1)} rows x {len(seeds)} seeds) -> {out}, {jobs} at a time")
+    _STOPPING.clear()
     previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGTERM, signal.SIGINT)}
+    pool = ThreadPoolExecutor(max_workers=max(jobs, 1))
     try:
-        with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-            results = list(pool.map(lambda s: _run_one(s, config, overrides, device, threads, log), specs))
+        futures = [pool.submit(_run_one, s, config, overrides, device, threads, log) for s in specs]
+        results = [f.result() for f in futures]
     finally:
+        pool.shutdown(wait=not _STOPPING, cancel_futures=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return [r for r in results if r is not None]
@@ -200,7 +215,8 @@ def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None
         entry: dict[str, Any] = {"name": spec_row.name, "description": spec_row.description, "runs": runs}
         if runs:
             for key in METRICS:
-                values = [100 * r["stats"][key] for r in runs if r["stats"].get(key) is not None]
+                # pycocotools reports an undefined metric (no object of that size) as -1
+                values = [100 * v for r in runs if (v := r["stats"].get(key)) is not None and v >= 0]
                 entry.setdefault("mean", {})[key], entry.setdefault("std", {})[key] = (
                     _mean_std(values) if values else (None, None))
             cost, model, size = _cost(out / spec_row.name / f"seed{runs[0]['seed']}", dev, latency_repeats)
@@ -247,7 +263,7 @@ def markdown(summary: dict[str, Any]) -> str:
                 verdict = "meets" if delta >= 2.0 else "misses"
                 lines.append(f"- hybrid vs retinanet: {delta:+.1f} AP ({verdict} the +2.0 target)")
             elif e["name"] == "torchvision_retinanet":
-                ok = -delta <= max(e["std"]["AP"], base["std"]["AP"])
+                ok = -delta >= -max(e["std"]["AP"], base["std"]["AP"])
                 lines.append(f"- retinanet vs torchvision's: {-delta:+.1f} AP "
                              f"({'at least its AP within seed std' if ok else 'BELOW it by more than the seed std'})")
             else:
