@@ -92,8 +92,13 @@ def load_model_weights(model: HARNet, ckpt: dict[str, Any]) -> None:
 
 
 def build_model(ckpt: dict[str, Any]) -> HARNet:
-    """A model built from the checkpoint's own config, with its weights."""
-    model = HARNet(model_config(ckpt))
+    """A model built from the checkpoint's own config, with its weights.
+
+    The pretrained backbone file (or ImageNet download) the run started from is not needed: the
+    checkpoint holds every weight, so ``backbone.weights`` is cleared before building."""
+    cfg = model_config(ckpt)
+    cfg.backbone.weights = None
+    model = HARNet(cfg)
     model.load_state_dict(ckpt["model"])
     return model
 
