@@ -47,6 +47,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from harnet.distributed import launched_as_main
     from harnet.experiment import load_experiment
     from harnet.train import train
 
@@ -62,6 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")
         cfg = load_experiment(_experiment_path(args.config), overrides)
     result = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    if not launched_as_main():  # torchrun: rank 0 reports
+        return 0
     if result.final is not None:
         print(result.final.table())
     print(f"run folder: {result.run_dir}  (best AP {result.best_ap:.4f})")
