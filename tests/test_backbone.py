@@ -10,7 +10,7 @@ from torch import nn
 from torchvision import models
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from harnet.backbone import ResNetBackbone
+from harnet.backbone import ResNetBackbone, build_backbone
 from harnet.config import BackboneConfig
 
 
@@ -78,3 +78,32 @@ def test_weights_are_loaded_and_wrong_files_rejected(tmp_path: Path) -> None:
     torch.save({f"backbone.body.{k}": v for k, v in reference.state_dict().items()}, bad)
     with pytest.raises(ValueError, match="not a resnet18 state_dict"):
         ResNetBackbone(BackboneConfig("resnet18", weights=str(bad)))
+
+
+def test_imagenet_weights_come_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """weights='imagenet' reads torchvision's default file from the torch hub cache (no download)."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    torch.manual_seed(2)
+    reference = models.resnet18(weights=None)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "checkpoints" / Path(models.ResNet18_Weights.DEFAULT.url).name)
+    backbone = ResNetBackbone(BackboneConfig("resnet18", norm="frozen_bn", weights="imagenet"))
+    assert torch.equal(backbone.body.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+
+
+def test_imagenet_weights_without_network_fail_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cached file and no network: a one-line RuntimeError naming the URL and the offline fix."""
+    import urllib.error
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(RuntimeError, match=r"cannot download .*resnet18-f37072fd\.pth.*copy that file to") as e:
+        ResNetBackbone(BackboneConfig("resnet18", weights="imagenet"))
+    assert "\n" not in str(e.value)
+
+
+def test_build_backbone_picks_the_resnet() -> None:
+    assert isinstance(build_backbone(BackboneConfig("resnet18")), ResNetBackbone)

@@ -67,3 +67,25 @@ def test_info_prints_params_and_flops(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["info", "--preset", "hybrid", "--backbone", "resnet18", "--size", "128"]) == 0
     out = capsys.readouterr().out
     assert "params" in out and "GFLOPs at 128x128" in out
+
+
+def test_backbone_weights_flag_and_checkpoints_that_no_longer_need_the_file(
+    shapes_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--backbone-weights sets model.backbone.weights; a missing file is a one-line error (exit 1); a
+    finished run evaluates after the pretrained file is gone (the checkpoint holds every weight)."""
+    import torch
+    from torchvision.models import resnet18
+
+    from tests_support import tiny_args
+
+    weights = tmp_path / "r18.pth"
+    torch.save(resnet18().state_dict(), weights)
+    run = tmp_path / "run"
+    args = ["train", *tiny_args(shapes_root, run), "--set", "train.max_steps=1", "--no-progress"]
+    assert main([*args, "--backbone-weights", str(tmp_path / "missing.pth")]) == 1
+    assert "missing.pth': file not found" in capsys.readouterr().err
+    assert main([*args, "--backbone-weights", str(weights)]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["backbone"]["weights"] == str(weights)
+    weights.unlink()
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval")]) == 0

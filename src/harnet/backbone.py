@@ -1,16 +1,17 @@
-"""ResNet body returning C3, C4, C5 (strides 8, 16, 32), built from torchvision's ResNet."""
+"""Backbone bodies returning C3, C4, C5 (strides 8, 16, 32): torchvision's ResNets here,
+EfficientNet-Lite0 (timm) in :mod:`harnet.efficientnet_backbone`; ``build_backbone`` picks one."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from harnet.config import BackboneConfig
+from harnet.pretrained import IMAGENET, load_state_file, torchvision_imagenet_state
 
 _BUILDERS = {
     "resnet18": models.resnet18,
@@ -38,7 +39,7 @@ class ResNetBackbone(nn.Module):
         norm_layer = FrozenBatchNorm2d if cfg.norm == "frozen_bn" else nn.BatchNorm2d
         resnet = _BUILDERS[cfg.name](weights=None, norm_layer=norm_layer)
         if cfg.weights:
-            state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+            state = torchvision_imagenet_state(cfg.name) if cfg.weights == IMAGENET else load_state_file(cfg.weights)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = resnet.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("fc.")]
@@ -60,3 +61,12 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
         return self.body(images)
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    """The body named by ``cfg.name``; it has ``out_channels`` ({"c3", "c4", "c5"} -> channels)."""
+    if cfg.name == "efficientnet_lite0":
+        from harnet.efficientnet_backbone import EfficientNetLite0Backbone  # imports timm only when used
+
+        return EfficientNetLite0Backbone(cfg)
+    return ResNetBackbone(cfg)

@@ -94,8 +94,13 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetCon
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
-    """The checkpoint's detector (HAR-Net, or the torchvision peer) from its own config, with its weights."""
-    model = build_detector(ckpt["config"].get("detector", "harnet"), model_config(ckpt))
+    """The checkpoint's detector (HAR-Net, or the torchvision peer) from its own config, with its weights.
+
+    The pretrained backbone file (or ImageNet download) the run started from is not needed: the
+    checkpoint holds every weight, so ``backbone.weights`` is cleared before building."""
+    cfg = model_config(ckpt)
+    cfg.backbone.weights = None
+    model = build_detector(ckpt["config"].get("detector", "harnet"), cfg)
     model.load_state_dict(ckpt["model"])
     return model
 

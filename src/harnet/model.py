@@ -16,7 +16,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from harnet.aligned_attention import DeformableBottleneck
 from harnet.anchors import build_anchor_generator
-from harnet.backbone import ResNetBackbone
+from harnet.backbone import build_backbone
 from harnet.config import HARNetConfig
 from harnet.fpn import build_fpn, pyramid_levels
 from harnet.head import HARNetHead, Prediction
@@ -40,7 +40,7 @@ class HARNet(nn.Module):
         self.transform = GeneralizedRCNNTransform(
             t.min_size, t.max_size, list(t.image_mean), list(t.image_std), size_divisible=t.size_divisible
         )
-        self.backbone = ResNetBackbone(cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone)
         channels = self.backbone.out_channels
         self.aligned = nn.ModuleDict()
         if cfg.aligned.enabled:

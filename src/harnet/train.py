@@ -9,6 +9,7 @@ batches an uninterrupted run would, whatever the number of data-loader workers.
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from harnet import checkpoint
+from harnet import checkpoint, distributed
 from harnet.data.build import build_dataset
 from harnet.data.loader import collate_fn
 from harnet.data.transforms import build_transforms
@@ -114,11 +115,15 @@ def check_output_dir(run_dir: Path) -> None:
 
 
 class MetricsLog:
-    """metrics.csv (always) and TensorBoard (when installed) in the run folder."""
+    """metrics.csv (always) and TensorBoard (when installed) in the run folder; nothing when disabled
+    (the ranks other than 0 of a distributed run)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.csv"
         self.writer: Any = None
+        self.enabled = enabled
+        if not enabled:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -127,6 +132,8 @@ class MetricsLog:
             pass
 
     def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
             w = csv.writer(f)
@@ -146,13 +153,14 @@ class Trainer:
     """Owns model, optimizer, data and run folder for one experiment."""
 
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> None:
-        self.cfg, self.progress = cfg, progress
         t = cfg.train
+        self.device = distributed.setup(resolve_device(t.device))  # joins torchrun's process group, if any
+        self.cfg, self.progress = cfg, progress and distributed.is_main()
         self.run_dir = Path(cfg.output_dir)
-        check_output_dir(self.run_dir)
+        if distributed.is_main():
+            check_output_dir(self.run_dir)
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device)
         self.train_set = build_dataset(cfg.data, "train")
         self.val_set = build_dataset(cfg.data, "val", class_names=self.train_set.class_names)
         if len(self.train_set) == 0:
@@ -168,8 +176,11 @@ class Trainer:
         self.step, self.best_ap = 0, -1.0
         if resume:
             self._resume()
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(self.run_dir)
+        # DistributedDataParallel when launched by torchrun, else the model itself; self.model stays the bare model.
+        self.net = distributed.wrap(self.model, self.device)
+        if distributed.is_main():
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.log = MetricsLog(self.run_dir, enabled=distributed.is_main())
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -199,17 +210,25 @@ class Trainer:
 
     def save(self, name: str = "last.pt") -> Path:
         path = self.run_dir / name
-        checkpoint.save_atomic(self.state(), path)
+        if distributed.is_main():
+            checkpoint.save_atomic(self.state(), path)
         return path
 
-    def evaluate(self) -> EvalResult:
-        ids, preds = predict_dataset(self.model, self.val_set, self.device, self.cfg.train.batch_size)
-        return evaluate_predictions(self.val_set, ids, preds)
+    def evaluate(self) -> EvalResult | None:
+        """COCO metrics of the val set; distributed: each rank predicts its shard, rank 0 scores (others: None)."""
+        shard = distributed.shard(self.val_set)
+        ids, preds = predict_dataset(self.model, shard, self.device, self.cfg.train.batch_size)
+        all_ids, all_preds = distributed.gather_shards(ids), distributed.gather_shards(preds)
+        if all_ids is None or all_preds is None:
+            return None
+        return evaluate_predictions(self.val_set, all_ids, all_preds)
 
     def _loader(self) -> Iterator[tuple[list[Tensor], list[dict[str, Any]]]]:
         t, d = self.cfg.train, self.cfg.data
         data = AugmentedDataset(self.train_set, build_transforms(True, d.hflip_prob, d.photometric), t.seed)
-        sampler = InfiniteBatchSampler(len(self.train_set), t.batch_size, t.seed, self.step)
+        # Distributed: every rank draws the same global batch and keeps its slice (train.batch_size is global).
+        sampler = distributed.shard_batches(InfiniteBatchSampler(len(self.train_set), t.batch_size, t.seed, self.step),
+                                            t.batch_size)
         loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate_fn, num_workers=d.num_workers,
                             persistent_workers=d.num_workers > 0)
         return iter(loader)
@@ -218,14 +237,16 @@ class Trainer:
         images = [img.to(self.device, non_blocking=True) for img in images]
         targets = [{k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
         with torch.autocast(self.device.type, enabled=self.amp):
-            losses = self.model(images, targets)
+            losses = self.net(images, targets)
         loss = sum(losses.values())
         assert isinstance(loss, Tensor)
-        if not torch.isfinite(loss):
+        # Averaged over the ranks (the global batch's loss), so every rank takes the same decision below.
+        values = distributed.mean_over_ranks({"loss": loss, **losses})
+        if not math.isfinite(values["loss"]):
             path = self.save()
             ids = [int(t["image_id"]) for t in targets]
             raise TrainingError(
-                f"non-finite loss {loss.item()} at step {self.step} (batch image ids {ids}); "
+                f"non-finite loss {values['loss']} at step {self.step} (batch image ids {ids}); "
                 f"last good state saved to {path}. Lower train.lr or set train.grad_clip."
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -237,10 +258,12 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        return values
 
-    def _eval_and_keep_best(self) -> EvalResult:
+    def _eval_and_keep_best(self) -> EvalResult | None:
         result = self.evaluate()
+        if result is None:  # a rank other than 0
+            return None
         result.save_json(self.run_dir / f"eval_step{self.step}.json")
         ap = result.stats["AP"]
         self.log.write(self.step, {f"val/{k}": v for k, v in result.stats.items()})
@@ -288,5 +311,8 @@ class Trainer:
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) the experiment; returns the final evaluation."""
-    return Trainer(cfg, resume=resume, progress=progress).fit()
+    """Train (or resume) the experiment; returns the final evaluation (None on ranks other than 0)."""
+    try:
+        return Trainer(cfg, resume=resume, progress=progress).fit()
+    finally:
+        distributed.cleanup()
