@@ -180,6 +180,11 @@ def export_onnx(model: HARNet, path: Path, exporter: Exporter = "torchscript",
             import onnxscript  # noqa: F401
         except ImportError:
             raise RuntimeError("--exporter dynamo needs onnxscript: pip install 'harnet[export]'") from None
+        # torch.export specialises dimensions of size 1: trace with a batch of 2 and sizes where
+        # even P7 (stride 128) has two cells.
+        d = model.config.transform.size_divisible
+        side = max(example.shape[-1], example.shape[-2], -(-129 // d) * d)
+        example = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
         dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=32, max=8192),
                 3: torch.export.Dim("width", min=32, max=8192)}
         program = torch.onnx.export(
