@@ -116,3 +116,14 @@ def test_suppress_soft_nms_with_voting() -> None:
     # A (IoU 0.8 with C) is pulled towards C; D (alone in class 1) is unchanged.
     torch.testing.assert_close(out["boxes"][0], (0.9 * BOXES[0] + 0.7 * BOXES[2]) / 1.6)
     torch.testing.assert_close(out["boxes"][1], BOXES[3])
+
+
+def test_zero_area_boxes_stay_finite_through_soft_nms_and_voting() -> None:
+    """Boxes clipped flat at the image border have IoU 0/0 with each other; no NaN may leak out."""
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [64.0, 5.0, 64.0, 20.0], [64.0, 5.0, 64.0, 20.0]])
+    scores, labels = torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 0])
+    cfg = InferenceConfig(nms="soft_nms", box_voting_iou=0.6)
+    out = suppress(boxes, scores, labels, cfg)
+    assert len(out["scores"]) == 3
+    assert bool(torch.isfinite(out["boxes"]).all()) and bool(torch.isfinite(out["scores"]).all())
+    torch.testing.assert_close(out["boxes"][1:], boxes[1:])

@@ -33,3 +33,28 @@ def tiny_args(shapes_root: Path, out: Path) -> list[str]:
     for item in tiny_overrides(shapes_root, out):
         args += ["--set", item]
     return args
+
+
+def random_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
+    """A checkpoint of an untrained model (no training run needed) whose outputs vary enough to give
+    detections: offsets and class-logit weights are drawn larger than the training init, so the
+    deformable sampling moves and scores spread above the score threshold."""
+    import torch
+
+    from harnet import checkpoint
+    from harnet.experiment import load_experiment
+    from harnet.model import HARNet
+
+    cfg = load_experiment(None, overrides)
+    torch.manual_seed(seed)
+    model = HARNet(cfg.model)
+    with torch.no_grad():
+        for block in model.aligned.values():
+            block.offset.weight.normal_(std=0.05)
+        for name, p in model.head.named_parameters():
+            if "cls_logits" in name:
+                p.normal_(std=0.3 if name.endswith("weight") else 0.5)
+    names = [f"class{i}" for i in range(cfg.model.num_classes)]
+    checkpoint.save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": names,
+                            "category_ids": list(range(1, len(names) + 1))}, path)
+    return path

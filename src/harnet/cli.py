@@ -1,4 +1,4 @@
-"""``harnet`` command line: demo, data, train, eval, predict, bench, ablate, info.
+"""``harnet`` command line: demo, data, train, eval, predict, export, explain, bench, ablate, info.
 
 Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
 with status 2 (usage/config) or 1 (runtime); ``--debug`` shows the full traceback instead.
@@ -10,9 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harnet.checkpoint import CheckpointError
 from harnet.configio import ConfigError
+
+if TYPE_CHECKING:
+    from harnet.tta import TTAConfig
 
 
 def _experiment_path(value: str) -> Path:
@@ -23,6 +27,18 @@ def _experiment_path(value: str) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     return builtin_config(value)
+
+
+def _tta(args: argparse.Namespace) -> TTAConfig | None:
+    """``--tta`` (flip + the paper's two scales) or ``--tta-scales ...`` -> a TTAConfig, else None."""
+    from harnet.tta import PAPER_SCALES, TTAConfig
+
+    if not args.tta and args.tta_scales is None:
+        return None
+    try:
+        return TTAConfig(scales=tuple(args.tta_scales or PAPER_SCALES), flip=not args.tta_no_flip)
+    except ValueError as e:
+        raise ConfigError(f"--tta-scales: {e}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -90,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = checkpoint.build_model(ckpt)
     device = resolve_device(args.device)
     model.to(device)
-    ids, preds = predict_dataset(model, dataset, device)
+    ids, preds = predict_dataset(model, dataset, device, tta=_tta(args))
     result = evaluate_predictions(dataset, ids, preds)
     print(result.table())
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"eval_{args.split}"
@@ -105,13 +121,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from harnet.detector import Detector
     from harnet.predict import expand_inputs, predict_files
 
-    detector = Detector.from_checkpoint(args.checkpoint, device=args.device)
+    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, tta=_tta(args))
     paths = expand_inputs(args.images)
     report = predict_files(detector, paths, Path(args.out), args.score)
     print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 1 if report.skipped and not report.images else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harnet import checkpoint
+    from harnet.export import export_model
+
+    ckpt = checkpoint.load(args.checkpoint)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"model{suffix}"
+    result = export_model(checkpoint.build_model(ckpt), out, args.format, ckpt["class_names"], ckpt["category_ids"],
+                          exporter=args.exporter, size=tuple(args.size) if args.size else None)
+    check = ("not checked (pip install onnxruntime to check)" if result.max_abs_diff is None
+             else f"max |exported - PyTorch| = {result.max_abs_diff:.2e} on a check batch")
+    print(f"exported {result.path}  metadata {result.metadata_path}  ({check})")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from harnet.explain import explain_file
+
+    point = (float(args.point[0]), float(args.point[1])) if args.point else None
+    result, files = explain_file(args.checkpoint, args.image, args.out, point, args.device)
+    print(f"{len(files)} files -> {args.out}")
+    for line in result.skipped:
+        print(f"skipped {line}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -174,6 +216,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tta_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: horizontal flip and two scales, merged by Soft-NMS + box voting")
+    p.add_argument("--tta-scales", type=float, nargs="+", metavar="S",
+                   help="TTA scales as multiples of the test size (implies --tta; default 1.0 1.25)")
+    p.add_argument("--tta-no-flip", action="store_true", help="TTA without the flipped views")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from harnet.ablation import ROW_NAMES
     from harnet.config import PRESETS
@@ -218,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["train", "val"], default="val")
     ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
     ev.add_argument("--device", default="auto")
+    _add_tta_args(ev)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="detect objects in image files, folders or globs")
@@ -226,7 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions")
     pr.add_argument("--score", type=float, default=0.3)
     pr.add_argument("--device", default="auto")
+    _add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="export the network to ONNX or TorchScript (+ metadata JSON)")
+    ex.add_argument("checkpoint", metavar="RUN_OR_CKPT")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt beside the checkpoint)")
+    ex.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                    help="ONNX exporter: torch.onnx's TorchScript-based one (fast) or torch.export (torch >= 2.6)")
+    ex.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="example input size to trace at (shapes stay dynamic; default: the test size)")
+    ex.set_defaults(func=cmd_export)
+
+    xp = sub.add_parser("explain", help="figures of the spatial masks, deformable sampling points, SE weights")
+    xp.add_argument("checkpoint", metavar="RUN_OR_CKPT")
+    xp.add_argument("image")
+    xp.add_argument("--out", required=True, help="output folder")
+    xp.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"),
+                    help="where to read the sampling points (default: the best detection's centre)")
+    xp.add_argument("--device", default="auto")
+    xp.set_defaults(func=cmd_explain)
 
     b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet")
     b.add_argument("--backbone", default="resnet50")

@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from harnet import checkpoint
 from harnet.data.image_io import load_image
 from harnet.train import resolve_device
+from harnet.tta import TTAConfig, tta_predict
 
 ImageInput = str | Path | Image.Image | Tensor
 
@@ -28,18 +29,22 @@ class Detector:
         category_ids: Sequence[int] | None = None,
         device: str = "auto",
         batch_size: int = 4,
+        tta: TTAConfig | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.class_names = list(class_names)
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
         self.batch_size = batch_size
+        self.tta = tta  # test-time augmentation (flip, scales) when set
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 4) -> Detector:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None
+    ) -> Detector:
         """Load a ``.pt`` file or a run folder (its best.pt, else last.pt) safely (weights only)."""
         ckpt = checkpoint.load(path)
-        return cls(checkpoint.build_model(ckpt), ckpt["class_names"], ckpt["category_ids"], device, batch_size)
+        return cls(checkpoint.build_model(ckpt), ckpt["class_names"], ckpt["category_ids"], device, batch_size, tta)
 
     @staticmethod
     def to_tensor(image: ImageInput) -> Tensor:
@@ -62,7 +67,8 @@ class Detector:
         results: list[dict[str, Any]] = []
         for start in range(0, len(items), self.batch_size):
             batch = [self.to_tensor(x).to(self.device) for x in items[start : start + self.batch_size]]
-            for out in self.model(batch):
+            outputs = tta_predict(self.model, batch, self.tta) if self.tta is not None else self.model(batch)
+            for out in outputs:
                 keep = out["scores"] >= score_thresh
                 out = {k: v[keep].cpu() for k, v in out.items()}
                 out["names"] = [self.class_names[i] for i in out["labels"].tolist()]

@@ -7,13 +7,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from harnet.data.loader import collate_fn
+from harnet.tta import TTAConfig, tta_predict
 
 
 @torch.inference_mode()
 def predict_dataset(
-    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 2, num_workers: int = 0
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 2, num_workers: int = 0,
+    tta: TTAConfig | None = None,
 ) -> tuple[list[int], list[dict[str, Tensor]]]:
-    """Detections for every image of ``dataset`` (in its order): (image ids, per-image dicts on CPU)."""
+    """Detections for every image of ``dataset`` (in its order): (image ids, per-image dicts on CPU).
+    With ``tta``, each batch goes through test-time augmentation instead of one forward pass."""
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
@@ -21,7 +24,8 @@ def predict_dataset(
     image_ids: list[int] = []
     predictions: list[dict[str, Tensor]] = []
     for images, targets in loader:
-        outputs = model([img.to(device) for img in images])
+        batch = [img.to(device) for img in images]
+        outputs = tta_predict(model, batch, tta) if tta is not None else model(batch)
         image_ids += [int(t["image_id"]) for t in targets]
         predictions += [{k: v.cpu() for k, v in out.items()} for out in outputs]
     model.train(was_training)

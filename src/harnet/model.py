@@ -78,9 +78,7 @@ class HARNet(nn.Module):
         if self.training:
             assert targets is not None
             return self.compute_loss(sets, targets, anchors)
-        # Hybrid: the two prediction sets are averaged (logits and deltas) at test time.
-        cls_logits = torch.stack([s[0] for s in sets]).mean(0) if len(sets) > 1 else sets[0][0]
-        box_deltas = torch.stack([s[1] for s in sets]).mean(0) if len(sets) > 1 else sets[0][1]
+        cls_logits, box_deltas = merge_prediction_sets(sets)
         per_level = [x.shape[-2] * x.shape[-1] * self.config.anchors.num_anchors for x in features]
         detections = postprocess(
             cls_logits, box_deltas, anchors, per_level, image_list.image_sizes, self.box_coder,
@@ -100,6 +98,16 @@ class HARNet(nn.Module):
             for name, value in self.loss(targets, cls_logits, box_deltas, anchors, matched).items():
                 losses[name + suffix] = value * weight
         return losses
+
+
+def merge_prediction_sets(sets: list[Prediction]) -> Prediction:
+    """Test-time logits and deltas: the hybrid's two prediction sets averaged, one set as is.
+
+    Shared by ``forward``, test-time augmentation and export so that all three decode the same numbers.
+    """
+    if len(sets) == 1:
+        return sets[0]
+    return torch.stack([s[0] for s in sets]).mean(0), torch.stack([s[1] for s in sets]).mean(0)
 
 
 def _check_targets(targets: list[dict[str, Tensor]], num_classes: int) -> None:

@@ -65,7 +65,8 @@ def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float, max_ke
         keep.append(best)
         kept_scores.append(best_score)
         alive[best] = False
-        iou = box_iou(shifted[best : best + 1], shifted)[0]
+        # A zero-area box (clipped flat at the border) has IoU 0/0 with another one: count it as no overlap.
+        iou = box_iou(shifted[best : best + 1], shifted)[0].nan_to_num(0.0)
         current = current * torch.exp(-(iou * iou) / sigma)
     return torch.tensor(keep, dtype=torch.int64, device=boxes.device), torch.stack(kept_scores)
 
@@ -75,14 +76,16 @@ def box_voting(
 ) -> Tensor:
     """Each kept box becomes the score-weighted mean of same-class candidates with IoU >= thresh.
 
-    The kept box is itself a candidate, so the weights never sum to zero.
+    The kept box is itself a candidate, so the weights sum to zero only for a zero-area kept box
+    (IoU 0/0 even with itself), which is returned unchanged.
     """
     if kept_boxes.numel() == 0:
         return kept_boxes
     iou = box_iou(kept_boxes, boxes)
     votes = (iou >= iou_thresh) & (kept_labels[:, None] == labels[None, :])
     weights = votes.to(scores) * scores[None, :]
-    return (weights @ boxes) / weights.sum(dim=1, keepdim=True)
+    total = weights.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, (weights @ boxes) / total.clamp(min=torch.finfo(total.dtype).tiny), kept_boxes)
 
 
 def suppress(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: InferenceConfig) -> dict[str, Tensor]:
@@ -98,6 +101,30 @@ def suppress(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: InferenceConfig
     return {"boxes": kept_boxes, "scores": kept_scores, "labels": kept_labels}
 
 
+def batch_candidates(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: list[Tensor],
+    num_anchors_per_level: list[int],
+    image_sizes: list[tuple[int, int]],
+    box_coder: det_utils.BoxCoder,
+    cfg: InferenceConfig,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Batch of head outputs -> per-image (boxes, scores, labels) before suppression, in the resized
+    image's coordinates. Test-time augmentation pools these over views before one ``suppress``."""
+    out = []
+    for logits, deltas, anchors_i, size in zip(cls_logits, box_deltas, anchors, image_sizes):
+        out.append(select_candidates(
+            list(logits.split(num_anchors_per_level)),
+            list(deltas.split(num_anchors_per_level)),
+            list(anchors_i.split(num_anchors_per_level)),
+            size,
+            box_coder,
+            cfg,
+        ))
+    return out
+
+
 def postprocess(
     cls_logits: Tensor,
     box_deltas: Tensor,
@@ -108,15 +135,5 @@ def postprocess(
     cfg: InferenceConfig,
 ) -> list[dict[str, Tensor]]:
     """Batch of head outputs -> per-image detections in the resized image's coordinates."""
-    detections = []
-    for logits, deltas, anchors_i, size in zip(cls_logits, box_deltas, anchors, image_sizes):
-        boxes, scores, labels = select_candidates(
-            list(logits.split(num_anchors_per_level)),
-            list(deltas.split(num_anchors_per_level)),
-            list(anchors_i.split(num_anchors_per_level)),
-            size,
-            box_coder,
-            cfg,
-        )
-        detections.append(suppress(boxes, scores, labels, cfg))
-    return detections
+    candidates = batch_candidates(cls_logits, box_deltas, anchors, num_anchors_per_level, image_sizes, box_coder, cfg)
+    return [suppress(boxes, scores, labels, cfg) for boxes, scores, labels in candidates]
