@@ -41,8 +41,23 @@ if [ ! -f "$RUNS/bench_gpu_resnet50.json" ]; then
 fi
 wait $DATA; log "data exit $?"
 
-# 3. Both ablations at once, seed-major, stopped cleanly 60 s before the deadline.
-BUDGET=$(($(left) - 60))
+# CUDA MPS lets the concurrent trainings' small kernels run side by side instead of time-slicing
+# the GPU between processes; kept off if it does not come up.
+if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d 2> /dev/null
+  if timeout 40 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    log "MPS on"
+  else
+    echo quit | nvidia-cuda-mps-control 2> /dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    log "MPS off"
+  fi
+fi
+
+# 3. Both ablations at once, seed-major, stopped cleanly 100 s before the deadline.
+BUDGET=$(($(left) - 100))
 log "ablations get ${BUDGET}s"
 ablate() {  # NAME JOBS ARGS...: one ablation in the background, stopped cleanly at the budget
   local name=$1 jobs=$2; shift 2
@@ -63,7 +78,17 @@ fi
 wait
 log "ablations done: $(grep -c 'AP ' "$RUNS"/*.log | tr '\n' ' ')"
 
-# 4. Bring back everything but checkpoints and TensorBoard files.
+# 4. #5: what test-time augmentation (flip + the paper's two scales) adds to the shapes_hard hybrids.
+for SEED in 0 1 2; do
+  RUN=$RUNS/ablate_shapes_hard/hybrid/seed$SEED
+  if [ -f "$RUN/done.json" ] && [ ! -f "$RUNS/tta/seed$SEED/metrics.json" ]; then
+    timeout -k 5 45 $H eval "$RUN/last.pt" --tta --out "$RUNS/tta/seed$SEED" > "$RUNS/tta_seed$SEED.log" 2>&1 &
+  fi
+done
+wait
+log "tta: $(ls "$RUNS"/tta 2>/dev/null | tr '\n' ' ')"
+
+# 5. Bring back everything but checkpoints and TensorBoard files.
 cp "$RUNS"/bench_gpu_resnet50.* "$OUT/" 2>/dev/null
 tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude=tensorboard "$RUNS"
 log "done"
