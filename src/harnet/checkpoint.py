@@ -12,8 +12,10 @@ import os
 import pickle
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -22,25 +24,45 @@ from harnet.config import HARNetConfig, to_dict
 from harnet.configio import from_dict
 from harnet.model import HARNet
 
+TEMP_SUFFIX = ".tmp"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, unsafe, or made for another model."""
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``."""
-    path = Path(path)
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A temp file beside ``path`` that replaces it (after fsync) only if the block completes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``."""
+    with _atomic_file(Path(path)) as f:
+        torch.save(obj, f)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Replace a small text file (config.yaml, metrics.csv) atomically, like checkpoints."""
+    with _atomic_file(Path(path)) as f:
+        f.write(text.encode("utf-8"))
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete the temp files of atomic writes that a killed process never finished (``.name.*.tmp``)."""
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -58,15 +80,25 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: not a plain-tensor checkpoint (it may carry pickled code): {_first_line(e)}"
-        ) from None
+        detail = _unpickling_detail(e)
+        if "global" in detail.lower():  # the file names a Python callable/class: it would run code
+            raise CheckpointError(f"{path}: refused to load: it carries pickled Python code ({detail}); "
+                                  "harnet checkpoints hold only tensors and plain values") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a plain-tensor file: {detail})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a harnet checkpoint (no 'model'/'config' entries)")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _unpickling_detail(error: BaseException) -> str:
+    """The specific line of torch's weights-only refusal, without its boilerplate (which even suggests
+    retrying with ``weights_only=False``, exactly what must not be done with an untrusted file)."""
+    boilerplate = ("weights only load failed", "please file an issue", "check the documentation")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if not line.lower().startswith(boilerplate)), _first_line(error))
 
 
 def _first_line(error: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from harnet import checkpoint
 from harnet.data.build import build_dataset
+from harnet.data.image_io import BadImageError
+from harnet.data.issues import BadDataError, one_line, write_issues
 from harnet.data.loader import collate_fn
 from harnet.data.transforms import build_transforms
 from harnet.evaluation import EvalResult, evaluate_predictions
@@ -33,10 +36,19 @@ from harnet.model import HARNet
 from harnet.optim import build_optimizer, build_scheduler
 
 MIN_FREE_BYTES = 200 * 2**20
+# With train.skip_nonfinite, this many NaN/inf batches in a row mean the run has diverged: stop.
+MAX_NONFINITE_STREAK = 10
 
 
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user must act on (the message says which)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: a checkpoint was saved; the message says where and how to resume.
+
+    A ``KeyboardInterrupt`` so that callers (notebooks, ``harnet`` exiting with 130) treat it as one.
+    """
 
 
 class InfiniteBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -90,6 +102,7 @@ class TrainResult:
     step: int
     final: EvalResult | None
     best_ap: float
+    skipped_nonfinite: int = 0  # batches skipped for a NaN/inf loss (train.skip_nonfinite)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,7 +112,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_output_dir(run_dir: Path) -> None:
-    """Fail before training if the run folder cannot be written or the disk is nearly full."""
+    """Fail before training if the run folder cannot be written or the disk is nearly full.
+
+    Also removes the temporary files of a checkpoint write that a killed run left behind.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -107,6 +123,7 @@ def check_output_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"{run_dir}: output folder is not writable ({e.strerror or e})") from None
+    checkpoint.remove_stale_temps(run_dir)
     free = shutil.disk_usage(run_dir).free
     if free < MIN_FREE_BYTES:
         raise TrainingError(f"{run_dir}: only {free // 2**20} MiB free on disk; need at least "
@@ -116,8 +133,10 @@ def check_output_dir(run_dir: Path) -> None:
 class MetricsLog:
     """metrics.csv (always) and TensorBoard (when installed) in the run folder."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.path = run_dir / "metrics.csv"
+        if resume_step is not None:
+            self._truncate_after(resume_step)
         self.writer: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -141,6 +160,27 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
 
+    def _truncate_after(self, step: int) -> None:
+        """Keep the rows up to the resumed step: the steps after it run again, and a run killed while
+        appending may have left half a row."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if _row_step(line) is not None and _row_step(line) <= step]
+        checkpoint.write_text_atomic("".join(kept), self.path)
+
+
+def _row_step(line: str) -> int | None:
+    """The step of a complete ``step,name,value`` row; None for a torn one."""
+    fields = line.rstrip("\r\n").split(",")
+    if not line.endswith("\n") or len(fields) < 3:
+        return None
+    try:
+        float(fields[-1])
+        return int(fields[0])
+    except ValueError:
+        return None
+
 
 class Trainer:
     """Owns model, optimizer, data and run folder for one experiment."""
@@ -155,6 +195,9 @@ class Trainer:
         self.device = resolve_device(t.device)
         self.train_set = build_dataset(cfg.data, "train")
         self.val_set = build_dataset(cfg.data, "val", class_names=self.train_set.class_names)
+        summary = write_issues(self.run_dir, {"train": self.train_set.issues, "val": self.val_set.issues})
+        if summary:
+            print(f"harnet: {summary}", file=sys.stderr)
         if len(self.train_set) == 0:
             raise TrainingError(f"training set is empty ({cfg.data.format}: {cfg.data.train_annotations})")
         # The data decide the number of classes; a config that says otherwise would be silently wrong.
@@ -166,10 +209,11 @@ class Trainer:
         self.amp = t.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step, self.best_ap = 0, -1.0
+        self.skipped_nonfinite, self._nonfinite_streak = 0, 0
         if resume:
             self._resume()
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(self.run_dir)
+        checkpoint.write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), self.run_dir / "config.yaml")
+        self.log = MetricsLog(self.run_dir, self.step if resume else None)
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -181,6 +225,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_ap = int(ckpt["step"]), float(ckpt["best_ap"])
+        self.skipped_nonfinite = int(ckpt.get("skipped_nonfinite", 0))
         checkpoint.set_rng_state(ckpt["rng"])
 
     def state(self) -> dict[str, Any]:
@@ -191,6 +236,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "best_ap": self.best_ap,
+            "skipped_nonfinite": self.skipped_nonfinite,
             "rng": checkpoint.rng_state(),
             "config": self.cfg.to_dict(),
             "class_names": list(self.train_set.class_names),
@@ -201,6 +247,12 @@ class Trainer:
         path = self.run_dir / name
         checkpoint.save_atomic(self.state(), path)
         return path
+
+    def _save_if_finite(self) -> str:
+        """Save last.pt unless the weights themselves went NaN/inf (that would overwrite a good one)."""
+        if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return f"last good state saved to {self.save()}"
+        return f"weights are no longer finite, so {self.run_dir / 'last.pt'} was kept"
 
     def evaluate(self) -> EvalResult:
         ids, preds = predict_dataset(self.model, self.val_set, self.device, self.cfg.train.batch_size)
@@ -222,12 +274,8 @@ class Trainer:
         loss = sum(losses.values())
         assert isinstance(loss, Tensor)
         if not torch.isfinite(loss):
-            path = self.save()
-            ids = [int(t["image_id"]) for t in targets]
-            raise TrainingError(
-                f"non-finite loss {loss.item()} at step {self.step} (batch image ids {ids}); "
-                f"last good state saved to {path}. Lower train.lr or set train.grad_clip."
-            )
+            return self._nonfinite(loss, [int(t["image_id"]) for t in targets])
+        self._nonfinite_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.train.grad_clip:
@@ -237,7 +285,28 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        values = {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        if self.cfg.train.skip_nonfinite:
+            values["skipped_nonfinite"] = float(self.skipped_nonfinite)
+        return values
+
+    def _nonfinite(self, loss: Tensor, ids: list[int]) -> dict[str, float]:
+        """A NaN/inf loss: stop naming the step and batch, or with ``train.skip_nonfinite`` skip the
+        update. A skipped batch still counts as a step (and advances the LR schedule), so the image
+        stream, the schedule and resume stay exactly as in a run without the bad batch's update."""
+        where = f"at step {self.step} (batch image ids {ids})"
+        if not self.cfg.train.skip_nonfinite:
+            raise TrainingError(f"non-finite loss {loss.item()} {where}; {self._save_if_finite()}. "
+                                "Lower train.lr, set train.grad_clip, or use --skip-nonfinite.")
+        self.skipped_nonfinite += 1
+        self._nonfinite_streak += 1
+        if self._nonfinite_streak > MAX_NONFINITE_STREAK:
+            raise TrainingError(f"non-finite loss in {self._nonfinite_streak} batches in a row, the last {where}: "
+                                f"training diverged; {self._save_if_finite()}. Lower train.lr or set train.grad_clip.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return {"skipped_nonfinite": float(self.skipped_nonfinite)}
 
     def _eval_and_keep_best(self) -> EvalResult:
         result = self.evaluate()
@@ -259,7 +328,11 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < t.max_steps:
-                images, targets = next(batches)
+                try:
+                    images, targets = next(batches)
+                except (BadImageError, BadDataError, FileNotFoundError) as e:  # a file broke after the check
+                    raise TrainingError(f"{one_line(e)}; checkpoint saved at step {self.step} to {self.save()} "
+                                        "(fix or remove the file, or use --skip-bad, then --resume)") from None
                 values = self.train_step(images, targets)
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
@@ -278,13 +351,14 @@ class Trainer:
         self.save()
         if interrupted:
             self.log.close()
-            raise TrainingError(f"interrupted at step {self.step}; checkpoint saved to "
-                                f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
+            raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved to "
+                                      f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
         final = self._eval_and_keep_best()
         self.save()
-        self.log.write(self.step, {"time/train_seconds": time.perf_counter() - start})
+        self.log.write(self.step, {"time/train_seconds": time.perf_counter() - start}
+                       | ({"train/skipped_nonfinite": self.skipped_nonfinite} if t.skip_nonfinite else {}))
         self.log.close()
-        return TrainResult(self.run_dir, self.step, final, self.best_ap)
+        return TrainResult(self.run_dir, self.step, final, self.best_ap, self.skipped_nonfinite)
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:
