@@ -106,13 +106,20 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: not a harnet checkpoint (no model config)")
+    return config["model"]
+
+
 def model_config(ckpt: dict[str, Any]) -> HARNetConfig:
-    return from_dict(HARNetConfig, ckpt["config"]["model"], "model")
+    return from_dict(HARNetConfig, _saved_model_config(ckpt), "model")
 
 
 def load_model_weights(model: HARNet, ckpt: dict[str, Any]) -> None:
     """Load weights, refusing a checkpoint whose model config differs from ``model``'s."""
-    saved = ckpt["config"]["model"]
+    saved = _saved_model_config(ckpt)
     current = to_dict(model.config)
     if saved != current:
         diffs = _diff(saved, current)
@@ -120,14 +127,22 @@ def load_model_weights(model: HARNet, ckpt: dict[str, Any]) -> None:
             f"{ckpt.get('path', 'checkpoint')}: made for a different model config; differing keys: "
             + ", ".join(f"model.{k} (checkpoint {a!r}, now {b!r})" for k, a, b in diffs[:5])
         )
-    model.load_state_dict(ckpt["model"])
+    _load_state(model, ckpt)
 
 
 def build_model(ckpt: dict[str, Any]) -> HARNet:
     """A model built from the checkpoint's own config, with its weights."""
     model = HARNet(model_config(ckpt))
-    model.load_state_dict(ckpt["model"])
+    _load_state(model, ckpt)
     return model
+
+
+def _load_state(model: HARNet, ckpt: dict[str, Any]) -> None:
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the saved model config "
+                              f"({_first_line(e)})") from None
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

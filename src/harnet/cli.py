@@ -61,6 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 *(["train.skip_nonfinite=true"] if args.skip_nonfinite else [])]
     if args.resume:
         run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         cfg = load_experiment(run_dir / "config.yaml", [*args.set, f"output_dir={run_dir}"])
     else:
         if not args.config:
@@ -86,6 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harnet.train import resolve_device
 
     ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.build_model(ckpt)
     data_cfg = (load_experiment(args.data, args.set) if args.data else
                 ExperimentConfig.from_dict(merge(ckpt["config"], parse_overrides(args.set)))).data
     data_cfg.skip_bad = data_cfg.skip_bad or args.skip_bad
@@ -93,7 +96,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if dataset.class_names != ckpt["class_names"]:
         raise ConfigError(f"dataset classes {dataset.class_names} differ from the checkpoint's "
                           f"{ckpt['class_names']}")
-    model = checkpoint.build_model(ckpt)
     device = resolve_device(args.device)
     model.to(device)
     ids, preds = predict_dataset(model, dataset, device)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tests_support import TINY
+
 HANDLED = "handled"
 
 
@@ -163,3 +165,27 @@ def write_json(path: Path, data: Any) -> Path:
 def box_around_middle(width: int, height: int) -> list[float]:
     """The xywh box of the square :func:`rgb_pixels` draws (at least 1 px)."""
     return [width // 4, height // 4, max(1, width // 2), max(1, height // 2)]
+
+
+def make_coco_split(root: Path, split: str, count: int, seed: int = 0) -> tuple[Path, Path]:
+    """``count`` good 64x48 images with one box each: (image folder, annotation file)."""
+    images = root / split
+    entries, boxes = [], {}
+    for k in range(1, count + 1):
+        name = f"{split}_{k}.png"
+        size = write_rgb(images / name, 64, 48, seed=seed + k)
+        entries.append((k, name, *size))
+        boxes[k] = [box_around_middle(*size)]
+    return images, write_json(root / f"{split}.json", coco_dict(entries, boxes))
+
+
+def coco_args(root: Path, out: Path, *extra: str) -> list[str]:
+    """``harnet train`` arguments: TINY model on the COCO splits under ``root``, 2 steps."""
+    sets = [*TINY, "data.format=coco", f"data.train_images={root / 'train'}",
+            f"data.train_annotations={root / 'train.json'}", f"data.val_images={root / 'val'}",
+            f"data.val_annotations={root / 'val.json'}", "train.max_steps=2", "train.checkpoint_every=1",
+            "train.threads=1", f"output_dir={out}", *extra]
+    args = ["train", "--config", "demo", "--no-progress"]
+    for item in sets:
+        args += ["--set", item]
+    return args

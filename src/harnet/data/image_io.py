@@ -74,7 +74,7 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError(f"{path}: image file not found")
     if path.stat().st_size == 0:
         raise BadImageError(f"{path}: empty file (0 bytes)")
     try:
