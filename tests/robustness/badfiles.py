@@ -138,6 +138,7 @@ IMAGE_CASES: list[ImageCase] = [
     ImageCase("wrong_size_in_json", ".png", lambda p: (write_rgb(p, 40, 30), (41, 30))[1],
               "image is 40x30 (after EXIF orientation) but the annotations say 41x30"),
 ]
+CASES_BY_NAME = {case.name: case for case in IMAGE_CASES}
 
 
 def coco_dict(images: list[tuple[int, str, int, int]], boxes: dict[int, list[list[float]]] | None = None,

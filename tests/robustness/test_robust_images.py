@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from badfiles import HANDLED, IMAGE_CASES, ImageCase, box_around_middle, coco_dict, write_json, write_rgb
+from badfiles import CASES_BY_NAME, HANDLED, ImageCase, box_around_middle, coco_dict, write_json, write_rgb
 
 from harnet.data.build import build_dataset
 from harnet.data.image_io import BadImageError, image_size, load_image
 from harnet.data.issues import SKIPPED_IMAGE
 from harnet.experiment import DataConfig
 
-CASES = {case.name: case for case in IMAGE_CASES}
+CASES = CASES_BY_NAME
 
 
 def _dataset_with(case: ImageCase, root: Path) -> tuple[DataConfig, Path]:
