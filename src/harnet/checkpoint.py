@@ -81,7 +81,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         detail = _unpickling_detail(e)
-        if "global" in detail.lower():  # the file names a Python callable/class: it would run code
+        if detail.startswith("GLOBAL"):  # the file names a Python callable/class: it would run code
             raise CheckpointError(f"{path}: refused to load: it carries pickled Python code ({detail}); "
                                   "harnet checkpoints hold only tensors and plain values") from None
         raise CheckpointError(f"{path}: not a readable checkpoint (not a plain-tensor file: {detail})") from None
@@ -94,11 +94,18 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def _unpickling_detail(error: BaseException) -> str:
-    """The specific line of torch's weights-only refusal, without its boilerplate (which even suggests
-    retrying with ``weights_only=False``, exactly what must not be done with an untrusted file)."""
-    boilerplate = ("weights only load failed", "please file an issue", "check the documentation")
+    """The specific reason in torch's weights-only refusal, without its boilerplate (which varies between
+    torch versions and even suggests retrying with ``weights_only=False``, exactly what must not be done
+    with an untrusted file). A ``GLOBAL`` is a reference to Python code."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return next((line for line in lines if not line.lower().startswith(boilerplate)), _first_line(error))
+    for line in lines:
+        if "GLOBAL " in line:
+            return "GLOBAL " + line.split("GLOBAL ", 1)[1].split(". ", 1)[0].rstrip(".")
+    for k, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[k + 1 : k + 2])
+            return reason.split(". ", 1)[0].rstrip(".")
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -12,6 +12,7 @@ import csv
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,8 +167,8 @@ class MetricsLog:
         if not self.path.is_file():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [line for line in lines[1:] if _row_step(line) is not None and _row_step(line) <= step]
-        checkpoint.write_text_atomic("".join(kept), self.path)
+        kept = [line for line in lines if (row_step := _row_step(line)) is not None and row_step <= step]
+        checkpoint.write_text_atomic("".join(["step,name,value\n", *kept]), self.path)
 
 
 def _row_step(line: str) -> int | None:
@@ -304,7 +305,9 @@ class Trainer:
             raise TrainingError(f"non-finite loss in {self._nonfinite_streak} batches in a row, the last {where}: "
                                 f"training diverged; {self._save_if_finite()}. Lower train.lr or set train.grad_clip.")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # torch warns when the very first batches are the skipped ones
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         self.step += 1
         return {"skipped_nonfinite": float(self.skipped_nonfinite)}
 

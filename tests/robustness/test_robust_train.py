@@ -22,6 +22,13 @@ from harnet.cli import main
 from harnet.model import HARNet
 
 
+@pytest.fixture
+def tiny_coco(tmp_path: Path) -> Path:
+    make_coco_split(tmp_path / "data", "train", 4)
+    make_coco_split(tmp_path / "data", "val", 1)
+    return tmp_path / "data"
+
+
 def _err(capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().err.strip()
 
@@ -211,8 +218,18 @@ def test_unwritable_output_is_refused_before_training(tiny_coco: Path, tmp_path:
     assert _err(capsys) == f"harnet: error: {blocker / 'run'}: output folder is not writable (Not a directory)"
 
 
-@pytest.fixture
-def tiny_coco(tmp_path: Path) -> Path:
-    make_coco_split(tmp_path / "data", "train", 4)
-    make_coco_split(tmp_path / "data", "val", 1)
-    return tmp_path / "data"
+def test_eval_skip_bad(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``harnet eval``: a bad val image stops it naming the file; ``--skip-bad`` evaluates the rest."""
+    root = tmp_path / "data"
+    make_coco_split(root, "val", 2)
+    bad = root / "val" / "val_1.png"
+    bad.write_text("not an image")
+    args = ["eval", str(tiny_ckpt), "--set", "data.format=coco", "--set", f"data.val_images={root / 'val'}",
+            "--set", f"data.val_annotations={root / 'val.json'}", "--out", str(tmp_path / "out")]
+    assert main(args) == 1
+    assert _err(capsys).startswith(f"harnet: error: {bad}: not a readable image file")
+    assert main([*args, "--skip-bad"]) == 0
+    listed = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert listed["counts"] == {"val": {"skipped image": 1}} and listed["items"][0]["file"] == str(bad)
+    assert "data issues (val: 1 skipped image)" in _err(capsys)
+    assert (tmp_path / "out" / "metrics.json").is_file()
