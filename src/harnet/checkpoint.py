@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,19 +34,44 @@ class CheckpointError(RuntimeError):
 
 
 @contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then deliver it.
+
+    A ``KeyboardInterrupt`` raised inside ``torch.save`` leaves its zip writer half-way, and closing it
+    then raises a ``RuntimeError`` that replaces the interrupt: Ctrl-C during a checkpoint write would
+    end the run with an obscure error instead of a clean save. Only the main thread can set handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+@contextmanager
 def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A temp file beside ``path`` that replaces it (after fsync) only if the block completes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _sigint_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:

@@ -21,6 +21,7 @@ from badfiles import coco_args, make_coco_split
 
 from harnet import checkpoint
 from harnet.cli import main
+from harnet.train import Trainer, TrainingInterrupted
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -125,3 +126,23 @@ def test_resume_cleans_up_after_a_killed_run(tmp_path: Path, capsys: pytest.Capt
     rows = _metric_rows(run)
     assert {s for s, _, _ in rows} == {1, 2} and ("train/loss" in {n for s, n, _ in rows if s == 2})
     capsys.readouterr()
+
+
+def test_ctrl_c_during_a_checkpoint_write_still_saves_and_stops_cleanly(tiny, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worst moment for Ctrl-C: inside ``torch.save``. The write completes, then the interrupt lands."""
+    real_save, sent = torch.save, []
+
+    def save_then_ctrl_c(obj, f):  # type: ignore[no-untyped-def]
+        if not sent:  # once: the first periodic checkpoint (step 1)
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the zip writer is open
+        real_save(obj, f)
+
+    trainer = Trainer(tiny(tmp_path, "train.checkpoint_every=1"), progress=False)
+    monkeypatch.setattr(torch, "save", save_then_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 1; checkpoint saved to .*last\.pt"):
+        trainer.fit()
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
