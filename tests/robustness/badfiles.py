@@ -120,6 +120,7 @@ IMAGE_CASES: list[ImageCase] = [
     ImageCase("float32_tiff", ".tif", _float_tiff, HANDLED),
     ImageCase("cmyk_jpeg", ".jpg", lambda p: _save(Image.fromarray(rgb_pixels(40, 30)).convert("CMYK"), p), HANDLED),
     ImageCase("exif_rotated", ".jpg", lambda p: _exif_rotated(p, annotate_displayed=True), HANDLED),
+    ImageCase("exif_rotated_png", ".png", lambda p: _exif_rotated(p, annotate_displayed=True), HANDLED),
     ImageCase("tiny_1px", ".png", lambda p: _save(Image.new("RGB", (1, 1), (200, 0, 0)), p), HANDLED),
     ImageCase("tiny_2x3", ".png", lambda p: _save(Image.new("RGB", (2, 3), (200, 0, 0)), p), HANDLED),
     # Errors (or skipped with --skip-bad).

@@ -58,7 +58,15 @@ def _first_line(error: BaseException) -> str:
 
 
 def _exif_orientation(image: Image.Image) -> int:
-    """EXIF orientation 1..8; 1 (as stored) when the EXIF block is absent or unreadable, as viewers do."""
+    """EXIF orientation 1..8; 1 (as stored) when the EXIF block is absent or unreadable, as viewers do.
+
+    PNG stores EXIF in an ``eXIf`` chunk that the spec places before the pixels, where ``Image.open``
+    has already seen it; asking PIL for a late one means decoding the whole file, which made the
+    header-only size check as slow as a full decode. Late chunks are therefore ignored (consistently:
+    the decoder uses this function too).
+    """
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
         return int(image.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # corrupt EXIF: PIL raises anything from SyntaxError to struct.error
