@@ -331,11 +331,7 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < t.max_steps:
-                try:
-                    images, targets = next(batches)
-                except (BadImageError, BadDataError, FileNotFoundError) as e:  # a file broke after the check
-                    raise TrainingError(f"{one_line(e)}; checkpoint saved at step {self.step} to {self.save()} "
-                                        "(fix or remove the file, or use --skip-bad, then --resume)") from None
+                images, targets = next(batches)
                 values = self.train_step(images, targets)
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
@@ -349,6 +345,9 @@ class Trainer:
                     self.model.train()
         except KeyboardInterrupt:
             interrupted = True
+        except (BadImageError, BadDataError, FileNotFoundError) as e:  # a file broke after the up-front check
+            raise TrainingError(f"{one_line(e)}; checkpoint saved at step {self.step} to {self.save()} "
+                                "(fix or remove the file, or use --skip-bad, then --resume)") from None
         finally:
             bar.close()
         self.save()
