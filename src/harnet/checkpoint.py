@@ -11,9 +11,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -23,25 +27,70 @@ from harnet.config import HARNetConfig, to_dict
 from harnet.configio import from_dict
 from harnet.detectors import build_detector
 
+TEMP_SUFFIX = ".tmp"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, unsafe, or made for another model."""
 
 
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then deliver it.
+
+    A ``KeyboardInterrupt`` raised inside ``torch.save`` leaves its zip writer half-way, and closing it
+    then raises a ``RuntimeError`` that replaces the interrupt: Ctrl-C during a checkpoint write would
+    end the run with an obscure error instead of a clean save. Only the main thread can set handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A temp file beside ``path`` that replaces it (after fsync) only if the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _sigint_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_file(Path(path)) as f:
+        torch.save(obj, f)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Replace a small text file (config.yaml, metrics.csv) atomically, like checkpoints."""
+    with _atomic_file(Path(path)) as f:
+        f.write(text.encode("utf-8"))
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete the temp files of atomic writes that a killed process never finished (``.name.*.tmp``)."""
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -59,9 +108,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to load: not a plain-tensor checkpoint (it may carry pickled code): {_first_line(e)}"
-        ) from None
+        detail = _unpickling_detail(e)
+        if detail.startswith("GLOBAL"):  # the file names a Python callable/class: it would run code
+            raise CheckpointError(f"{path}: refused to load: it carries pickled Python code ({detail}); "
+                                  "harnet checkpoints hold only tensors and plain values") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a plain-tensor file: {detail})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
@@ -70,19 +121,41 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ckpt
 
 
+def _unpickling_detail(error: BaseException) -> str:
+    """The specific reason in torch's weights-only refusal, without its boilerplate (which varies between
+    torch versions and even suggests retrying with ``weights_only=False``, exactly what must not be done
+    with an untrusted file). A ``GLOBAL`` is a reference to Python code."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL " in line:
+            return "GLOBAL " + line.split("GLOBAL ", 1)[1].split(". ", 1)[0].rstrip(".")
+    for k, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[k + 1 : k + 2])
+            return reason.split(". ", 1)[0].rstrip(".")
+    return _first_line(error)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: not a harnet checkpoint (no model config)")
+    return config["model"]
+
+
 def model_config(ckpt: dict[str, Any]) -> HARNetConfig:
-    return from_dict(HARNetConfig, ckpt["config"]["model"], "model")
+    return from_dict(HARNetConfig, _saved_model_config(ckpt), "model")
 
 
 def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetConfig) -> None:
     """Load weights into ``model`` (built from ``config``), refusing a checkpoint made for another
     model config."""
-    saved = ckpt["config"]["model"]
+    saved = _saved_model_config(ckpt)
     current = to_dict(config)
     if saved != current:
         diffs = _diff(saved, current)
@@ -90,7 +163,7 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetCon
             f"{ckpt.get('path', 'checkpoint')}: made for a different model config; differing keys: "
             + ", ".join(f"model.{k} (checkpoint {a!r}, now {b!r})" for k, a, b in diffs[:5])
         )
-    model.load_state_dict(ckpt["model"])
+    _load_state(model, ckpt)
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
@@ -101,8 +174,16 @@ def build_model(ckpt: dict[str, Any]) -> nn.Module:
     cfg = model_config(ckpt)
     cfg.backbone.weights = None
     model = build_detector(ckpt["config"].get("detector", "harnet"), cfg)
-    model.load_state_dict(ckpt["model"])
+    _load_state(model, ckpt)
     return model
+
+
+def _load_state(model: nn.Module, ckpt: dict[str, Any]) -> None:
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the saved model config "
+                              f"({_first_line(e)})") from None
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -128,12 +209,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore ``rng_state()``. The states are CPU byte tensors whatever device the checkpoint was
+    loaded onto (``load(path, map_location="cuda")`` moves them; the RNG setters refuse CUDA tensors)."""
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(_tuples(state["python"]))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _tuples(x: Any) -> Any:

@@ -1,7 +1,9 @@
 """``harnet`` command line: demo, data, train, eval, predict, export, explain, bench, ablate, info.
 
 Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
-with status 2 (usage/config) or 1 (runtime); ``--debug`` shows the full traceback instead.
+with status 2 (usage/config) or 1 (runtime: bad data, NaN loss, unwritable output); ``--debug`` shows
+the full traceback instead. Ctrl-C exits with 130 (128 + SIGINT, the shell convention) after training
+saved a checkpoint. Anything else is a bug: one line, status 1, and a hint to rerun with ``--debug``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from typing import TYPE_CHECKING
 
 from harnet.checkpoint import CheckpointError
 from harnet.configio import ConfigError
+from harnet.data.issues import one_line
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work (e.g. an input path that does not exist): status 2."""
 
 if TYPE_CHECKING:
     from harnet.tta import TTAConfig
@@ -67,12 +74,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harnet.experiment import load_experiment
     from harnet.train import train
 
-    overrides = list(args.set)
+    overrides = [*args.set, *(["data.skip_bad=true"] if args.skip_bad else []),
+                 *(["train.skip_nonfinite=true"] if args.skip_nonfinite else [])]
     if args.backbone_weights is not None:  # "none" -> null: train the backbone from scratch
         weights = None if args.backbone_weights.lower() in ("none", "null") else args.backbone_weights
         overrides.append(f"model.backbone.weights={json.dumps(weights)}")
     if args.resume:
         run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         cfg = load_experiment(run_dir / "config.yaml", [*overrides, f"output_dir={run_dir}"])
     else:
         if not args.config:
@@ -83,6 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if result.final is not None:
         print(result.final.table())
+    if result.skipped_nonfinite:
+        print(f"skipped {result.skipped_nonfinite} batches with a non-finite loss")
     print(f"run folder: {result.run_dir}  (best AP {result.best_ap:.4f})")
     return 0
 
@@ -91,19 +103,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harnet import checkpoint
     from harnet.configio import merge, parse_overrides
     from harnet.data.build import build_dataset
+    from harnet.data.issues import write_issues
     from harnet.evaluation import evaluate_predictions, to_coco_results
     from harnet.experiment import ExperimentConfig, load_experiment
     from harnet.inference import predict_dataset
     from harnet.train import resolve_device
 
     ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.build_model(ckpt)
     data_cfg = (load_experiment(args.data, args.set) if args.data else
                 ExperimentConfig.from_dict(merge(ckpt["config"], parse_overrides(args.set)))).data
+    data_cfg.skip_bad = data_cfg.skip_bad or args.skip_bad
     dataset = build_dataset(data_cfg, args.split, class_names=ckpt["class_names"])
     if dataset.class_names != ckpt["class_names"]:
         raise ConfigError(f"dataset classes {dataset.class_names} differ from the checkpoint's "
                           f"{ckpt['class_names']}")
-    model = checkpoint.build_model(ckpt)
     device = resolve_device(args.device)
     model.to(device)
     ids, preds = predict_dataset(model, dataset, device, tta=_tta(args))
@@ -111,6 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(result.table())
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"eval_{args.split}"
     out.mkdir(parents=True, exist_ok=True)
+    if summary := write_issues(out, {args.split: dataset.issues}):
+        print(f"harnet: {summary}", file=sys.stderr)
     result.save_json(out / "metrics.json")
     (out / "detections.json").write_text(json.dumps(to_coco_results(ids, preds, dataset.category_ids)))
     print(f"metrics: {out / 'metrics.json'}  detections (COCO results format): {out / 'detections.json'}")
@@ -122,7 +138,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from harnet.predict import expand_inputs, predict_files
 
     detector = Detector.from_checkpoint(args.checkpoint, device=args.device, tta=_tta(args))
-    paths = expand_inputs(args.images)
+    try:
+        paths = expand_inputs(args.images)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
     report = predict_files(detector, paths, Path(args.out), args.score)
     print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
     for line in report.skipped:
@@ -259,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--backbone-weights", metavar="imagenet|FILE|none",
                     help="pretrained backbone: 'imagenet', a local state_dict, or 'none' (sets model.backbone.weights)")
     tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--skip-bad", action="store_true",
+                    help="skip bad images/annotations (listed in RUN/skipped.txt) instead of stopping")
+    tr.add_argument("--skip-nonfinite", action="store_true",
+                    help="skip batches with a NaN/inf loss (counted) instead of stopping")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="COCO AP of a checkpoint or run folder")
@@ -269,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
     ev.add_argument("--device", default="auto")
     _add_tta_args(ev)
+    ev.add_argument("--skip-bad", action="store_true",
+                    help="skip bad images/annotations (listed in OUT/skipped.txt) instead of stopping")
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="detect objects in image files, folders or globs")
@@ -339,19 +364,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, UsageError) as e:
         if args.debug:
             raise
-        print(f"harnet: error: {e}", file=sys.stderr)
+        print(f"harnet: error: {one_line(e)}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         if args.debug:
             raise
-        print(f"harnet: error: {e}", file=sys.stderr)
+        print(f"harnet: error: {one_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("harnet: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"harnet: {one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not a user error: still one line, the traceback is one flag away
+        if args.debug:
+            raise
+        print(f"harnet: error: {type(e).__name__}: {one_line(e)} (unexpected; rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -83,8 +83,18 @@ def parse_overrides(pairs: typing.Sequence[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {pair!r} conflicts with another override")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = _safe_yaml(raw, f"override {pair!r}")
     return tree
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with one-line errors; tags that would build Python objects are refused."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(f"{where}: refused to load ({e.problem}); only plain YAML values are allowed") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -101,9 +111,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    data = _safe_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -12,6 +12,13 @@ from harnet.configio import ConfigError, from_dict, load_yaml, merge, parse_over
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+def _at_least(cfg: object, section: str, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(f"{section}.{name}: must be >= {minimum}, got {value}")
+
+
 @dataclass
 class ShapesConfig:
     """The built-in synthetic dataset, generated on first use into ``root``."""
@@ -41,6 +48,14 @@ class DataConfig:
     hflip_prob: float = 0.5
     photometric: bool = True
     num_workers: int = 0
+    # Skip (and list in the run folder) bad images and annotations instead of stopping at the first;
+    # also decodes every image up front to find truncated files. See harnet.data.issues.
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self, "data", 0, "num_workers")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ConfigError(f"data.hflip_prob: must be in [0, 1], got {self.hflip_prob}")
 
 
 @dataclass
@@ -66,6 +81,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    # Skip a batch whose loss is NaN/inf (no update; the step still counts) instead of stopping; more
+    # than MAX_NONFINITE_STREAK such batches in a row still stop the run. Count in metrics and summary.
+    skip_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        # Values that type-check but would hang (batch_size 0 never fills a batch) or crash late
+        # (log_every 0 divides by zero) are config errors naming the key, caught before training.
+        _at_least(self, "train", 1, "batch_size", "log_every")
+        _at_least(self, "train", 0, "max_steps", "warmup_steps", "eval_every", "checkpoint_every")
+        if self.threads is not None:
+            _at_least(self, "train", 1, "threads")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
+from harnet.data.issues import one_line
 from harnet.detector import Detector
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -51,7 +52,8 @@ def predict_files(
         try:
             image = detector.to_tensor(path)
         except Exception as e:  # any unreadable image is reported, the rest still processed
-            report.skipped.append(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            message = one_line(e)
+            report.skipped.append(message if str(path) in message else f"{path}: {message}")
             continue
         (det,) = detector.predict(image, score_thresh)
         report.images.append(str(path))

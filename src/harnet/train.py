@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from tqdm import tqdm
 
 from harnet import checkpoint, distributed
 from harnet.data.build import build_dataset
+from harnet.data.image_io import BadImageError
+from harnet.data.issues import BadDataError, one_line, write_issues
 from harnet.data.loader import collate_fn
 from harnet.data.transforms import build_transforms
 from harnet.detectors import build_detector
@@ -34,10 +38,19 @@ from harnet.inference import predict_dataset
 from harnet.optim import build_optimizer, build_scheduler
 
 MIN_FREE_BYTES = 200 * 2**20
+# With train.skip_nonfinite, this many NaN/inf batches in a row mean the run has diverged: stop.
+MAX_NONFINITE_STREAK = 10
 
 
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user must act on (the message says which)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: a checkpoint was saved; the message says where and how to resume.
+
+    A ``KeyboardInterrupt`` so that callers (notebooks, ``harnet`` exiting with 130) treat it as one.
+    """
 
 
 class InfiniteBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -91,6 +104,7 @@ class TrainResult:
     step: int
     final: EvalResult | None
     best_ap: float
+    skipped_nonfinite: int = 0  # batches skipped for a NaN/inf loss (train.skip_nonfinite)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,7 +114,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_output_dir(run_dir: Path) -> None:
-    """Fail before training if the run folder cannot be written or the disk is nearly full."""
+    """Fail before training if the run folder cannot be written or the disk is nearly full.
+
+    Also removes the temporary files of a checkpoint write that a killed run left behind.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -108,6 +125,7 @@ def check_output_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"{run_dir}: output folder is not writable ({e.strerror or e})") from None
+    checkpoint.remove_stale_temps(run_dir)
     free = shutil.disk_usage(run_dir).free
     if free < MIN_FREE_BYTES:
         raise TrainingError(f"{run_dir}: only {free // 2**20} MiB free on disk; need at least "
@@ -118,8 +136,10 @@ class MetricsLog:
     """metrics.csv (always) and TensorBoard (when installed) in the run folder; nothing when disabled
     (the ranks other than 0 of a distributed run)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.csv"
+        if resume_step is not None:
+            self._truncate_after(resume_step)
         self.writer: Any = None
         self.enabled = enabled
         if not enabled:
@@ -148,6 +168,27 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.close()
 
+    def _truncate_after(self, step: int) -> None:
+        """Keep the rows up to the resumed step: the steps after it run again, and a run killed while
+        appending may have left half a row."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if (row_step := _row_step(line)) is not None and row_step <= step]
+        checkpoint.write_text_atomic("".join(["step,name,value\n", *kept]), self.path)
+
+
+def _row_step(line: str) -> int | None:
+    """The step of a complete ``step,name,value`` row; None for a torn one."""
+    fields = line.rstrip("\r\n").split(",")
+    if not line.endswith("\n") or len(fields) < 3:
+        return None
+    try:
+        float(fields[-1])
+        return int(fields[0])
+    except ValueError:
+        return None
+
 
 class Trainer:
     """Owns model, optimizer, data and run folder for one experiment."""
@@ -163,6 +204,11 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.train_set = build_dataset(cfg.data, "train")
         self.val_set = build_dataset(cfg.data, "val", class_names=self.train_set.class_names)
+        summary = None
+        if distributed.is_main():
+            summary = write_issues(self.run_dir, {"train": self.train_set.issues, "val": self.val_set.issues})
+        if summary:
+            print(f"harnet: {summary}", file=sys.stderr)
         if len(self.train_set) == 0:
             raise TrainingError(f"training set is empty ({cfg.data.format}: {cfg.data.train_annotations})")
         # The data decide the number of classes; a config that says otherwise would be silently wrong.
@@ -174,13 +220,14 @@ class Trainer:
         self.amp = t.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step, self.best_ap = 0, -1.0
+        self.skipped_nonfinite, self._nonfinite_streak = 0, 0
         if resume:
             self._resume()
         # DistributedDataParallel when launched by torchrun, else the model itself; self.model stays the bare model.
         self.net = distributed.wrap(self.model, self.device)
         if distributed.is_main():
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.log = MetricsLog(self.run_dir, enabled=distributed.is_main())
+            checkpoint.write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), self.run_dir / "config.yaml")
+        self.log = MetricsLog(self.run_dir, self.step if resume else None, enabled=distributed.is_main())
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -192,6 +239,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_ap = int(ckpt["step"]), float(ckpt["best_ap"])
+        self.skipped_nonfinite = int(ckpt.get("skipped_nonfinite", 0))
         checkpoint.set_rng_state(ckpt["rng"])
 
     def state(self) -> dict[str, Any]:
@@ -202,6 +250,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "best_ap": self.best_ap,
+            "skipped_nonfinite": self.skipped_nonfinite,
             "rng": checkpoint.rng_state(),
             "config": self.cfg.to_dict(),
             "class_names": list(self.train_set.class_names),
@@ -213,6 +262,12 @@ class Trainer:
         if distributed.is_main():
             checkpoint.save_atomic(self.state(), path)
         return path
+
+    def _save_if_finite(self) -> str:
+        """Save last.pt unless the weights themselves went NaN/inf (that would overwrite a good one)."""
+        if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return f"last good state saved to {self.save()}"
+        return f"weights are no longer finite, so {self.run_dir / 'last.pt'} was kept"
 
     def evaluate(self) -> EvalResult | None:
         """COCO metrics of the val set; distributed: each rank predicts its shard, rank 0 scores (others: None)."""
@@ -243,12 +298,8 @@ class Trainer:
         # Averaged over the ranks (the global batch's loss), so every rank takes the same decision below.
         values = distributed.mean_over_ranks({"loss": loss, **losses})
         if not math.isfinite(values["loss"]):
-            path = self.save()
-            ids = [int(t["image_id"]) for t in targets]
-            raise TrainingError(
-                f"non-finite loss {values['loss']} at step {self.step} (batch image ids {ids}); "
-                f"last good state saved to {path}. Lower train.lr or set train.grad_clip."
-            )
+            return self._nonfinite(values["loss"], [int(t["image_id"]) for t in targets])
+        self._nonfinite_streak = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.train.grad_clip:
@@ -258,7 +309,29 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
+        if self.cfg.train.skip_nonfinite:
+            values["skipped_nonfinite"] = float(self.skipped_nonfinite)
         return values
+
+    def _nonfinite(self, loss: float, ids: list[int]) -> dict[str, float]:
+        """A NaN/inf loss: stop naming the step and batch, or with ``train.skip_nonfinite`` skip the
+        update. A skipped batch still counts as a step (and advances the LR schedule), so the image
+        stream, the schedule and resume stay exactly as in a run without the bad batch's update."""
+        where = f"at step {self.step} (batch image ids {ids})"
+        if not self.cfg.train.skip_nonfinite:
+            raise TrainingError(f"non-finite loss {loss} {where}; {self._save_if_finite()}. "
+                                "Lower train.lr, set train.grad_clip, or use --skip-nonfinite.")
+        self.skipped_nonfinite += 1
+        self._nonfinite_streak += 1
+        if self._nonfinite_streak > MAX_NONFINITE_STREAK:
+            raise TrainingError(f"non-finite loss in {self._nonfinite_streak} batches in a row, the last {where}: "
+                                f"training diverged; {self._save_if_finite()}. Lower train.lr or set train.grad_clip.")
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # torch warns when the very first batches are the skipped ones
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+        self.step += 1
+        return {"skipped_nonfinite": float(self.skipped_nonfinite)}
 
     def _eval_and_keep_best(self) -> EvalResult | None:
         result = self.evaluate()
@@ -296,18 +369,22 @@ class Trainer:
                     self.model.train()
         except KeyboardInterrupt:
             interrupted = True
+        except (BadImageError, BadDataError, FileNotFoundError) as e:  # a file broke after the up-front check
+            raise TrainingError(f"{one_line(e)}; checkpoint saved at step {self.step} to {self.save()} "
+                                "(fix or remove the file, or use --skip-bad, then --resume)") from None
         finally:
             bar.close()
         self.save()
         if interrupted:
             self.log.close()
-            raise TrainingError(f"interrupted at step {self.step}; checkpoint saved to "
-                                f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
+            raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved to "
+                                      f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
         final = self._eval_and_keep_best()
         self.save()
-        self.log.write(self.step, {"time/train_seconds": time.perf_counter() - start})
+        self.log.write(self.step, {"time/train_seconds": time.perf_counter() - start}
+                       | ({"train/skipped_nonfinite": self.skipped_nonfinite} if t.skip_nonfinite else {}))
         self.log.close()
-        return TrainResult(self.run_dir, self.step, final, self.best_ap)
+        return TrainResult(self.run_dir, self.step, final, self.best_ap, self.skipped_nonfinite)
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from harnet.config import to_dict
+from harnet.configio import ConfigError
 from harnet.data.coco import CocoDataset
 from harnet.data.csv_dataset import CsvDataset
 from harnet.data.records import RecordDataset
@@ -30,14 +31,42 @@ def shapes_split(cfg: ShapesConfig, split: str) -> tuple[Path, Path]:
 
 
 def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = None) -> RecordDataset:
-    """The ``train`` or ``val`` dataset described by ``cfg`` (no augmentation: see AugmentedDataset)."""
+    """The ``train`` or ``val`` dataset described by ``cfg`` (no augmentation: see AugmentedDataset).
+
+    Paths the config names must exist (else a ``ConfigError`` naming the key: a usage error). Every
+    image is then checked before anything trains (:meth:`RecordDataset.check_images`): its header by
+    default, its pixels too with ``cfg.skip_bad``, which also turns bad items into skipped-and-listed
+    ones (``dataset.issues``) instead of errors.
+    """
     images = getattr(cfg, f"{split}_images")
     annotations = getattr(cfg, f"{split}_annotations")
+    skip = cfg.skip_bad
     if cfg.format == "shapes":
         image_dir, ann = shapes_split(cfg.shapes, split)
-        return CocoDataset(image_dir, ann)
-    if cfg.format == "coco":
-        return CocoDataset(images, annotations)
-    if cfg.format == "voc":
-        return VOCDataset(images, split=annotations or None, class_names=class_names)
-    return CsvDataset(annotations, image_root=images or None, class_names=class_names)
+        dataset: RecordDataset = CocoDataset(image_dir, ann, skip_bad=skip)
+    elif cfg.format == "coco":
+        _require(cfg, split, "images", folder=True)
+        _require(cfg, split, "annotations", folder=False)
+        dataset = CocoDataset(images, annotations, skip_bad=skip)
+    elif cfg.format == "voc":
+        _require(cfg, split, "images", folder=True)
+        dataset = VOCDataset(images, split=annotations or None, class_names=class_names, skip_bad=skip)
+    else:
+        _require(cfg, split, "annotations", folder=False)
+        if images:
+            _require(cfg, split, "images", folder=True)
+        dataset = CsvDataset(annotations, image_root=images or None, class_names=class_names, skip_bad=skip)
+    dataset.check_images(decode=skip)
+    return dataset
+
+
+def _require(cfg: DataConfig, split: str, kind: str, folder: bool) -> None:
+    """A path the config must name and that must exist: one line naming the config key otherwise."""
+    key = f"{split}_{kind}"
+    value = getattr(cfg, key)
+    what = "folder" if folder else "file"
+    if not value:
+        raise ConfigError(f"data.{key} is not set (format {cfg.format} needs a {what} there)")
+    path = Path(value)
+    if not (path.is_dir() if folder else path.is_file()):
+        raise ConfigError(f"data.{key}: {what} not found: {path}")

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harnet.data.records import DetectionRecord, RecordDataset, Transform, clip_valid_boxes, coco_from_dict
+from harnet.data.issues import SKIPPED_ANNOTATION, BadDataError, IssueLog
+from harnet.data.records import (
+    DetectionRecord,
+    RecordDataset,
+    Transform,
+    coco_from_dict,
+    finite_box,
+    keep_valid_boxes,
+)
 
 
 def _is_number(value: Any) -> bool:
@@ -21,19 +28,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
+def load_coco_json(ann_file: str | Path, issues: IssueLog | None = None) -> dict[str, Any]:
     """Read and validate a COCO instances file, filling the optional fields COCOeval relies on.
 
     pycocotools itself fails with a bare ``KeyError``/``JSONDecodeError`` far from the cause; here every
     problem is a one-line ``ValueError`` naming the file, so a broken annotation file is fixed in
     seconds. Missing ``annotations`` (test-set image lists), annotation ``id``, ``area`` (= w*h) and
     ``iscrowd`` (= 0) are filled in.
+
+    Problems with one entry go to ``issues`` (see :mod:`harnet.data.issues`): an image entry without
+    a valid id/file_name/size, or an annotation with an unknown category or a bbox that is not four
+    finite numbers, skips that image; an annotation of an unknown image is skipped alone. The returned
+    dict no longer holds skipped entries. Problems with the file as a whole are always errors.
     """
     ann_file = Path(ann_file)
+    log = issues if issues is not None else IssueLog()
 
-    def fail(problem: str) -> ValueError:
-        return ValueError(f"{ann_file}: {problem}")
+    def fail(problem: str) -> BadDataError:
+        return BadDataError(f"{ann_file}: {problem}")
 
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"{ann_file}: annotation file not found")
     try:
         data = json.loads(ann_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -47,19 +62,6 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
         if not isinstance(data.get(key), list):
             raise fail(f"'{key}' must be a list")
 
-    image_ids: set[int] = set()
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not _is_int(image.get("id")):
-            raise fail(f"images[{i}] needs an integer 'id'")
-        if not isinstance(image.get("file_name"), str):
-            raise fail(f"images[{i}] (id {image['id']}) needs a string 'file_name'")
-        for key in ("width", "height"):
-            if not _is_int(image.get(key)) or image[key] <= 0:
-                raise fail(f"images[{i}] (id {image['id']}) needs a positive integer '{key}'")
-        if image["id"] in image_ids:
-            raise fail(f"duplicate image id {image['id']}")
-        image_ids.add(image["id"])
-
     category_ids: set[int] = set()
     for i, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or not _is_int(category.get("id")):
@@ -69,25 +71,63 @@ def load_coco_json(ann_file: str | Path) -> dict[str, Any]:
         category_ids.add(category["id"])
         category.setdefault("name", str(category["id"]))
 
-    ann_ids = [a["id"] for a in data["annotations"] if isinstance(a, dict) and "id" in a]
+    images: dict[int, dict[str, Any]] = {}
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not _is_int(image.get("id")):
+            log.bad(ann_file, f"images[{i}] needs an integer 'id'")
+            continue
+        if image["id"] in images:
+            raise fail(f"duplicate image id {image['id']}")
+        problem = None
+        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            problem = "needs a string 'file_name'"
+        for key in ("width", "height"):
+            if not _is_int(image.get(key)) or image[key] <= 0:
+                problem = problem or f"needs a positive integer '{key}', got {image.get(key)!r}"
+        if problem is not None:
+            log.bad(ann_file, f"images[{i}] (id {image['id']}) {problem}")
+            continue
+        images[image["id"]] = image
+
+    ann_ids = [a["id"] for a in data["annotations"] if isinstance(a, dict) and _is_int(a.get("id"))]
     if len(ann_ids) != len(set(ann_ids)):
         raise fail("duplicate annotation ids")
     next_id = max((i for i in ann_ids if _is_int(i)), default=0) + 1
+    annotations: list[dict[str, Any]] = []
+    bad_images: set[int] = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
-            raise fail(f"annotations[{i}] must be an object")
-        if ann.get("image_id") not in image_ids:
-            raise fail(f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}")
-        if ann.get("category_id") not in category_ids:
-            raise fail(f"annotations[{i}] refers to unknown category_id {ann.get('category_id')!r}")
+            log.bad(ann_file, f"annotations[{i}] must be an object", SKIPPED_ANNOTATION)
+            continue
+        image_id = ann.get("image_id")
+        image = images.get(image_id) if _is_int(image_id) else None
+        if image is None:
+            log.bad(ann_file, f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}",
+                    SKIPPED_ANNOTATION)
+            continue
+        where = f"annotations[{i}] (image {image['file_name']})"
         bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            raise fail(f"annotations[{i}] needs 'bbox' as 4 numbers [x, y, w, h], got {bbox!r}")
+        problem = None
+        if "id" in ann and not _is_int(ann["id"]):
+            problem = f"has a non-integer 'id' {ann['id']!r}"
+        elif not _is_int(ann.get("category_id")) or ann["category_id"] not in category_ids:
+            problem = f"refers to unknown category_id {ann.get('category_id')!r}"
+        elif not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            problem = f"needs 'bbox' as 4 numbers [x, y, w, h], got {bbox!r}"
+        elif not finite_box(bbox):
+            problem = f"has a non-finite bbox {bbox!r}"
+        if problem is not None:
+            log.bad(ann_file, f"{where} {problem}")
+            bad_images.add(image["id"])
+            continue
         if "id" not in ann:
             ann["id"] = next_id
             next_id += 1
         ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", bbox[2] * bbox[3] if math.isfinite(bbox[2] * bbox[3]) else 0.0)
+        ann.setdefault("area", bbox[2] * bbox[3])
+        annotations.append(ann)
+    data["images"] = [im for im in images.values() if im["id"] not in bad_images]
+    data["annotations"] = [a for a in annotations if a["image_id"] not in bad_images]
     return data
 
 
@@ -96,15 +136,18 @@ class CocoDataset(RecordDataset):
 
     Sorted category ids become labels ``0..K-1`` (``category_ids[label]`` maps back for result files).
     ``iscrowd=1`` boxes are not training targets but stay in ``coco`` so COCOeval ignores detections on
-    them as usual. Non-finite or empty boxes are dropped and boxes are clipped to the image; the number
-    dropped is ``num_invalid_boxes``. Images without annotations are kept (negatives).
+    them as usual. Empty boxes or boxes outside the image are dropped (listed in ``issues``, counted in
+    ``num_invalid_boxes``) and boxes are clipped to the image. Images without annotations are kept
+    (negatives). Broken entries raise, or with ``skip_bad`` skip their image (see :func:`load_coco_json`).
     """
 
     def __init__(
-        self, image_dir: str | Path, ann_file: str | Path, transforms: Transform | None = None
+        self, image_dir: str | Path, ann_file: str | Path, transforms: Transform | None = None,
+        *, skip_bad: bool = False,
     ) -> None:
         image_dir = Path(image_dir)
-        data = load_coco_json(ann_file)
+        log = IssueLog(skip_bad)
+        data = load_coco_json(ann_file, log)
         categories = sorted(data["categories"], key=lambda c: c["id"])
         category_ids = [c["id"] for c in categories]
         label_of = {cat_id: label for label, cat_id in enumerate(category_ids)}
@@ -115,22 +158,22 @@ class CocoDataset(RecordDataset):
                 annotations[ann["image_id"]].append(ann)
 
         records: list[DetectionRecord] = []
-        num_invalid = 0
         for image in sorted(data["images"], key=lambda im: im["id"]):
             anns = annotations[image["id"]]
             xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
             xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
-            boxes, keep = clip_valid_boxes(xyxy, image["width"], image["height"])
             labels = torch.tensor([label_of[a["category_id"]] for a in anns], dtype=torch.int64)
-            num_invalid += int((~keep).sum())
+            sources = [(str(ann_file), f"annotation id {a['id']} (image {image['file_name']}, bbox {a['bbox']})")
+                       for a in anns]
+            boxes, labels = keep_valid_boxes(xyxy, labels, image["width"], image["height"], log, sources)
             records.append(
                 DetectionRecord(
                     path=image_dir / image["file_name"],
                     width=image["width"],
                     height=image["height"],
                     image_id=image["id"],
-                    boxes=boxes[keep],
-                    labels=labels[keep],
+                    boxes=boxes,
+                    labels=labels,
                 )
             )
         super().__init__(
@@ -139,5 +182,5 @@ class CocoDataset(RecordDataset):
             category_ids=category_ids,
             coco=coco_from_dict(data),
             transforms=transforms,
-            num_invalid_boxes=num_invalid,
+            issues=log,
         )

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import ops, tv_tensors
 
-from harnet.data.image_io import load_image
+from harnet.data.image_io import BadImageError, image_size, load_image
+from harnet.data.issues import DROPPED_BOX, SKIPPED_IMAGE, BadDataError, IssueLog
 
 Target = dict[str, Any]
 Sample = tuple[tv_tensors.Image, Target]
@@ -69,6 +72,27 @@ def clip_valid_boxes(boxes_xyxy: torch.Tensor, width: int, height: int) -> tuple
     clipped = ops.clip_boxes_to_image(safe, (height, width))
     inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return clipped, finite & positive & inside
+
+
+def keep_valid_boxes(
+    boxes_xyxy: torch.Tensor, labels: torch.Tensor, width: int, height: int, log: IssueLog,
+    sources: Sequence[tuple[str, str]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`clip_valid_boxes`, recording each dropped box in ``log``.
+
+    ``sources[i]`` is ``(file, description)`` of box ``i``, e.g. ``("ann.json", "annotations[3] (bbox
+    [5, 5, 0, 4])")``, so the list in the run folder says exactly which annotation was dropped.
+    """
+    boxes, keep = clip_valid_boxes(boxes_xyxy, width, height)
+    for i in (~keep).nonzero().flatten().tolist():
+        file, description = sources[i]
+        log.dropped(file, f"{description} has no area inside the {width}x{height} image")
+    return boxes[keep], labels[keep]
+
+
+def finite_box(values: Sequence[float]) -> bool:
+    """True when every coordinate is a finite number (NaN/inf boxes are errors, not dropped boxes)."""
+    return bool(torch.isfinite(torch.tensor(values, dtype=torch.float64)).all())
 
 
 def build_coco(
@@ -128,7 +152,8 @@ class RecordDataset(Dataset[Sample]):
         category_ids: Sequence[int] | None = None,
         coco: COCO | None = None,
         transforms: Transform | None = None,
-        num_invalid_boxes: int = 0,
+        num_invalid_boxes: int | None = None,
+        issues: IssueLog | None = None,
     ) -> None:
         # Formats without category ids of their own (VOC, CSV) number their classes 1..K.
         if category_ids is None:
@@ -140,8 +165,43 @@ class RecordDataset(Dataset[Sample]):
         self.category_ids: list[int] = [int(c) for c in category_ids]
         self.coco: COCO = coco if coco is not None else build_coco(self.records, class_names, category_ids)
         self.transforms = transforms
-        # Boxes dropped while parsing (degenerate, non-finite or outside the image).
+        # What the parser dropped or skipped (see harnet.data.issues); shared with check_images.
+        self.issues = issues if issues is not None else IssueLog()
+        # Boxes dropped while parsing (degenerate or outside the image).
+        if num_invalid_boxes is None:
+            num_invalid_boxes = self.issues.counts().get(DROPPED_BOX, 0)
         self.num_invalid_boxes = num_invalid_boxes
+
+    def drop_images(self, image_ids: set[int]) -> None:
+        """Remove images from the records and from the COCO ground truth (so AP is not charged for them)."""
+        if not image_ids:
+            return
+        self.records = [r for r in self.records if r.image_id not in image_ids]
+        data = self.coco.dataset
+        self.coco = coco_from_dict({
+            **data,
+            "images": [im for im in data["images"] if im["id"] not in image_ids],
+            "annotations": [a for a in data.get("annotations", []) if a["image_id"] not in image_ids],
+        })
+
+    def check_images(self, decode: bool = False, threads: int | None = None) -> None:
+        """Open every image before training so a bad file is found now, not hours into a run.
+
+        Reads each header (exists, not empty, an image, within ``MAX_PIXELS``, size as annotated after
+        EXIF orientation); ``decode=True`` also decodes the pixels, which is the only way to find
+        truncated files (what ``--skip-bad`` does, at the cost of one full read of the dataset, run on
+        ``threads`` threads since PIL decodes without holding the GIL). Strict logs raise on the first
+        bad image in record order; skipping logs drop the image from records and ground truth.
+        """
+        threads = threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(threads) as pool:
+            problems = list(pool.map(lambda r: _inspect(r, decode), self.records))
+        bad: set[int] = set()
+        for record, problem in zip(self.records, problems, strict=True):
+            if problem is not None:
+                self.issues.reject(problem, record.path, SKIPPED_IMAGE)
+                bad.add(record.image_id)
+        self.drop_images(bad)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -151,10 +211,7 @@ class RecordDataset(Dataset[Sample]):
         image = load_image(record.path)
         height, width = image.shape[-2:]
         if (width, height) != (record.width, record.height):
-            raise ValueError(
-                f"{record.path}: decoded image is {width}x{height} (after EXIF orientation) but the "
-                f"annotations say {record.width}x{record.height}"
-            )
+            raise BadDataError(_size_mismatch(record, width, height))
         target: Target = {
             "boxes": tv_tensors.BoundingBoxes(
                 record.boxes.clone(), format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height, width)
@@ -165,3 +222,22 @@ class RecordDataset(Dataset[Sample]):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def _size_mismatch(record: DetectionRecord, width: int, height: int) -> str:
+    return (f"{record.path}: image is {width}x{height} (after EXIF orientation) but the annotations say "
+            f"{record.width}x{record.height}")
+
+
+def _inspect(record: DetectionRecord, decode: bool) -> Exception | None:
+    """The problem with ``record``'s image file as an exception naming the file, or ``None``."""
+    try:
+        if decode:
+            height, width = load_image(record.path).shape[-2:]
+        else:
+            width, height = image_size(record.path)
+    except (FileNotFoundError, BadImageError) as e:
+        return e
+    if (width, height) != (record.width, record.height):
+        return BadDataError(_size_mismatch(record, width, height))
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import torch
 
-from harnet.data.image_io import image_size
-from harnet.data.records import DetectionRecord, RecordDataset, Transform, clip_valid_boxes
+from harnet.data.image_io import BadImageError, image_size
+from harnet.data.issues import IssueLog, one_line
+from harnet.data.records import DetectionRecord, RecordDataset, Transform, finite_box, keep_valid_boxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -26,7 +28,7 @@ class VocObject:
 
 @dataclass
 class VocAnnotation:
-    """One parsed XML file. ``width``/``height`` are ``None`` when absent or zero (common in the wild)."""
+    """One parsed XML file. ``width``/``height`` are ``None`` when absent or not positive (common in the wild)."""
 
     filename: str | None
     width: int | None
@@ -53,8 +55,10 @@ def parse_voc_xml(data: bytes | str, source: str | Path) -> VocAnnotation:
     size = root.find("size")
     width = height = None
     if size is not None and size.findtext("width") and size.findtext("height"):
-        width = int(number(size, "width", "<size>")) or None
-        height = int(number(size, "height", "<size>")) or None
+        # Zero, negative or NaN sizes are common placeholders in the wild: read the image instead.
+        w, h = number(size, "width", "<size>"), number(size, "height", "<size>")
+        if math.isfinite(w) and math.isfinite(h) and w >= 1 and h >= 1:
+            width, height = int(w), int(h)
 
     objects = []
     for k, obj in enumerate(root.findall("object")):
@@ -102,6 +106,11 @@ class VOCDataset(RecordDataset):
 
     ``one_based=True`` follows the VOC devkit, whose coordinates are 1-based pixel indices (``xmin - 1``,
     ``ymin - 1`` gives continuous 0-based corners); pass ``False`` for tools that write 0-based corners.
+
+    Bad data (see :mod:`harnet.data.issues`): an XML file that is missing, malformed, names an unknown
+    class, has a non-finite coordinate, or whose size must be read from a missing/unreadable image is an
+    error naming the XML, or with ``skip_bad`` skips that image (ids of the others do not change). Boxes
+    with no area inside the image are dropped and listed.
     """
 
     def __init__(
@@ -112,8 +121,10 @@ class VOCDataset(RecordDataset):
         transforms: Transform | None = None,
         *,
         one_based: bool = True,
+        skip_bad: bool = False,
     ) -> None:
         root = Path(root)
+        log = IssueLog(skip_bad)
         if (root / "Annotations").is_dir():
             ann_dir, image_dir = root / "Annotations", root / "JPEGImages"
         elif root.is_dir():
@@ -127,39 +138,55 @@ class VOCDataset(RecordDataset):
                 raise FileNotFoundError(f"VOC split file not found: {split_file}")
             ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
             xml_paths = sorted(ann_dir / f"{image_id}.xml" for image_id in ids)
-            for path in xml_paths:
-                if not path.is_file():
-                    raise FileNotFoundError(f"{split_file}: annotation file not found: {path}")
         else:
             xml_paths = sorted(ann_dir.glob("*.xml"))
 
-        parsed = [(path, parse_voc_xml(path.read_bytes(), path)) for path in xml_paths]
+        # Image ids count every listed XML, so skipping one leaves the others' ids unchanged.
+        parsed: list[tuple[int, Path, VocAnnotation]] = []
+        for image_id, path in enumerate(xml_paths, start=1):
+            if not path.is_file():
+                log.bad(split_file if split is not None else path, f"annotation file not found: {path}",
+                        error=FileNotFoundError)
+                continue
+            try:
+                ann = parse_voc_xml(path.read_bytes(), path)
+            except ValueError as e:
+                log.reject(e, path)
+                continue
+            bad = next((o for o in ann.objects if not finite_box(o.box)), None)
+            if bad is not None:
+                log.bad(path, f"object {bad.name!r} has a non-finite box {list(bad.box)}")
+                continue
+            parsed.append((image_id, path, ann))
         if class_names is None:
-            class_names = sorted({obj.name for _, ann in parsed for obj in ann.objects})
+            class_names = sorted({obj.name for _, _, ann in parsed for obj in ann.objects})
         label_of = {name: label for label, name in enumerate(class_names)}
         offset = 1.0 if one_based else 0.0
 
         records: list[DetectionRecord] = []
-        num_invalid = 0
-        for image_id, (xml_path, ann) in enumerate(parsed, start=1):
+        for image_id, xml_path, ann in parsed:
+            unknown = next((o.name for o in ann.objects if o.name not in label_of), None)
+            if unknown is not None:
+                log.bad(xml_path, f"class {unknown!r} is not in class_names {list(class_names)}")
+                continue
             image_path = _resolve_image(image_dir, xml_path, ann.filename)
             if ann.width is None or ann.height is None:
-                width, height = image_size(image_path)
+                try:
+                    width, height = image_size(image_path)
+                except (FileNotFoundError, BadImageError) as e:
+                    log.bad(xml_path, f"no <size>, and the image cannot be read: {one_line(e)}",
+                            error=type(e))
+                    continue
             else:
                 width, height = ann.width, ann.height
-            for obj in ann.objects:
-                if obj.name not in label_of:
-                    known = list(class_names)
-                    raise ValueError(f"{xml_path}: class {obj.name!r} is not in class_names {known}")
             kept = {}
             for difficult in (False, True):
                 objs = [o for o in ann.objects if o.difficult == difficult]
                 raw = torch.tensor([o.box for o in objs], dtype=torch.float64).reshape(-1, 4)
                 raw[:, :2] -= offset
-                boxes, keep = clip_valid_boxes(raw, width, height)
                 labels = torch.tensor([label_of[o.name] for o in objs], dtype=torch.int64)
-                num_invalid += int((~keep).sum())
-                kept[difficult] = (boxes[keep], labels[keep])
+                sources = [(str(xml_path), f"object {o.name!r} {list(o.box)}") for o in objs]
+                kept[difficult] = keep_valid_boxes(raw, labels, width, height, log, sources)
             records.append(
                 DetectionRecord(
                     path=image_path,
@@ -172,9 +199,4 @@ class VOCDataset(RecordDataset):
                     ignored_labels=kept[True][1],
                 )
             )
-        super().__init__(
-            records,
-            class_names=list(class_names),
-            transforms=transforms,
-            num_invalid_boxes=num_invalid,
-        )
+        super().__init__(records, class_names=list(class_names), transforms=transforms, issues=log)

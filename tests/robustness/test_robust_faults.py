@@ -1,0 +1,148 @@
+"""Faults: SIGKILL at a random moment then ``--resume`` reaches bit-identical weights; Ctrl-C saves and
+exits 130; what a killed run leaves behind (temp files, half-written metrics rows) is cleaned on resume.
+
+The two signal tests run ``python -m harnet`` as a subprocess (signals need a real process); each
+logs the random kill delay it used in its assertion messages so that a failure can be reproduced.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from badfiles import coco_args, make_coco_split
+
+from harnet import checkpoint
+from harnet.cli import main
+from harnet.train import Trainer, TrainingInterrupted
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "harnet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {path} appeared: {proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(run / "last.pt")["model"]
+
+
+def _metric_rows(run: Path) -> list[tuple[int, str, float]]:
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "step,name,value"
+    rows = []
+    for line in lines[1:]:
+        step, name, value = line.split(",")  # every row complete: nothing torn
+        rows.append((int(step), name, float(value)))
+    return rows
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_coco_split(data, "train", 4)
+    make_coco_split(data, "val", 1)
+    extra = ("train.max_steps=8", "train.log_every=1")
+    reference = _start(coco_args(data, tmp_path / "reference", *extra))
+    run = tmp_path / "killed"
+    victim = _start(coco_args(data, run, *extra))
+    _wait_for(run / "last.pt", victim)  # at least one checkpoint (checkpoint_every=1)
+    delay = random.uniform(0.0, 0.6)
+    time.sleep(delay)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    why = f"(killed {delay:.3f} s after the first checkpoint)"
+    assert victim.returncode == -signal.SIGKILL, f"the run finished before the kill {why}"
+    killed_at = checkpoint.load(run / "last.pt")["step"]  # loads: never torn, whenever the kill landed
+    assert 1 <= killed_at <= 8, why
+    why = f"(killed {delay:.3f} s after the first checkpoint, resumed from step {killed_at})"
+
+    resumed = subprocess.run([sys.executable, "-m", "harnet", "train", "--resume", str(run), "--no-progress"],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, f"{resumed.stderr} {why}"
+    _, ref_err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_err
+
+    expected, got = _weights(tmp_path / "reference"), _weights(run)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=f"{key} {why}")
+    assert checkpoint.load(run / "last.pt")["step"] == 8
+    assert not list(run.glob(".*.tmp")), f"temp files left {why}"
+    train_rows = [(s, n) for s, n, _ in _metric_rows(run) if n.startswith("train/")]
+    assert len(train_rows) == len(set(train_rows)), f"resumed steps logged twice {why}"
+    assert sorted({s for s, _ in train_rows}) == list(range(1, 9)), why
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_coco_split(data, "train", 4)
+    make_coco_split(data, "val", 1)
+    run = tmp_path / "run"
+    proc = _start(coco_args(data, run, "train.max_steps=100000"))
+    _wait_for(run / "last.pt", proc)
+    delay = random.uniform(0.0, 0.5)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = checkpoint.load(run / "last.pt")["step"]
+    assert err.strip() == (f"harnet: interrupted at step {step}; checkpoint saved to {run / 'last.pt'} "
+                           f"(continue with --resume {run})"), f"{err} (SIGINT {delay:.3f} s after first checkpoint)"
+
+
+def test_resume_cleans_up_after_a_killed_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A kill can leave a temp checkpoint and a torn or too-new metrics row: resume removes them."""
+    data = tmp_path / "data"
+    make_coco_split(data, "train", 2)
+    make_coco_split(data, "val", 1)
+    run = tmp_path / "run"
+    assert main(coco_args(data, run, "train.max_steps=1", "train.log_every=1")) == 0
+    (run / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    with (run / "metrics.csv").open("a") as f:
+        f.write("5,train/loss,0.25\n3,train/lo")  # a step after the checkpoint, then a torn row
+    assert main(["train", "--resume", str(run), "--set", "train.max_steps=2", "--no-progress"]) == 0
+    assert not list(run.glob(".*.tmp"))
+    rows = _metric_rows(run)
+    assert {s for s, _, _ in rows} == {1, 2} and ("train/loss" in {n for s, n, _ in rows if s == 2})
+    capsys.readouterr()
+
+
+def test_ctrl_c_during_a_checkpoint_write_still_saves_and_stops_cleanly(tiny, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worst moment for Ctrl-C: inside ``torch.save``. The write completes, then the interrupt lands."""
+    real_save, sent = torch.save, []
+
+    def save_then_ctrl_c(obj, f):  # type: ignore[no-untyped-def]
+        if not sent:  # once: the first periodic checkpoint (step 1)
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the zip writer is open
+        real_save(obj, f)
+
+    trainer = Trainer(tiny(tmp_path, "train.checkpoint_every=1"), progress=False)
+    monkeypatch.setattr(torch, "save", save_then_ctrl_c)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 1; checkpoint saved to .*last\.pt"):
+        trainer.fit()
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
