@@ -61,6 +61,7 @@ def test_level_shapes_match_the_feature_maps(model: HARNet) -> None:
             assert level_shapes(h, w) == [tuple(f.shape[-2:]) for f in features]
 
 
+@pytest.mark.slow
 def test_raw_outputs_plus_postprocess_raw_equal_the_model(model: HARNet) -> None:
     """The documented deployment path, all in PyTorch: preprocess -> network -> postprocess_raw."""
     images = _images()
@@ -104,6 +105,7 @@ def test_onnx_runtime_equals_pytorch(ckpt_path: Path, model: HARNet, tmp_path: P
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit's deprecation notice
 def test_torchscript_equals_pytorch(model: HARNet, tmp_path: Path) -> None:
     out = tmp_path / "model.torchscript.pt"
     result = export_model(model, out, "torchscript", ["a"] * 6, list(range(1, 7)))

@@ -47,6 +47,7 @@ def test_one_plain_view_is_the_model_itself(model: HARNet) -> None:
             torch.testing.assert_close(a[key], b[key])
 
 
+@pytest.mark.slow
 def test_output_format_equals_the_models(model: HARNet) -> None:
     image = _image()
     with torch.no_grad():
@@ -61,6 +62,7 @@ def test_output_format_equals_the_models(model: HARNet) -> None:
     assert bool((augmented["scores"][:-1] >= augmented["scores"][1:]).all())
 
 
+@pytest.mark.slow
 def test_mirrored_image_gives_mirrored_detections(model: HARNet) -> None:
     """With flip, an image and its mirror image have the same set of views, so the merged
     detections of the mirror, flipped back, are the original's: the flip mapping is consistent."""

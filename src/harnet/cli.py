@@ -37,10 +37,10 @@ def _experiment_path(value: str) -> Path:
 
 
 def _tta(args: argparse.Namespace) -> TTAConfig | None:
-    """``--tta`` (flip + the paper's two scales) or ``--tta-scales ...`` -> a TTAConfig, else None."""
+    """``--tta`` (flip + the paper's two scales), ``--tta-scales``/``--tta-no-flip`` -> a TTAConfig, else None."""
     from harnet.tta import PAPER_SCALES, TTAConfig
 
-    if not args.tta and args.tta_scales is None:
+    if not (args.tta or args.tta_scales is not None or args.tta_no_flip):
         return None
     try:
         return TTAConfig(scales=tuple(args.tta_scales or PAPER_SCALES), flip=not args.tta_no_flip)
@@ -240,7 +240,7 @@ def _add_tta_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: horizontal flip and two scales, merged by Soft-NMS + box voting")
     p.add_argument("--tta-scales", type=float, nargs="+", metavar="S",
                    help="TTA scales as multiples of the test size (implies --tta; default 1.0 1.25)")
-    p.add_argument("--tta-no-flip", action="store_true", help="TTA without the flipped views")
+    p.add_argument("--tta-no-flip", action="store_true", help="TTA without the flipped views (implies --tta)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -224,6 +224,12 @@ def save_figures(result: Explanation, image: Tensor, out_dir: str | Path,
         for stage, points in result.sampling_points.items():
             fig, ax = _figure(image)
             grid = result.grid_points[stage]
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_facecolor("0.85")  # taps can fall outside the image (zero padding there)
+            ax.scatter(grid[:, 0], grid[:, 1], marker="s", s=40, facecolors="none", edgecolors="black",
+                       linewidths=2.5)
             ax.scatter(grid[:, 0], grid[:, 1], marker="s", s=40, facecolors="none", edgecolors="white",
                        linewidths=1, label="regular 3x3 grid")
             for g in range(points.shape[0]):

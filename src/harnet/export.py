@@ -139,7 +139,8 @@ def _deform_conv_symbolic() -> Any:
 
 
 def _deform_conv_onnxscript() -> Any:
-    """The same mapping for the dynamo (torch.export) exporter, written in onnxscript."""
+    """The same mapping for the dynamo (torch.export) exporter, written in onnxscript. The aligned
+    attention's DeformConv2d is v1 (no modulation mask), so ``mask`` is not passed on."""
     from onnxscript import opset19 as op
 
     def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int,  # type: ignore[no-untyped-def]
