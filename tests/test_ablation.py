@@ -18,7 +18,7 @@ def test_plan_is_seed_major_and_covers_the_paper_rows(tmp_path: Path) -> None:
     specs = plan(tmp_path, [0, 1])
     assert [s.seed for s in specs] == [0] * len(ROW_NAMES) + [1] * len(ROW_NAMES)
     assert {"retinanet", "spatial", "channel", "aligned", "hybrid", "torchvision_retinanet",
-            "hybrid_no_spatial", "hybrid_no_channel", "hybrid_no_aligned"} == set(ROW_NAMES)
+            "hybrid_no_spatial", "hybrid_no_channel", "hybrid_no_aligned", "hybrid_no_dual"} == set(ROW_NAMES)
     assert specs[0].run_dir == tmp_path / specs[0].row.name / "seed0"
 
 

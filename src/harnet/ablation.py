@@ -60,6 +60,8 @@ ROWS: tuple[AblationRow, ...] = (
     AblationRow("hybrid_no_spatial", ("model.preset=hybrid", "model.spatial.enabled=false"), "hybrid - spatial"),
     AblationRow("hybrid_no_channel", ("model.preset=hybrid", "model.channel.enabled=false"), "hybrid - channel"),
     AblationRow("hybrid_no_aligned", ("model.preset=hybrid", "model.aligned.enabled=false"), "hybrid - aligned"),
+    AblationRow("hybrid_no_dual", ("model.preset=hybrid", "model.dual_prediction=false"),
+                "hybrid - second prediction set (all three attentions, one set)"),
 )
 ROW_NAMES = tuple(row.name for row in ROWS)
 
