@@ -77,3 +77,14 @@ def test_unwritable_output_fails_before_training(tiny, tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(TrainingError, match="not writable"):
         Trainer(tiny(blocker / "run"), progress=False)
+
+
+def test_init_from_loads_what_fits_and_keeps_the_rest(tiny, tmp_path: Path) -> None:
+    """Two-phase training: a RetinaNet run's weights start a hybrid; the attention layers start fresh."""
+    train(tiny(tmp_path / "base", "train.max_steps=1", preset="retinanet"), progress=False)
+    base = checkpoint.load(tmp_path / "base" / "last.pt")["model"]
+    trainer = Trainer(tiny(tmp_path / "hybrid", f"train.init_from={tmp_path / 'base'}"), progress=False)
+    state = trainer.model.state_dict()
+    torch.testing.assert_close(state["backbone.body.conv1.weight"], base["backbone.body.conv1.weight"])
+    torch.testing.assert_close(state["head.cls_tower.convs.0.weight"], base["head.cls_tower.convs.0.weight"])
+    assert any(k.startswith("head.spatial") for k in state) and not any(k.startswith("head.spatial") for k in base)

@@ -84,6 +84,10 @@ class TrainConfig:
     # Skip a batch whose loss is NaN/inf (no update; the step still counts) instead of stopping; more
     # than MAX_NONFINITE_STREAK such batches in a row still stop the run. Count in metrics and summary.
     skip_nonfinite: bool = False
+    # Start from another run's weights (a checkpoint or run folder): every tensor whose name and shape
+    # match is loaded, the rest keep their initialisation. The paper's two-phase training: train the
+    # RetinaNet base, then add the attentions. Ignored on --resume (the run's own last.pt wins).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         # Values that type-check but would hang (batch_size 0 never fills a batch) or crash late

@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -215,6 +217,8 @@ class Trainer:
         cfg.model.num_classes = len(self.train_set.class_names)
         torch.manual_seed(t.seed)
         self.model = build_detector(cfg.detector, cfg.model).to(self.device)
+        if t.init_from and not resume:
+            self._init_from(t.init_from)
         self.optimizer = build_optimizer(self.model, t)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.amp = t.amp and self.device.type == "cuda"
@@ -228,6 +232,19 @@ class Trainer:
         if distributed.is_main():
             checkpoint.write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir, self.step if resume else None, enabled=distributed.is_main())
+
+    def _init_from(self, path: str) -> None:
+        """Load the tensors of ``path``'s model that fit this one by name and shape; say what was loaded."""
+        state = checkpoint.load(path, map_location=self.device)["model"]
+        own = self.model.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not fits:
+            raise TrainingError(f"train.init_from {path}: no tensor fits this model (another architecture?)")
+        self.model.load_state_dict(fits, strict=False)
+        new = [k for k in own if k not in fits]
+        if distributed.is_main():
+            print(f"harnet: init_from {path}: {len(fits)} of {len(own)} tensors loaded; {len(new)} start fresh"
+                  + (f" (e.g. {', '.join(new[:3])})" if new else ""), file=sys.stderr)
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -353,6 +370,9 @@ class Trainer:
                    desc="train")
         interrupted = False
         start = time.perf_counter()
+        # SIGTERM (kill, SLURM/Kubernetes pre-emption) stops like Ctrl-C: checkpoint saved, then exit.
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main_thread else None
         try:
             while self.step < t.max_steps:
                 images, targets = next(batches)
@@ -374,6 +394,8 @@ class Trainer:
                                 "(fix or remove the file, or use --skip-bad, then --resume)") from None
         finally:
             bar.close()
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
         self.save()
         if interrupted:
             self.log.close()

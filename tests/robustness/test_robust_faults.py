@@ -94,7 +94,9 @@ def test_sigkill_at_a_random_moment_then_resume_matches_an_uninterrupted_run(tmp
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C, and SIGTERM (a scheduler's pre-emption) alike: checkpoint saved, clean exit 130."""
     data = tmp_path / "data"
     make_coco_split(data, "train", 4)
     make_coco_split(data, "val", 1)
@@ -103,12 +105,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     _wait_for(run / "last.pt", proc)
     delay = random.uniform(0.0, 0.5)
     time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     step = checkpoint.load(run / "last.pt")["step"]
     assert err.strip() == (f"harnet: interrupted at step {step}; checkpoint saved to {run / 'last.pt'} "
-                           f"(continue with --resume {run})"), f"{err} (SIGINT {delay:.3f} s after first checkpoint)"
+                           f"(continue with --resume {run})"), f"{err} ({sig.name} at +{delay:.3f} s)"
 
 
 def test_resume_cleans_up_after_a_killed_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
