@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -227,9 +228,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             run_ablation(config, out, seeds, args.rows, args.set, args.jobs, device, args.threads, log)
         except KeyboardInterrupt:
             log("stopped; finished runs are kept and the rest resume on the next call")
-    summary = summarize(out, seeds, args.rows, device, args.latency_repeats)
-    summary |= {"config": str(config), "overrides": list(args.set), "command": " ".join(sys.argv)}
-    write_report(out, summary, f"{config.stem}: ablation over {len(seeds)} seeds")
+    # The report takes seconds; a stop request arriving now (a scheduler's SIGTERM after the trainings
+    # were stopped) would otherwise lose the whole table.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        summary = summarize(out, seeds, args.rows, device, args.latency_repeats)
+        summary |= {"config": str(config), "overrides": list(args.set), "command": " ".join(sys.argv)}
+        write_report(out, summary, f"{config.stem}: ablation over {len(seeds)} seeds")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'ap_vs_step.png'}")
     return 0
