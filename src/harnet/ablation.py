@@ -21,6 +21,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -115,13 +116,13 @@ def _finish(spec: RunSpec, seconds: float) -> dict[str, Any]:
 
 
 _RUNNING: set[subprocess.Popen[bytes]] = set()
-_STOPPING: list[bool] = []
+_STOPPING = threading.Event()
 
 
 def _stop_children(signum: int, frame: Any) -> None:
     """SIGTERM/SIGINT: no new run starts; each running training gets SIGINT, saves its checkpoint
     and exits (the next ``harnet ablate`` resumes it)."""
-    _STOPPING.append(True)
+    _STOPPING.set()
     for process in list(_RUNNING):
         process.send_signal(signal.SIGINT)
     for process in list(_RUNNING):
@@ -134,7 +135,7 @@ def _run_one(spec: RunSpec, config: Path, overrides: Sequence[str], device: str,
     done_path = spec.run_dir / "done.json"
     if done_path.is_file():
         return json.loads(done_path.read_text())
-    if _STOPPING:
+    if _STOPPING.is_set():
         return None
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     command = _train_command(spec, config, overrides, device, threads)
@@ -149,7 +150,7 @@ def _run_one(spec: RunSpec, config: Path, overrides: Sequence[str], device: str,
         _RUNNING.discard(process)
     seconds = time.perf_counter() - start
     if code != 0:
-        if _STOPPING:
+        if _STOPPING.is_set():
             log(f"{spec.row.name} seed {spec.seed}: stopped (resumes next time)")
             return None
         lines = (spec.run_dir / "train.log").read_text(errors="replace").strip().splitlines()
@@ -184,7 +185,7 @@ def run_ablation(
         futures = [pool.submit(_run_one, s, config, overrides, device, threads, log) for s in specs]
         results = [f.result() for f in futures]
     finally:
-        pool.shutdown(wait=not _STOPPING, cancel_futures=True)
+        pool.shutdown(wait=not _STOPPING.is_set(), cancel_futures=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return [r for r in results if r is not None]
