@@ -26,13 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from harnet.bench import time_ms
+from harnet.bench import median_latency_ms
 from harnet.complexity import count_flops
 from harnet.data.build import shapes_split
 from harnet.detectors import build_detector
@@ -226,16 +227,12 @@ def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None
             entry.update(cost)
             models[spec_row.name] = (model, size)
         summary["rows"].append(entry)
-    latencies: dict[str, list[float]] = {name: [] for name in models}
+    calls = {name: partial(model, [torch.rand(3, size, size, device=dev)]) for name, (model, size) in models.items()}
     with torch.inference_mode():
-        for rep in range(2 + latency_repeats):
-            for name, (model, size) in models.items():
-                ms = time_ms(lambda model=model, size=size: model([torch.rand(3, size, size, device=dev)]), dev)
-                if rep >= 2:
-                    latencies[name].append(ms)
+        latencies = median_latency_ms(calls, dev, latency_repeats, warmup=2)
     for entry in summary["rows"]:
         if entry["name"] in latencies:
-            entry["latency_ms"] = statistics.median(latencies[entry["name"]])
+            entry["latency_ms"] = latencies[entry["name"]]
     return summary
 
 

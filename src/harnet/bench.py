@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -90,6 +91,19 @@ def time_ms(fn: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1000
+
+
+def median_latency_ms(calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
+                      warmup: int) -> dict[str, float]:
+    """Median time of each call over ``repeats`` after ``warmup``, the calls interleaved (one of each
+    in turn) so that a noisy machine slows them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for rep in range(warmup + repeats):
+        for name, fn in calls.items():
+            ms = time_ms(fn, device)
+            if rep >= warmup:
+                times[name].append(ms)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _rss_kb(field: str) -> int:
@@ -193,27 +207,22 @@ def run_benchmark(
         image = [torch.rand(3, size, size, device=dev)]
         for precision in precisions:
             autocast = torch.autocast(dev.type, dtype=torch.float16, enabled=precision == "amp")
-            times: dict[str, list[float]] = {k: [] for k in models}
+            calls = {name: partial(model, image) for name, model in models.items()}
             peaks: dict[str, float | None] = {}
             with torch.inference_mode(), autocast:
-                for rep in range(warmup + repeats):
-                    for name, model in models.items():
-                        ms = time_ms(lambda model=model, image=image: model(image), dev)
-                        if rep >= warmup:
-                            times[name].append(ms)
+                latencies = median_latency_ms(calls, dev, repeats, warmup)
                 if dev.type == "cuda":
-                    for name, model in models.items():
-                        peaks[name] = peak_memory_mb(lambda model=model, image=image: model(image), dev)
+                    peaks = {name: peak_memory_mb(call, dev) for name, call in calls.items()}
             if dev.type == "cpu" and memory:
                 peaks = cpu_peak_memory(backbone, size, num_classes, list(models), False, result.threads)
             train = _train_times(models, size, dev, repeats, warmup, precision == "amp") if size == train_size else {}
             if train and dev.type == "cpu" and memory:
                 train_peaks = cpu_peak_memory(backbone, size, num_classes, list(models), True, result.threads)
                 train = {name: (train[name][0], train_peaks[name]) for name in train}
-            tv_latency = statistics.median(times[TORCHVISION])
+            tv_latency = latencies[TORCHVISION]
             tv_train = statistics.median(train[TORCHVISION][0]) if train else None
             for name, model in models.items():
-                latency = statistics.median(times[name])
+                latency = latencies[name]
                 train_ms = statistics.median(train[name][0]) if train else None
                 result.rows.append({
                     "model": name, "size": size, "precision": precision,
