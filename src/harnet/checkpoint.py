@@ -35,34 +35,40 @@ class CheckpointError(RuntimeError):
 
 
 @contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then deliver it.
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then deliver them.
 
     A ``KeyboardInterrupt`` raised inside ``torch.save`` leaves its zip writer half-way, and closing it
-    then raises a ``RuntimeError`` that replaces the interrupt: Ctrl-C during a checkpoint write would
-    end the run with an obscure error instead of a clean save. Only the main thread can set handlers.
+    then raises a ``RuntimeError`` that replaces the interrupt: Ctrl-C (or SIGTERM, which training turns
+    into the same interrupt) during a checkpoint write would end the run with an obscure error instead
+    of a clean save. Only the main thread can set handlers.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    deferred = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in deferred}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
-        elif previous != signal.SIG_IGN:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for sig in dict.fromkeys(received):
+        handler = previous[sig]
+        if callable(handler):
+            handler(sig, None)  # e.g. Python's default SIGINT handler raises KeyboardInterrupt
+        elif handler == signal.SIG_DFL and sig == signal.SIGINT:
             raise KeyboardInterrupt
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(sig)  # the default action, now that the file is complete
 
 
 @contextmanager
 def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """A temp file beside ``path`` that replaces it (after fsync) only if the block completes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _sigint_deferred():
+    with _signals_deferred():
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:

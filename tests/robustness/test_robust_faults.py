@@ -130,15 +130,18 @@ def test_resume_cleans_up_after_a_killed_run(tmp_path: Path, capsys: pytest.Capt
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_during_a_checkpoint_write_still_saves_and_stops_cleanly(tiny, tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worst moment for Ctrl-C: inside ``torch.save``. The write completes, then the interrupt lands."""
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      sig: signal.Signals) -> None:
+    """The worst moment for Ctrl-C (or SIGTERM): inside ``torch.save``. The write completes, then the
+    interrupt lands."""
     real_save, sent = torch.save, []
 
     def save_then_ctrl_c(obj, f):  # type: ignore[no-untyped-def]
         if not sent:  # once: the first periodic checkpoint (step 1)
             sent.append(True)
-            os.kill(os.getpid(), signal.SIGINT)  # arrives while the zip writer is open
+            os.kill(os.getpid(), sig)  # arrives while the zip writer is open
         real_save(obj, f)
 
     trainer = Trainer(tiny(tmp_path, "train.checkpoint_every=1"), progress=False)
