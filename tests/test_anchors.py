@@ -58,3 +58,23 @@ def test_retinanet_anchors_are_torchvisions() -> None:
     expected = _default_anchorgen()(images, feats)[0]
     got = build_anchor_generator(cfg)(images, feats)[0]
     assert torch.equal(got, expected)
+
+
+def test_anchor_centres_sit_at_the_level_stride_for_any_padded_size() -> None:
+    """The authors' anchors sit at exact multiples of 2^level. A 400 px image pads to 416 (32 | 416, 128 does
+    not), P6 gets a 7-cell grid and P7 a 4-cell one: centres must still step by 64 and 128, where
+    torchvision's padded-size // grid-size gives 59 and 104 (kept when ``strides: null``)."""
+    cfg = AnchorConfig()
+    size = 416
+    grids = [-(-size // s) for s in STRIDES]  # 52, 26, 13, 7, 4: what the convs produce
+    images = ImageList(torch.zeros(1, 3, size, size), [(400, 400)])
+    feats = [torch.zeros(1, 8, g, g) for g in grids]
+    counts = [g * g * cfg.num_anchors for g in grids]
+    for stride, grid, level in zip(STRIDES, grids, build_anchor_generator(cfg)(images, feats)[0].split(counts)):
+        centres = ((level[:, :2] + level[:, 2:]) / 2).view(grid, grid, cfg.num_anchors, 2)
+        expected = torch.arange(grid, dtype=torch.float32) * stride
+        torch.testing.assert_close(centres[0, :, 0, 0], expected, atol=0.5, rtol=0)  # x along the first row
+        torch.testing.assert_close(centres[:, 0, 0, 1], expected, atol=0.5, rtol=0)  # y down the first column
+    legacy = build_anchor_generator(AnchorConfig(strides=None))(images, feats)[0].split(counts)
+    p7 = ((legacy[4][:, :2] + legacy[4][:, 2:]) / 2).view(4, 4, cfg.num_anchors, 2)
+    assert float(p7[0, 1, 0, 0] - p7[0, 0, 0, 0]) == 104.0  # torchvision's 416 // 4

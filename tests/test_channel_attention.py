@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from harnet.channel_attention import CrossLevelGroupNorm, CrossLevelSE
 from harnet.config import HARNetConfig
-from harnet.head import HARNetHead
+from harnet.model import build_head
 
 SIZES = ((8, 8), (4, 4), (2, 2), (1, 1), (1, 1))  # P3..P7 of a 64 px image
 
@@ -90,7 +90,7 @@ def test_head_cls_and_box_branches_have_their_own_se() -> None:
     cfg = HARNetConfig.preset("channel", num_classes=3)
     cfg.fpn.channels = 32
     cfg.channel.gn_groups = 8
-    head = HARNetHead(cfg)
+    head = build_head(cfg)
     assert head.cls_se is not None and head.box_se is not None and head.cls_se is not head.box_se
     for a, b in zip(head.cls_se.parameters(), head.box_se.parameters()):
         assert a.data_ptr() != b.data_ptr()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from harnet.config import PRESETS, HARNetConfig, prior_bias, to_dict
+from harnet.config import PRESETS, HARNetConfig, InferenceConfig, prior_bias, to_dict
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -41,6 +41,22 @@ def test_presets_do_not_share_mutable_state() -> None:
     assert b.spatial.rates == (1, 2, 5, 2) and b.transform.min_size == (800,)
 
 
+def test_hybrid_preset_is_the_authors_hybrid() -> None:
+    """The authors' hybrid files: C4 (``fpn_conv4_1a``) and C5 blocks, msra head with the last tower GN at
+    0.1, and their test recipe (Gaussian Soft-NMS sigma 0.5, voting at 0.6, final score >= 0.05). The
+    other presets keep RetinaNet's NMS; ``aligned`` is C5 only (their ``al2``)."""
+    h = HARNetConfig.preset("hybrid")
+    assert h.aligned.stages == ("c4", "c5") and h.aligned.out_relu and h.head.set2_after_mask
+    assert h.head.conv_init == "msra" and h.head.last_norm_scale == 0.1
+    i = h.inference
+    assert (i.nms, i.soft_nms_sigma, i.box_voting_iou, i.box_voting_neighbors, i.final_score_thresh) == (
+        "soft_nms", 0.5, 0.6, 4, 0.05)
+    for name in ("retinanet", "spatial", "channel", "aligned"):
+        cfg = HARNetConfig.preset(name)
+        assert cfg.inference == InferenceConfig() and cfg.head.conv_init == "normal"
+    assert HARNetConfig.preset("aligned").aligned.stages == ("c5",)
+
+
 def test_to_dict_is_json_serialisable() -> None:
     """to_dict gives dicts/lists/scalars only: json.dumps works and the values survive a round trip."""
     cfg = HARNetConfig.preset("hybrid", num_classes=3)
@@ -50,7 +66,8 @@ def test_to_dict_is_json_serialisable() -> None:
     assert back == data
     assert back["num_classes"] == 3 and back["spatial"]["rates"] == [1, 2, 5, 2]
     assert back["anchors"]["scales"] == [1.0, 2**0.5]
-    assert back["aligned"]["stages"] == ["c5"]
+    assert back["aligned"]["stages"] == ["c4", "c5"]
+    assert back["anchors"]["strides"] == [8, 16, 32, 64, 128]
     assert set(back) >= {"backbone", "fpn", "anchors", "head", "loss", "inference", "transform"}
 
 

@@ -44,3 +44,14 @@ def test_p6_source_is_honoured(p6_from: str, fpn_channels: int) -> None:
         levels = pyramid_levels(fpn(c))
     source = c["c5"] if p6_from == "c5" else levels[2]
     assert torch.equal(seen[0], source)
+
+
+def test_p5_without_smoothing_is_the_1x1_lateral_of_c5() -> None:
+    """The authors' P5 (``p5_smooth: false``) is the 1x1 lateral of C5 alone: no 3x3 output conv."""
+    fpn = build_fpn(C18, FPNConfig(channels=64, p5_smooth=False))
+    c = _c(C18)
+    with torch.no_grad():
+        p5 = pyramid_levels(fpn(c))[2]
+        torch.testing.assert_close(p5, fpn.inner_blocks[2](c["c5"]))
+    smooth = build_fpn(C18, FPNConfig(channels=64))
+    assert sum(p.numel() for p in smooth.parameters()) - sum(p.numel() for p in fpn.parameters()) == 64 * 64 * 9 + 64

@@ -9,8 +9,7 @@ import torch
 
 import harnet.model as model_module
 from harnet.config import BackboneConfig, HARNetConfig, HeadConfig
-from harnet.head import HARNetHead
-from harnet.model import HARNet
+from harnet.model import HARNet, build_head
 
 SIZES = ((8, 8), (4, 4), (2, 2), (1, 1), (1, 1))
 NUM_CLASSES = 3
@@ -26,6 +25,7 @@ def _hybrid(channels: int = 32) -> HARNetConfig:
     cfg.transform.min_size = (64,)
     cfg.transform.max_size = 96
     cfg.inference.score_thresh = 0.0
+    cfg.inference.final_score_thresh = 0.0
     return cfg
 
 
@@ -47,9 +47,10 @@ def _targets() -> list[dict[str, torch.Tensor]]:
 
 
 def test_hybrid_head_gives_two_prediction_sets() -> None:
-    """Two (logits, deltas) sets of equal shapes; set 2 = predictor2(SE(ReLU(extra conv(tower))))."""
+    """Two (logits, deltas) sets of equal shapes. Set 2 follows the authors' ``featt/fpn_conv3x3_P3_CA4``
+    (``bottom: fpn_P3_CA4/spatt``): predictor2(SE(ReLU(extra conv(tower * mask)))), the *masked* towers."""
     torch.manual_seed(0)
-    head = HARNetHead(_hybrid())
+    head = build_head(_hybrid())
     g = torch.Generator().manual_seed(1)
     features = [torch.randn(2, 32, h, w, generator=g) for h, w in SIZES]
     total = sum(h * w for h, w in SIZES) * head.predictor.cls_logits.out_channels // NUM_CLASSES
@@ -59,14 +60,78 @@ def test_hybrid_head_gives_two_prediction_sets() -> None:
         for logits, deltas in sets:
             assert logits.shape == (2, total, NUM_CLASSES) and deltas.shape == (2, total, 4)
         assert not torch.allclose(sets[0][0], sets[1][0])
-        cls_t = head.cls_tower([f.clone() for f in features])
-        box_t = head.box_tower([f.clone() for f in features])
-        assert head.cls_se is not None and head.box_se is not None
+        assert head.spatial is not None and head.cls_se is not None and head.box_se is not None
+        masks = head.spatial.masks(features)
+        cls_t = head.spatial.reweight(head.cls_tower([f.clone() for f in features]), masks)
+        box_t = head.spatial.reweight(head.box_tower([f.clone() for f in features]), masks)
+        expected1 = head.predictor(cls_t, box_t)
         cls2 = head.cls_se([head.cls_extra(x).relu() for x in cls_t])
         box2 = head.box_se([head.box_extra(x).relu() for x in box_t])
-        expected = head.predictor2(cls2, box2)
-    torch.testing.assert_close(sets[1][0], expected[0])
-    torch.testing.assert_close(sets[1][1], expected[1])
+        expected2 = head.predictor2(cls2, box2)
+    for got, want in zip((*sets[0], *sets[1]), (*expected1, *expected2)):
+        torch.testing.assert_close(got, want)
+
+
+def test_both_sets_see_the_spatial_mask() -> None:
+    """With the mask forced to ~0 (mode f * m), the towers are zeroed before both sets, so both sets'
+    outputs stop depending on the input: the mask gates set 2 as well (``fpn_P3_CA4/spatt`` feeds it)."""
+    torch.manual_seed(0)
+    head = build_head(_hybrid())
+    assert head.spatial is not None
+    for net in head.spatial.levels:
+        torch.nn.init.constant_(net[-1].bias, -100.0)  # sigmoid(-100) ~ 0
+    g = torch.Generator().manual_seed(2)
+    a = [torch.randn(1, 32, h, w, generator=g) for h, w in SIZES]
+    b = [torch.randn(1, 32, h, w, generator=g) * 3 for h, w in SIZES]
+    with torch.no_grad():
+        out_a, out_b = head(a), head(b)
+    for (la, da), (lb, db) in zip(out_a, out_b):
+        torch.testing.assert_close(la, lb)
+        torch.testing.assert_close(da, db)
+
+
+def test_legacy_wiring_takes_set_2_from_the_unmasked_towers() -> None:
+    """``head.set2_after_mask: false`` (checkpoints from before the fix): set 2 ignores the mask."""
+    cfg = _hybrid()
+    cfg.head.set2_after_mask = False
+    torch.manual_seed(0)
+    head = build_head(cfg)
+    assert head.spatial is not None
+    for net in head.spatial.levels:
+        torch.nn.init.constant_(net[-1].bias, -100.0)
+    g = torch.Generator().manual_seed(2)
+    a = [torch.randn(1, 32, h, w, generator=g) for h, w in SIZES]
+    b = [torch.randn(1, 32, h, w, generator=g) * 3 for h, w in SIZES]
+    with torch.no_grad():
+        (s1a, s2a), (s1b, s2b) = head(a), head(b)
+    torch.testing.assert_close(s1a[0], s1b[0])
+    assert not torch.allclose(s2a[0], s2b[0])
+
+
+def test_hybrid_initialisation_follows_the_authors() -> None:
+    """``fpn_conv3x3_P3_CA4/gn/scale`` starts at 0.1 (the 4th tower conv's GN); towers, set 2's extra
+    convs and both predictors are msra (std sqrt(2 / fan_in)); the class prior bias stays -4.595;
+    spatial-attention convs are gaussian std 0.01."""
+    cfg = _hybrid(channels=64)
+    cfg.channel.gn_groups = 32
+    torch.manual_seed(0)
+    head = build_head(cfg)
+    for tower in (head.cls_tower, head.box_tower):
+        assert bool((tower.norms[-1].weight == 0.1).all())
+        assert all(bool((n.weight == 1).all()) for n in tower.norms[:-1])
+    msra = [*head.cls_tower.convs, *head.box_tower.convs, head.cls_extra, head.box_extra,
+            head.predictor.cls_logits, head.predictor2.bbox_reg]
+    for conv in msra:
+        fan_in = conv.weight[0].numel()
+        assert float(conv.weight.detach().std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+    for predictor in (head.predictor, head.predictor2):
+        assert torch.allclose(predictor.cls_logits.bias, torch.tensor(-4.59512), atol=1e-4)
+    assert head.spatial is not None
+    spatial_convs = [m for m in head.spatial.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(float(m.weight.detach().std()) == pytest.approx(0.01, rel=0.2)
+               for m in spatial_convs if m.weight.numel() > 500)
+    retinanet = build_head(HARNetConfig.preset("retinanet", num_classes=3))
+    assert float(retinanet.cls_tower.convs[0].weight.detach().std()) == pytest.approx(0.01, rel=0.05)
 
 
 def test_single_set_without_dual_prediction() -> None:
@@ -74,7 +139,7 @@ def test_single_set_without_dual_prediction() -> None:
     for name in ("retinanet", "spatial", "channel", "aligned"):
         cfg = HARNetConfig.preset(name, num_classes=NUM_CLASSES)
         cfg.fpn.channels, cfg.channel.gn_groups = 32, 8
-        head = HARNetHead(cfg)
+        head = build_head(cfg)
         assert not hasattr(head, "predictor2")
         features = [torch.randn(1, 32, h, w) for h, w in SIZES]
         assert len(head(features)) == 1
@@ -86,9 +151,9 @@ def test_hybrid_train_loss_weights_each_set_by_half(monkeypatch: pytest.MonkeyPa
     captured: dict[str, Any] = {}
     original = model.compute_loss
 
-    def spy(sets: Any, targets: Any, anchors: Any) -> dict[str, torch.Tensor]:
+    def spy(sets: Any, targets: Any, anchors: Any, per_level: Any) -> dict[str, torch.Tensor]:
         captured.update(sets=sets, targets=targets, anchors=anchors)
-        return original(sets, targets, anchors)
+        return original(sets, targets, anchors, per_level)
 
     monkeypatch.setattr(model, "compute_loss", spy)
     losses = model(_images(), _targets())
@@ -126,8 +191,8 @@ def test_hybrid_eval_averages_logits_and_deltas(monkeypatch: pytest.MonkeyPatch)
 
 def test_head_group_norm_option_for_plain_retinanet() -> None:
     """``head.group_norm`` gives per-level GN towers without any attention (RetinaNet-GN)."""
-    plain = HARNetHead(HARNetConfig.preset("retinanet", num_classes=3))
-    gn = HARNetHead(HARNetConfig.preset("retinanet", num_classes=3, head=HeadConfig(group_norm=True)))
+    plain = build_head(HARNetConfig.preset("retinanet", num_classes=3))
+    gn = build_head(HARNetConfig.preset("retinanet", num_classes=3, head=HeadConfig(group_norm=True)))
     assert plain.cls_tower.norm is None and len(plain.cls_tower.norms) == 0
     assert gn.cls_tower.norm == "gn" and gn.box_tower.norm == "gn"
     assert all(isinstance(n, torch.nn.GroupNorm) for n in gn.cls_tower.norms)

@@ -26,6 +26,7 @@ def _cfg(preset: str) -> HARNetConfig:
     cfg.aligned.mid_channels = 32
     cfg.transform.min_size = (64,)
     cfg.transform.max_size = 128
+    cfg.inference.final_score_thresh = 0.0  # untrained scores sit near the 0.01 prior
     return cfg
 
 
@@ -115,9 +116,12 @@ def test_attentions_off_is_plain_retinanet() -> None:
     assert model.head.cls_se is None and model.head.box_se is None and not hasattr(model.head, "predictor2")
     assert len(model.head.cls_tower.norms) == 0
     assert HARNetConfig().preset_name == "retinanet"
-    cfg = HARNetConfig.preset("hybrid")
+    assert HARNetConfig() == HARNetConfig.preset("retinanet")
+    # The hybrid with every attention switched off has RetinaNet's modules (its init and test recipe differ).
+    cfg = _cfg("hybrid")
     cfg.spatial.enabled = cfg.channel.enabled = cfg.aligned.enabled = cfg.dual_prediction = False
-    assert cfg == HARNetConfig.preset("retinanet")
+    shapes = {k: v.shape for k, v in HARNet(cfg).state_dict().items()}
+    assert shapes == {k: v.shape for k, v in model.state_dict().items()}
     # Each attention preset adds modules to that structure.
     for preset in ("spatial", "channel", "aligned", "hybrid"):
         assert any(isinstance(m, attention) for m in _model(preset).modules()), preset
@@ -151,3 +155,16 @@ def test_train_mode_without_targets_and_unknown_preset() -> None:
         model([torch.rand(3, 32, 32)])
     with pytest.raises(ValueError, match=r"unknown preset 'nope'.*retinanet"):
         HARNetConfig.preset("nope")
+
+
+def test_test_max_size_limits_the_long_side_at_test_time_only() -> None:
+    """The authors test at short side 800 and long side <= 1200 (``transform.test_max_size``); training
+    keeps ``max_size``."""
+    cfg = _cfg("retinanet")
+    cfg.transform.min_size, cfg.transform.max_size, cfg.transform.test_max_size = (64,), 256, 96
+    model = HARNet(cfg)
+    image = [torch.rand(3, 40, 200)]
+    model.eval()
+    assert model.test_transform(image)[0].image_sizes == [(19, 96)]
+    model.train()
+    assert model.transform(image)[0].image_sizes == [(51, 256)]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import pytest
 import torch
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou
 
 from harnet.config import InferenceConfig
-from harnet.postprocess import SOFT_NMS_MIN_SCORE, box_voting, soft_nms, suppress
+from harnet.postprocess import SOFT_NMS_MIN_SCORE, box_voting, select_candidates, soft_nms, suppress
 
 SIGMA = 0.5
 
@@ -74,12 +77,49 @@ def test_soft_nms_max_keep_and_min_score() -> None:
     assert empty_keep.numel() == 0 and empty_scores.numel() == 0
 
 
-def test_box_voting_matches_weighted_mean() -> None:
-    """Kept box -> score-weighted mean of same-class candidates with IoU >= 0.6 (itself included)."""
+def reference_box_voting(kept_boxes: list[list[float]], kept_scores: list[float], kept_labels: list[int],
+                         boxes: list[list[float]], scores: list[float], labels: list[int],
+                         thresh: float, neighbors: int = 4) -> tuple[list[list[float]], list[float]]:
+    """Box voting written literally from the authors' description, one kept box at a time (plain Python).
+
+    Per class, in kept order: the candidates identical to a kept box are never used; a kept box takes
+    every unused candidate with IoU >= thresh (marking them used), the best ``neighbors`` of them by
+    score vote: box = score-weighted mean of it and them, score = (its + theirs) / (neighbors + 1).
+    """
+    def iou(a: list[float], b: list[float]) -> float:
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union > 0 else 0.0
+
+    used = [0] * len(boxes)
+    for kb, kl in zip(kept_boxes, kept_labels):
+        for j, (b, lab) in enumerate(zip(boxes, labels)):
+            if lab == kl and b == kb:
+                used[j] = -1
+    out_boxes, out_scores = [], []
+    for kb, ks, kl in zip(kept_boxes, kept_scores, kept_labels):
+        claimed = [j for j in range(len(boxes)) if labels[j] == kl and used[j] == 0 and iou(kb, boxes[j]) >= thresh]
+        for j in claimed:
+            used[j] = 1
+        if not claimed:
+            out_boxes.append(list(kb))
+            out_scores.append(ks)
+            continue
+        best = sorted(claimed, key=lambda j: -scores[j])[:neighbors]
+        s = [ks] + [scores[j] for j in best]
+        b = [kb] + [boxes[j] for j in best]
+        out_scores.append(sum(s) / (neighbors + 1))
+        out_boxes.append([sum(si * bi[c] for si, bi in zip(s, b)) / sum(s) for c in range(4)])
+    return out_boxes, out_scores
+
+
+def test_box_voting_by_hand() -> None:
+    """One kept box, one voting neighbour: box = weighted mean, score = (0.9 + 0.6) / 5."""
     kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     candidates = torch.tensor(
         [
-            [0.0, 0.0, 10.0, 10.0],  # itself, score 0.9
+            [0.0, 0.0, 10.0, 10.0],  # itself (an exact duplicate of a kept box): never votes
             [1.0, 1.0, 11.0, 11.0],  # IoU 81/119 = 0.68 >= 0.6, score 0.6: votes
             [0.0, 0.0, 10.0, 20.0],  # IoU 0.5 < 0.6: no vote
             [1.0, 1.0, 11.0, 11.0],  # overlapping but class 1: no vote
@@ -87,10 +127,32 @@ def test_box_voting_matches_weighted_mean() -> None:
     )
     scores = torch.tensor([0.9, 0.6, 0.5, 0.8])
     labels = torch.tensor([0, 0, 0, 1])
-    voted = box_voting(kept, torch.tensor([0]), candidates, scores, labels, iou_thresh=0.6)
-    expected = (0.9 * torch.tensor([0.0, 0.0, 10.0, 10.0]) + 0.6 * torch.tensor([1.0, 1.0, 11.0, 11.0])) / 1.5
-    torch.testing.assert_close(voted, expected[None])
-    torch.testing.assert_close(expected, torch.tensor([0.4, 0.4, 10.4, 10.4]))
+    voted, voted_scores = box_voting(kept, torch.tensor([0.9]), torch.tensor([0]), candidates, scores, labels, 0.6)
+    torch.testing.assert_close(voted, torch.tensor([[0.4, 0.4, 10.4, 10.4]]))
+    torch.testing.assert_close(voted_scores, torch.tensor([1.5 / 5]))
+
+
+def test_box_voting_equals_the_literal_reference() -> None:
+    """``_bbox_voting`` of the authors' ``merge_proposal_layer.py``: random boxes in 3 classes, ties and
+    exact duplicates of kept boxes included, kept boxes from Soft-NMS (which keeps most candidates, so
+    few can vote) and from hard NMS (many can); equal to 1e-6."""
+    for seed in range(6):
+        boxes, scores, labels = random_detections(120, seed=seed, extent=30, min_side=8, spread=10, num_labels=3)
+        boxes = boxes.round()  # coarse coordinates: many exact duplicates and equal IoUs
+        scores = (scores * 10).round() / 10 + 0.05  # many tied scores
+        boxes[60:70] = boxes[:10]  # exact duplicates
+        if seed % 2:
+            keep = batched_nms(boxes, scores, labels, 0.5)
+            kept_scores = scores[keep]
+        else:
+            keep, kept_scores = soft_nms(boxes, scores, labels, SIGMA)
+        got_boxes, got_scores = box_voting(boxes[keep], kept_scores, labels[keep], boxes, scores, labels, 0.6)
+        ref_boxes, ref_scores = reference_box_voting(
+            boxes[keep].tolist(), kept_scores.tolist(), labels[keep].tolist(), boxes.tolist(), scores.tolist(),
+            labels.tolist(), 0.6)
+        torch.testing.assert_close(got_boxes, torch.tensor(ref_boxes), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got_scores, torch.tensor(ref_scores), atol=1e-6, rtol=1e-6)
+        assert bool((got_scores != kept_scores).any()) or not seed % 2  # voting re-scored some
 
 
 def test_default_nms_path_equals_torchvision_batched_nms() -> None:
@@ -105,17 +167,40 @@ def test_default_nms_path_equals_torchvision_batched_nms() -> None:
 
 
 def test_suppress_soft_nms_with_voting() -> None:
-    """The paper's test recipe path: Soft-NMS scores are kept, the boxes are voted."""
-    cfg = InferenceConfig(nms="soft_nms", soft_nms_sigma=SIGMA, box_voting_iou=0.6)
-    out = suppress(BOXES, SCORES, LABELS, cfg)
-    keep, scores = soft_nms(BOXES, SCORES, LABELS, SIGMA, cfg.detections_per_img)
-    torch.testing.assert_close(out["scores"], scores)
-    assert torch.equal(out["labels"], LABELS[keep])
-    voted = box_voting(BOXES[keep], LABELS[keep], BOXES, SCORES, LABELS, 0.6)
-    torch.testing.assert_close(out["boxes"], voted)
-    # A (IoU 0.8 with C) is pulled towards C; D (alone in class 1) is unchanged.
-    torch.testing.assert_close(out["boxes"][0], (0.9 * BOXES[0] + 0.7 * BOXES[2]) / 1.6)
-    torch.testing.assert_close(out["boxes"][1], BOXES[3])
+    """The paper's test recipe: Soft-NMS, voting (re-scoring), then score >= 0.05, at most 100, by score.
+
+    Soft-NMS keeps every box above 1e-3, and a kept box never votes (exact duplicate of a kept box), so
+    only what Soft-NMS removed can vote: here E, a near copy of A at score 0.002, decayed below 1e-3 by A.
+    """
+    boxes = torch.cat([BOXES, torch.tensor([[0.0, 0.0, 10.0, 9.5]])])
+    scores, labels = torch.cat([SCORES, torch.tensor([0.002])]), torch.cat([LABELS, torch.tensor([0])])
+    cfg = InferenceConfig(nms="soft_nms", soft_nms_sigma=SIGMA, box_voting_iou=0.6, final_score_thresh=0.05)
+    out = suppress(boxes, scores, labels, cfg)
+    keep, kept = soft_nms(boxes, scores, labels, SIGMA)
+    assert 4 not in keep.tolist()
+    voted, voted_scores = box_voting(boxes[keep], kept, labels[keep], boxes, scores, labels, 0.6)
+    order = torch.argsort(voted_scores, descending=True)
+    torch.testing.assert_close(out["scores"], voted_scores[order])
+    torch.testing.assert_close(out["boxes"], voted[order])
+    # A absorbs E: score (0.9 + 0.002) / 5, box their weighted mean; D (class 1) keeps box and score, ranks first.
+    assert out["labels"].tolist()[0] == 1 and float(out["scores"][0]) == pytest.approx(0.85)
+    a = int(torch.where((out["scores"] - 0.902 / 5).abs() < 1e-6)[0][0])
+    torch.testing.assert_close(out["boxes"][a], (0.9 * boxes[0] + 0.002 * boxes[4]) / 0.902)
+    # Scores below final_score_thresh are dropped after voting; at most detections_per_img remain.
+    few = suppress(boxes, scores, labels, replace(cfg, final_score_thresh=0.5, detections_per_img=1))
+    assert few["scores"].tolist() == pytest.approx([0.85])
+
+
+def test_min_box_size_drops_small_candidates() -> None:
+    """The authors drop boxes under 8 px at test time (``inference.min_box_size``)."""
+    logits = torch.full((4, 1), 5.0)
+    deltas = torch.zeros(4, 4)
+    anchors = torch.tensor([[0, 0, 4, 4], [0, 0, 20, 20], [0, 0, 7.9, 30], [10, 10, 18, 18]], dtype=torch.float)
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    boxes, _, _ = select_candidates([logits], [deltas], [anchors], (64, 64), coder, InferenceConfig(min_box_size=8))
+    assert sorted(boxes.tolist()) == anchors[[1, 3]].tolist()
+    boxes, _, _ = select_candidates([logits], [deltas], [anchors], (64, 64), coder, InferenceConfig())
+    assert boxes.shape[0] == 4
 
 
 def test_zero_area_boxes_stay_finite_through_soft_nms_and_voting() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from harnet.config import HARNetConfig, SpatialAttentionConfig
-from harnet.head import HARNetHead
+from harnet.config import HARNetConfig
+from harnet.model import build_head
 from harnet.spatial_attention import SpatialAttention
 
 SIZES = ((8, 8), (4, 4), (2, 2), (1, 1), (1, 1))
@@ -25,7 +25,7 @@ def _rates(net: nn.Sequential) -> list[int]:
 def test_one_mask_per_level_in_unit_interval() -> None:
     """Five masks of shape (N, 1, H_l, W_l), strictly inside (0, 1), not all equal."""
     torch.manual_seed(0)
-    sa = SpatialAttention(16, 5, SpatialAttentionConfig(enabled=True))
+    sa = SpatialAttention(16, 5)
     for net in sa.levels:  # larger weights than the 0.01 init so that masks vary visibly
         for m in net:
             if isinstance(m, nn.Conv2d):
@@ -42,7 +42,7 @@ def test_one_mask_per_level_in_unit_interval() -> None:
 
 def test_dilation_rates_are_symmetric_1_2_5_2_1() -> None:
     """Four 16-ch dilated convs (1, 2, 5, 2) with GN(4) + ReLU, then a 1-ch conv at rate 1."""
-    sa = SpatialAttention(16, 5, SpatialAttentionConfig(enabled=True))
+    sa = SpatialAttention(16, 5)
     for net in sa.levels:
         assert _rates(net) == [1, 2, 5, 2, 1]
         convs = [m for m in net if isinstance(m, nn.Conv2d)]
@@ -50,20 +50,20 @@ def test_dilation_rates_are_symmetric_1_2_5_2_1() -> None:
         assert [c.out_channels for c in convs] == [16, 16, 16, 16, 1]
         norms = [m for m in net if isinstance(m, nn.GroupNorm)]
         assert len(norms) == 4 and all(n.num_groups == 4 for n in norms)
-    no_gn = SpatialAttention(16, 5, SpatialAttentionConfig(enabled=True, group_norm=False))
+    no_gn = SpatialAttention(16, 5, gn_groups=None)
     assert not any(isinstance(m, nn.GroupNorm) for m in no_gn.modules())
 
 
 def test_coarse_rates_apply_to_p6_p7_only() -> None:
     """coarse_rates=(1, 2, 3, 2) changes the rates of levels 3 and 4 (P6, P7) only."""
-    sa = SpatialAttention(16, 5, SpatialAttentionConfig(enabled=True, coarse_rates=(1, 2, 3, 2)))
+    sa = SpatialAttention(16, 5, coarse_rates=(1, 2, 3, 2))
     assert [_rates(net) for net in sa.levels] == [[1, 2, 5, 2, 1]] * 3 + [[1, 2, 3, 2, 1]] * 2
 
 
 @pytest.mark.parametrize("mode", ["mul", "residual"])
 def test_reweight_modes(mode: str) -> None:
     """``mul`` gives f * m, ``residual`` gives f * (1 + m)."""
-    sa = SpatialAttention(16, 5, SpatialAttentionConfig(enabled=True, mode=mode))  # type: ignore[arg-type]
+    sa = SpatialAttention(16, 5, mode=mode)
     feats = _levels(seed=1)
     masks = [torch.rand(2, 1, *f.shape[-2:]) for f in feats]
     for f, m, y in zip(feats, masks, sa.reweight(feats, masks)):
@@ -77,7 +77,7 @@ def test_head_applies_the_same_mask_to_both_towers(mode: str, monkeypatch: pytes
     cfg = HARNetConfig.preset("spatial", num_classes=3)
     cfg.fpn.channels = 16
     cfg.spatial.mode = mode  # type: ignore[assignment]
-    head = HARNetHead(cfg)
+    head = build_head(cfg)
     features = _levels(seed=2)
     known = [torch.rand(2, 1, *f.shape[-2:], generator=torch.Generator().manual_seed(i))
              for i, f in enumerate(features)]

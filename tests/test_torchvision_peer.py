@@ -82,6 +82,9 @@ def test_peer_is_our_retinanet_preset() -> None:
     ({"loss__focal_gamma": 1.5}, "loss.focal_gamma"),
     ({"inference__nms": "soft_nms"}, "inference.nms"),
     ({"loss__box_loss": "smooth_l1"}, "loss.smooth_l1_beta"),
+    ({"loss__normalizer": "level"}, "loss.normalizer"),
+    ({"inference__final_score_thresh": 0.05}, "inference.final_score_thresh"),
+    ({"transform__test_max_size": 1200}, "transform.test_max_size"),
 ])
 def test_settings_torchvision_cannot_express_are_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -3,7 +3,8 @@
 The deformable 3x3 conv samples where the predicted offsets point, so features follow the object's
 shape instead of a fixed grid. Offsets start at zero (the layer starts as a plain conv) and the
 output GN's scale starts at 0.1, so at initialisation the block is a small perturbation of the
-backbone feature it is added to.
+backbone feature it is added to. As in the authors' files (``fpn_relu5_1c``, ``fpn_relu4_1c``) the
+branch ends in a ReLU, so it can only add to the backbone feature, never cancel it.
 """
 
 from __future__ import annotations
@@ -11,28 +12,43 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
-from harnet.config import AlignedAttentionConfig
+from harnet.norm import group_norm
 
 
 class DeformableBottleneck(nn.Module):
-    """``x + GN(conv1x1(ReLU(GN(deform3x3(ReLU(GN(conv1x1(x))), offsets)))))``."""
+    """``x + ReLU(GN(conv1x1(ReLU(GN(deform3x3(ReLU(GN(conv1x1(x))), offsets))))))``.
 
-    def __init__(self, in_channels: int, cfg: AlignedAttentionConfig) -> None:
+    GroupNorm uses ``gn_groups`` groups, or the largest count below it that divides the channels
+    (a 112-channel C4 gets 28).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        mid_channels: int = 256,
+        deform_groups: int = 4,
+        gn_groups: int = 32,
+        offset_lr_mult: float = 0.1,
+        out_scale_init: float = 0.1,
+        out_relu: bool = True,
+    ) -> None:
         super().__init__()
-        mid = cfg.mid_channels
+        mid = mid_channels
         self.reduce = nn.Sequential(
-            nn.Conv2d(in_channels, mid, 1, bias=False), nn.GroupNorm(cfg.gn_groups, mid), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, mid, 1, bias=False), group_norm(mid, gn_groups), nn.ReLU(inplace=True)
         )
         # 2 (x, y) offsets per kernel tap per deformable group.
-        self.offset = nn.Conv2d(mid, cfg.deform_groups * 2 * 9, 3, padding=1)
+        self.offset = nn.Conv2d(mid, deform_groups * 2 * 9, 3, padding=1)
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
-        self.offset.lr_mult = cfg.offset_lr_mult  # read by harnet.optim.parameter_groups
+        self.offset.lr_mult = offset_lr_mult  # read by harnet.optim.parameter_groups
         self.deform = DeformConv2d(mid, mid, 3, padding=1, bias=False)
-        self.deform_norm = nn.GroupNorm(cfg.gn_groups, mid)
+        self.deform_norm = group_norm(mid, gn_groups)
         self.expand = nn.Conv2d(mid, in_channels, 1, bias=False)
-        self.expand_norm = nn.GroupNorm(cfg.gn_groups, in_channels)
-        nn.init.constant_(self.expand_norm.weight, cfg.out_scale_init)
+        self.expand_norm = group_norm(in_channels, gn_groups)
+        self.out_relu = out_relu
+        nn.init.constant_(self.expand_norm.weight, out_scale_init)
         for conv in (self.reduce[0], self.deform, self.expand):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
@@ -44,4 +60,5 @@ class DeformableBottleneck(nn.Module):
         y = self.reduce(x)
         y = self.deform(y, self.offset(y))
         y = self.deform_norm(y).relu_()
-        return x + self.expand_norm(self.expand(y))
+        y = self.expand_norm(self.expand(y))
+        return x + (y.relu() if self.out_relu else y)

@@ -151,7 +151,28 @@ def _saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
     config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: not a harnet checkpoint (no model config)")
-    return config["model"]
+    return upgrade_saved_model_config(config["model"])
+
+
+# What harnet did before it followed the authors' files exactly, for the fields added then. A resolved
+# model config saved by a run lists every field of its version, so one without ``aligned.out_relu`` was
+# made before: its weights were trained with set 2 before the mask, an aligned branch without the final
+# ReLU and torchvision's anchor strides, and they only predict correctly with that wiring.
+LEGACY_WIRING = {"head": {"set2_after_mask": False}, "aligned": {"out_relu": False}, "anchors": {"strides": None}}
+
+
+def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved model config with the legacy wiring made explicit when it predates those fields.
+
+    Applies only to configs a run wrote (checkpoints, a run folder's ``config.yaml``), never to a user's
+    YAML, where a missing key means the default."""
+    aligned = model.get("aligned")
+    if not isinstance(aligned, dict) or "out_relu" in aligned:
+        return model
+    upgraded = dict(model)
+    for section, values in LEGACY_WIRING.items():
+        upgraded[section] = {**(model.get(section) or {}), **values}
+    return upgraded
 
 
 def model_config(ckpt: dict[str, Any]) -> HARNetConfig:

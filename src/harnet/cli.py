@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harnet.checkpoint import CheckpointError
+from harnet.checkpoint import CheckpointError, upgrade_saved_model_config
 from harnet.configio import ConfigError
 from harnet.data.issues import one_line
 
@@ -84,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
-        cfg = load_experiment(run_dir / "config.yaml", [*overrides, f"output_dir={run_dir}"])
+        cfg = load_experiment(run_dir / "config.yaml", [*overrides, f"output_dir={run_dir}"],
+                              upgrade=upgrade_saved_model_config)
     else:
         if not args.config:
             raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")

@@ -39,6 +39,9 @@ class FPNConfig:
 
     channels: int = 256
     p6_from: Literal["c5", "p5"] = "c5"
+    # The 3x3 smoothing conv on P5. The authors' files take P5 straight from the 1x1 lateral of C5
+    # (their COCO recipe: False); torchvision and Detectron smooth it (True).
+    p5_smooth: bool = True
 
 
 @dataclass
@@ -54,6 +57,10 @@ class AnchorConfig:
     scales: tuple[float, ...] = (1.0, 2**0.5)
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     integer_sizes: bool = False
+    # Anchor centre spacing of P3..P7: the level's true stride 2^l, as in the authors' files. None takes
+    # torchvision's ``padded image size // grid size``, which is not the stride when the padded size is
+    # not a multiple of 128 (a 416 px batch puts P7 centres 104 px apart); kept for torchvision parity.
+    strides: tuple[int, ...] | None = (8, 16, 32, 64, 128)
 
     @property
     def num_anchors(self) -> int:
@@ -70,6 +77,10 @@ class AnchorConfig:
         """torchvision / Detectron RetinaNet's 9 anchors per location."""
         return cls(scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), integer_sizes=True)
 
+    def __post_init__(self) -> None:
+        if self.strides is not None and len(self.strides) != len(self.sizes):
+            raise ValueError(f"anchors.strides: one stride per level ({len(self.sizes)}), got {list(self.strides)}")
+
 
 @dataclass
 class HeadConfig:
@@ -78,6 +89,17 @@ class HeadConfig:
     # Per-level GroupNorm in the towers (mmdetection's RetinaNet-GN). Without it the paper's head
     # (std-0.01 init, no norm) barely learns from scratch; channel attention uses cross-level GN.
     group_norm: bool = False
+    # Initialisation of the tower convs, the hybrid's extra set-2 convs and the predictors: "normal"
+    # (RetinaNet: gaussian std 0.01) or "msra" (He, fan-in: the authors' hybrid files). The
+    # classification prior bias is the same for both.
+    conv_init: Literal["normal", "msra"] = "normal"
+    # Initial scale of the last tower conv's norm (the authors' hybrid: 0.1, ``fpn_conv3x3_P3_CA4/gn/scale``).
+    last_norm_scale: float = 1.0
+    # Hybrid (dual_prediction): set 2's extra conv takes the spatially masked tower output, as in the
+    # authors' files (``featt/fpn_conv3x3_P3_CA4`` has ``bottom: fpn_P3_CA4/spatt``), so the mask feeds and
+    # is trained by both sets. False is the pre-0.2 harnet wiring (set 2 from the unmasked towers), kept
+    # only so that checkpoints made with it load and predict as they were trained.
+    set2_after_mask: bool = True
 
 
 @dataclass
@@ -87,6 +109,11 @@ class LossConfig:
     # "l1" is torchvision RetinaNet's default; the paper (Detectron) uses smooth L1.
     box_loss: Literal["smooth_l1", "l1", "giou"] = "smooth_l1"
     smooth_l1_beta: float = 1.0 / 9.0
+    # "image": torchvision's normalisation (each image's losses divided by its foreground anchors, images
+    # averaged). "level": the authors' (each pyramid level's losses over the batch divided by
+    # max(its foreground anchors, level_min_positives), summed over levels).
+    normalizer: Literal["image", "level"] = "image"
+    level_min_positives: int = 100
     fg_iou: float = 0.5
     bg_iou: float = 0.4
     allow_low_quality_matches: bool = True
@@ -99,9 +126,15 @@ class InferenceConfig:
     nms: Literal["nms", "soft_nms"] = "nms"
     nms_iou: float = 0.5
     soft_nms_sigma: float = 0.5
-    # Box voting (Detectron): refine each kept box with the score-weighted mean of the candidates
-    # it overlaps by at least this IoU. None disables it.
+    # Box voting as in the authors' ``merge_proposal_layer.py``: each kept box is averaged with at most
+    # ``box_voting_neighbors`` unused same-class candidates overlapping it by at least this IoU, and its
+    # score becomes (its score + theirs) / (neighbors + 1) (see postprocess.box_voting). None disables it.
     box_voting_iou: float | None = None
+    box_voting_neighbors: int = 4
+    # Detections scoring below this after suppression and voting are dropped (the authors: 0.05).
+    final_score_thresh: float = 0.0
+    # Candidates smaller than this (width or height, in network-input pixels) are dropped (the authors: 8).
+    min_box_size: float = 0.0
     detections_per_img: int = 100
 
 
@@ -112,6 +145,8 @@ class TransformConfig:
 
     min_size: tuple[int, ...] = (800,)
     max_size: int = 1333
+    # Long-side limit at test time (the authors test at short side 800, long side <= 1200); None: max_size.
+    test_max_size: int | None = None
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     size_divisible: int = 32
@@ -153,6 +188,9 @@ class AlignedAttentionConfig:
     gn_groups: int = 32
     offset_lr_mult: float = 0.1
     out_scale_init: float = 0.1
+    # The branch ends in a ReLU before the sum (``fpn_relu5_1c``, ``fpn_relu4_1c``): it can only add to
+    # C4/C5. False is the pre-0.2 harnet block (kept for loading its checkpoints).
+    out_relu: bool = True
 
 
 @dataclass
@@ -176,7 +214,14 @@ class HARNetConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> HARNetConfig:
-        """The paper's ablation rows: retinanet, spatial, channel, aligned, hybrid."""
+        """The paper's ablation rows: retinanet, spatial, channel, aligned, hybrid.
+
+        ``hybrid`` is the authors' hybrid model file: aligned attention on C4 and C5, msra-initialised
+        head with the last tower norm at 0.1, and their test recipe (Gaussian Soft-NMS, sigma 0.5, box
+        voting at IoU 0.6, final score >= 0.05). The single-attention presets keep RetinaNet's head
+        initialisation and hard NMS, as the authors' single-attention files do; ``aligned`` is C5 only
+        (their ``al2``; ``aligned.stages: [c4, c5]`` is their ``al3``).
+        """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         cfg = cls(**overrides)
@@ -184,6 +229,14 @@ class HARNetConfig:
         cfg.channel.enabled = name in ("channel", "hybrid")
         cfg.aligned.enabled = name in ("aligned", "hybrid")
         cfg.dual_prediction = name == "hybrid"
+        if name == "hybrid":
+            cfg.aligned.stages = ("c4", "c5")
+            cfg.head.conv_init = "msra"
+            cfg.head.last_norm_scale = 0.1
+            cfg.inference.nms = "soft_nms"
+            cfg.inference.soft_nms_sigma = 0.5
+            cfg.inference.box_voting_iou = 0.6
+            cfg.inference.final_score_thresh = 0.05
         return cfg
 
     @property

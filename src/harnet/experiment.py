@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -129,9 +130,15 @@ class ExperimentConfig:
         return from_dict(cls, {**data, "model": model})
 
 
-def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """YAML file (or defaults when ``path`` is None) + ``--set`` overrides -> validated config."""
+def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ExperimentConfig:
+    """YAML file (or defaults when ``path`` is None) + ``--set`` overrides -> validated config.
+
+    ``upgrade`` rewrites the file's ``model`` section first (a run's own saved config from an older
+    version, see ``checkpoint.upgrade_saved_model_config``)."""
     data = load_yaml(path) if path is not None else {}
+    if upgrade is not None and isinstance(data.get("model"), dict):
+        data = {**data, "model": upgrade(data["model"])}
     data = merge(data, parse_overrides(overrides))
     return ExperimentConfig.from_dict(data)
 

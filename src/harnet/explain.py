@@ -27,10 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harnet.configio import ConfigError
-from harnet.head import NUM_LEVELS
 from harnet.model import HARNet
-
-LEVEL_NAMES = tuple(f"P{i}" for i in range(3, 3 + NUM_LEVELS))
+from harnet.pyramid import LEVEL_NAMES
 
 
 @dataclass

@@ -33,16 +33,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from harnet.anchors import build_anchor_generator
 from harnet.config import HARNetConfig, to_dict
 from harnet.configio import from_dict
-from harnet.model import HARNet, merge_prediction_sets
+from harnet.model import HARNet, build_transform, merge_prediction_sets
 from harnet.postprocess import postprocess
+from harnet.pyramid import LEVEL_STRIDES
 
 ONNX_OPSET = 19  # the first opset with DeformConv
-LEVEL_STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["cls_logits", "box_deltas"]
 Format = Literal["onnx", "torchscript"]
@@ -69,18 +68,10 @@ class Batch:
     original_sizes: list[tuple[int, int]]  # (h, w) of each input image
 
 
-def _transform(config: HARNetConfig) -> GeneralizedRCNNTransform:
-    t = config.transform
-    transform = GeneralizedRCNNTransform(
-        t.min_size, t.max_size, list(t.image_mean), list(t.image_std), size_divisible=t.size_divisible
-    )
-    return transform.eval()  # eval: resize to min_size[-1], never a random training size
-
-
 def preprocess(images: Sequence[Tensor], config: HARNetConfig) -> Batch:
     """Float CHW RGB images in [0, 1] -> the exported network's input (the model's own transform)."""
     originals = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    image_list, _ = _transform(config)(list(images))
+    image_list, _ = build_transform(config.transform, training=False)(list(images))
     return Batch(image_list.tensors, [tuple(s) for s in image_list.image_sizes], originals)  # type: ignore[misc]
 
 
@@ -116,7 +107,8 @@ def postprocess_raw(
     box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
     detections = postprocess(cls_logits, box_deltas, anchors, per_level, batch.image_sizes, box_coder,
                              config.inference)
-    return _transform(config).postprocess(detections, batch.image_sizes, batch.original_sizes)
+    transform = build_transform(config.transform, training=False)
+    return transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
 
 
 # --- exporters ---------------------------------------------------------------------------------

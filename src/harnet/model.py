@@ -17,11 +17,67 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from harnet.aligned_attention import DeformableBottleneck
 from harnet.anchors import build_anchor_generator
 from harnet.backbone import build_backbone
-from harnet.config import HARNetConfig
+from harnet.channel_attention import CrossLevelSE
+from harnet.config import AlignedAttentionConfig, HARNetConfig, TransformConfig
 from harnet.fpn import build_fpn, pyramid_levels
-from harnet.head import HARNetHead, Prediction
+from harnet.head import HARNetHead, Prediction, TowerNorm
 from harnet.losses import DetectionLoss
 from harnet.postprocess import postprocess
+from harnet.pyramid import NUM_LEVELS
+from harnet.spatial_attention import SpatialAttention
+
+
+def build_transform(cfg: TransformConfig, training: bool, scale: float = 1.0) -> GeneralizedRCNNTransform:
+    """Resize + normalise + pad. Training draws a short side from ``min_size``; testing uses the last
+    one and ``test_max_size`` (else ``max_size``), both times ``scale`` (test-time augmentation)."""
+    if training:
+        min_size: int | tuple[int, ...] = cfg.min_size
+        max_size = cfg.max_size
+    else:
+        min_size = round(cfg.min_size[-1] * scale)
+        max_size = round((cfg.test_max_size or cfg.max_size) * scale)
+    transform = GeneralizedRCNNTransform(min_size, max_size, list(cfg.image_mean), list(cfg.image_std),
+                                         size_divisible=cfg.size_divisible)
+    return transform.train(training)
+
+
+def build_aligned_attention(cfg: AlignedAttentionConfig, channels: dict[str, int]) -> nn.ModuleDict:
+    """One deformable bottleneck per stage in ``cfg.stages`` (empty when aligned attention is off)."""
+    blocks = nn.ModuleDict()
+    if cfg.enabled:
+        for stage in cfg.stages:
+            blocks[stage] = DeformableBottleneck(
+                channels[stage], mid_channels=cfg.mid_channels, deform_groups=cfg.deform_groups,
+                gn_groups=cfg.gn_groups, offset_lr_mult=cfg.offset_lr_mult, out_scale_init=cfg.out_scale_init,
+                out_relu=cfg.out_relu,
+            )
+    return blocks
+
+
+def build_head(cfg: HARNetConfig) -> HARNetHead:
+    """The head with the attentions ``cfg`` switches on (each attention module ``None`` when off)."""
+    ch, spatial, channel = cfg.fpn.channels, cfg.spatial, cfg.channel
+    norm: TowerNorm = None
+    if channel.enabled and channel.cross_level_gn:
+        norm = "cross_level_gn"
+    elif channel.enabled or cfg.head.group_norm:
+        norm = "gn"
+    spatial_module = None
+    if spatial.enabled:
+        spatial_module = SpatialAttention(
+            ch, NUM_LEVELS, channels=spatial.channels, rates=spatial.rates, coarse_rates=spatial.coarse_rates,
+            gn_groups=spatial.gn_groups if spatial.group_norm else None, mode=spatial.mode,
+        )
+    use_se = channel.enabled and channel.se
+    return HARNetHead(
+        in_channels=ch, num_anchors=cfg.anchors.num_anchors, num_classes=cfg.num_classes,
+        num_convs=cfg.head.num_convs, prior_probability=cfg.head.prior_probability, norm=norm,
+        gn_groups=channel.gn_groups, conv_init=cfg.head.conv_init, last_norm_scale=cfg.head.last_norm_scale,
+        spatial=spatial_module,
+        cls_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,
+        box_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,
+        dual_prediction=cfg.dual_prediction, set2_after_mask=cfg.head.set2_after_mask,
+    )
 
 
 class HARNet(nn.Module):
@@ -30,24 +86,31 @@ class HARNet(nn.Module):
 
     ``images`` is a list of float CHW tensors in [0, 1] of any sizes; ``targets`` a list of dicts
     with ``boxes`` (n, 4) XYXY pixels and ``labels`` (n,) int64 in ``0..num_classes-1``.
+
+    Every part is built from ``config`` unless passed in (as torchvision's ``RetinaNet`` takes its
+    backbone, anchor generator and head): e.g. ``HARNet(cfg, backbone=my_body)`` where ``my_body``
+    returns ``{"c3", "c4", "c5"}`` and has ``out_channels``.
     """
 
-    def __init__(self, config: HARNetConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: HARNetConfig | None = None,
+        *,
+        backbone: nn.Module | None = None,
+        aligned: nn.ModuleDict | None = None,
+        fpn: nn.Module | None = None,
+        head: HARNetHead | None = None,
+    ) -> None:
         super().__init__()
         cfg = config or HARNetConfig()
         self.config = cfg
-        t = cfg.transform
-        self.transform = GeneralizedRCNNTransform(
-            t.min_size, t.max_size, list(t.image_mean), list(t.image_std), size_divisible=t.size_divisible
-        )
-        self.backbone = build_backbone(cfg.backbone)
+        self.transform = build_transform(cfg.transform, training=True)
+        self.test_transform = build_transform(cfg.transform, training=False)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
         channels = self.backbone.out_channels
-        self.aligned = nn.ModuleDict()
-        if cfg.aligned.enabled:
-            for stage in cfg.aligned.stages:
-                self.aligned[stage] = DeformableBottleneck(channels[stage], cfg.aligned)
-        self.fpn = build_fpn(channels, cfg.fpn)
-        self.head = HARNetHead(cfg)
+        self.aligned = aligned if aligned is not None else build_aligned_attention(cfg.aligned, channels)
+        self.fpn = fpn if fpn is not None else build_fpn(channels, cfg.fpn)
+        self.head = head if head is not None else build_head(cfg)
         self.anchor_generator = build_anchor_generator(cfg.anchors)
         self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.loss = DetectionLoss(cfg.loss, self.box_coder)
@@ -71,23 +134,25 @@ class HARNet(nn.Module):
                 raise ValueError("HARNet in train mode needs targets; call model.eval() to predict")
             _check_targets(targets, self.config.num_classes)
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        image_list, targets = self.transform(images, targets)
+        transform = self.transform if self.training else self.test_transform
+        image_list, targets = transform(images, targets)
         features = self.features(image_list.tensors)
         sets = self.head(features)
         anchors = self.anchor_generator(image_list, features)
+        per_level = [x.shape[-2] * x.shape[-1] * self.config.anchors.num_anchors for x in features]
         if self.training:
             assert targets is not None
-            return self.compute_loss(sets, targets, anchors)
+            return self.compute_loss(sets, targets, anchors, per_level)
         cls_logits, box_deltas = merge_prediction_sets(sets)
-        per_level = [x.shape[-2] * x.shape[-1] * self.config.anchors.num_anchors for x in features]
         detections = postprocess(
             cls_logits, box_deltas, anchors, per_level, image_list.image_sizes, self.box_coder,
             self.config.inference,
         )
-        return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        return transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
     def compute_loss(
-        self, sets: list[Prediction], targets: list[dict[str, Tensor]], anchors: list[Tensor]
+        self, sets: list[Prediction], targets: list[dict[str, Tensor]], anchors: list[Tensor],
+        num_anchors_per_level: list[int] | None = None,
     ) -> dict[str, Tensor]:
         """Loss of each prediction set; with two sets (hybrid) each is weighted 0.5."""
         matched = self.loss.match(targets, anchors)
@@ -95,7 +160,8 @@ class HARNet(nn.Module):
         losses: dict[str, Tensor] = {}
         for i, (cls_logits, box_deltas) in enumerate(sets):
             suffix = "" if i == 0 else f"_{i + 1}"
-            for name, value in self.loss(targets, cls_logits, box_deltas, anchors, matched).items():
+            for name, value in self.loss(targets, cls_logits, box_deltas, anchors, matched,
+                                         num_anchors_per_level).items():
                 losses[name + suffix] = value * weight
         return losses
 

@@ -6,30 +6,50 @@ sigmoid gives a per-location weight in (0, 1) that re-weights both head towers o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
-from harnet.config import SpatialAttentionConfig
+from harnet.norm import group_norm
 
 
 class SpatialAttention(nn.Module):
-    """One mask generator per pyramid level (levels do not share weights)."""
+    """One mask generator per pyramid level (levels do not share weights).
 
-    def __init__(self, in_channels: int, num_levels: int, cfg: SpatialAttentionConfig) -> None:
+    ``rates`` are the dilations of the ``channels``-wide 3x3 convs before the final 3x3 conv to one
+    channel (which is the last "1" of 1-2-5-2-1); ``coarse_rates`` replace them on the levels from
+    ``coarse_from`` on (the authors' 1-2-3-2 variant on P6/P7). Convs start at gaussian std 0.01, as
+    in the authors' files.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_levels: int,
+        *,
+        channels: int = 16,
+        rates: Sequence[int] = (1, 2, 5, 2),
+        coarse_rates: Sequence[int] | None = None,
+        coarse_from: int = 3,
+        gn_groups: int | None = 4,
+        mode: str = "mul",
+    ) -> None:
         super().__init__()
-        self.mode = cfg.mode
+        if mode not in ("mul", "residual"):
+            raise ValueError(f"spatial attention mode must be 'mul' or 'residual', got {mode!r}")
+        self.mode = mode
         self.levels = nn.ModuleList()
         for level in range(num_levels):
-            coarse = level >= 3 and cfg.coarse_rates is not None  # P6, P7
-            rates = cfg.coarse_rates if coarse else cfg.rates
+            level_rates = coarse_rates if coarse_rates is not None and level >= coarse_from else rates
             layers: list[nn.Module] = []
-            channels = in_channels
-            for rate in rates:
-                layers.append(nn.Conv2d(channels, cfg.channels, 3, padding=rate, dilation=rate))
-                if cfg.group_norm:
-                    layers.append(nn.GroupNorm(cfg.gn_groups, cfg.channels))
+            width = in_channels
+            for rate in level_rates:
+                layers.append(nn.Conv2d(width, channels, 3, padding=rate, dilation=rate))
+                if gn_groups:
+                    layers.append(group_norm(channels, gn_groups))
                 layers.append(nn.ReLU(inplace=True))
-                channels = cfg.channels
-            layers.append(nn.Conv2d(channels, 1, 3, padding=1))
+                width = channels
+            layers.append(nn.Conv2d(width, 1, 3, padding=1))
             self.levels.append(nn.Sequential(*layers))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -31,6 +31,10 @@ _FIXED = {
     "loss.allow_low_quality_matches": True,
     "inference.nms": "nms",
     "inference.box_voting_iou": None,
+    "inference.final_score_thresh": 0.0,
+    "inference.min_box_size": 0.0,
+    "loss.normalizer": "image",
+    "transform.test_max_size": None,
     "head.prior_probability": 0.01,
     "head.num_convs": 4,
 }

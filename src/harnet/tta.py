@@ -14,9 +14,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import resize_boxes
 
-from harnet.model import HARNet, merge_prediction_sets
+from harnet.model import HARNet, build_transform, merge_prediction_sets
 from harnet.postprocess import batch_candidates, suppress
 
 # The paper's best results used two test scales; the second one is not given. 1.25x the model's test
@@ -26,7 +26,7 @@ PAPER_SCALES = (1.0, 1.25)
 
 @dataclass
 class TTAConfig:
-    """``scales`` multiply the model's test size (``transform.min_size[-1]`` and ``max_size``).
+    """``scales`` multiply the model's test size (``transform.min_size[-1]`` and the test ``max_size``).
 
     ``merge="soft_nms_vote"`` suppresses the pooled candidates with the paper's test recipe
     (Gaussian Soft-NMS with the model's sigma, then box voting at ``box_voting_iou``) whatever the
@@ -48,18 +48,9 @@ def flip_boxes(boxes: Tensor, width: int) -> Tensor:
     return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
-def _view_transform(model: HARNet, scale: float) -> GeneralizedRCNNTransform:
-    t = model.config.transform
-    transform = GeneralizedRCNNTransform(
-        round(t.min_size[-1] * scale), round(t.max_size * scale), list(t.image_mean), list(t.image_std),
-        size_divisible=t.size_divisible,
-    )
-    return transform.eval()
-
-
 def _view_candidates(model: HARNet, images: list[Tensor], scale: float) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Candidates of every image at one scale, boxes in input-image pixels."""
-    image_list, _ = _view_transform(model, scale)(images)
+    image_list, _ = build_transform(model.config.transform, training=False, scale=scale)(images)
     features = model.features(image_list.tensors)
     cls_logits, box_deltas = merge_prediction_sets(model.head(features))
     anchors = model.anchor_generator(image_list, features)
