@@ -69,3 +69,19 @@ def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
     assert main(argv) == 0
     text = (tmp_path / "out" / "results.md").read_text()
     assert "| hybrid | 15.0 ± 0.0" in text and "+5.0" in text and "misses the +2.0 target" not in text
+
+
+def test_custom_rows_are_planned_after_the_chosen_rows_with_seed_and_out_filled_in(tmp_path: Path) -> None:
+    """``--row NAME KEY=VALUE ...``: a named variant (or the second phase of two-phase training) beside the
+    paper's rows; ``{seed}``/``{out}`` become the run's seed and the ablation folder."""
+    from harnet.ablation import _train_command, custom_row
+
+    two_phase = custom_row("two_phase", ["model.preset=hybrid", "train.init_from={out}/retinanet/seed{seed}"])
+    specs = plan(tmp_path, [0, 1], ["retinanet"], [two_phase])
+    assert [(s.row.name, s.seed) for s in specs] == [("retinanet", 0), ("two_phase", 0), ("retinanet", 1),
+                                                     ("two_phase", 1)]
+    assert [s.row.name for s in plan(tmp_path, [0], None, [two_phase])] == ["two_phase"]
+    command = _train_command(specs[3], tmp_path / "c.yaml", [], "cpu", None)
+    assert f"train.init_from={tmp_path}/retinanet/seed1" in command
+    with pytest.raises(ValueError, match="new name"):
+        custom_row("hybrid", ["model.preset=hybrid"])

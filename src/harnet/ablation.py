@@ -75,9 +75,26 @@ class RunSpec:
     run_dir: Path
 
 
-def plan(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None) -> list[RunSpec]:
+def custom_row(name: str, overrides: Sequence[str]) -> AblationRow:
+    """A row of the user's (``--row NAME KEY=VALUE ...``): a named variant, a recipe to compare. In its
+    overrides ``{seed}`` and ``{out}`` become the run's seed and the ablation folder, so a row can start
+    from another row's run of the same seed (``train.init_from={out}/retinanet/seed{seed}``)."""
+    if not name.isidentifier() or name in ROW_NAMES:
+        raise ValueError(f"--row {name!r}: a row needs a new name made of letters, digits and _")
+    return AblationRow(name, tuple(overrides), "custom: " + " ".join(overrides))
+
+
+def select_rows(rows: Sequence[str] | None, extra: Sequence[AblationRow] = ()) -> list[AblationRow]:
+    """The built-in rows named in ``rows`` (all when None, none when only custom rows are given), then ``extra``."""
+    if rows is None and extra:
+        rows = []
+    return [r for r in ROWS if rows is None or r.name in rows] + list(extra)
+
+
+def plan(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None,
+         extra: Sequence[AblationRow] = ()) -> list[RunSpec]:
     """Seed-major order: if the ablation is stopped early, every row has the same seeds done."""
-    chosen = [r for r in ROWS if rows is None or r.name in rows]
+    chosen = select_rows(rows, extra)
     return [RunSpec(r, s, out / r.name / f"seed{s}") for s in seeds for r in chosen]
 
 
@@ -86,7 +103,9 @@ def _train_command(spec: RunSpec, config: Path, overrides: Sequence[str], device
     command = [sys.executable, "-m", "harnet", "train", "--no-progress"]
     if (spec.run_dir / "last.pt").is_file():
         return [*command, "--resume", str(spec.run_dir)]
-    items = [*overrides, *spec.row.overrides, f"train.seed={spec.seed}", f"output_dir={spec.run_dir}",
+    own = [o.replace("{seed}", str(spec.seed)).replace("{out}", str(spec.run_dir.parent.parent))
+           for o in spec.row.overrides]
+    items = [*overrides, *own, f"train.seed={spec.seed}", f"output_dir={spec.run_dir}",
              f"train.device={device}"]
     if threads:
         items.append(f"train.threads={threads}")
@@ -172,12 +191,13 @@ def run_ablation(
     device: str = "auto",
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    extra: Sequence[AblationRow] = (),
 ) -> list[dict[str, Any]]:
     """Train and evaluate every (row, seed) not yet done; returns the finished runs' summaries."""
     data = load_experiment(config, list(overrides)).data
     if data.format == "shapes":  # generate once here, not in N concurrent runs racing on one folder
         shapes_split(data.shapes, "train")
-    specs = plan(out, seeds, rows)
+    specs = plan(out, seeds, rows, extra)
     log(f"{len(specs)} runs ({len(specs) // max(len(seeds), 1)} rows x {len(seeds)} seeds) -> {out}, {jobs} at a time")
     _STOPPING.clear()
     previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -207,13 +227,13 @@ def _cost(run_dir: Path, device: torch.device, repeats: int) -> tuple[dict[str, 
 
 
 def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None, device: str = "cpu",
-              latency_repeats: int = 10) -> dict[str, Any]:
+              latency_repeats: int = 10, extra: Sequence[AblationRow] = ()) -> dict[str, Any]:
     """Mean ± std per row from the finished runs, plus params/GFLOPs/latency measured here
     (latency: batch 1 at the training size, median of ``latency_repeats``, rows interleaved)."""
     dev = torch.device(device)
     summary: dict[str, Any] = {"seeds": list(seeds), "latency_device": str(dev), "rows": []}
     models: dict[str, tuple[torch.nn.Module, int]] = {}
-    for spec_row in [r for r in ROWS if rows is None or r.name in rows]:
+    for spec_row in select_rows(rows, extra):
         paths = [out / spec_row.name / f"seed{s}" / "done.json" for s in seeds]
         runs = [json.loads(p.read_text()) for p in paths if p.is_file()]
         entry: dict[str, Any] = {"name": spec_row.name, "description": spec_row.description, "runs": runs}

@@ -214,9 +214,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from harnet.ablation import run_ablation, summarize, write_report
+    from harnet.ablation import custom_row, run_ablation, summarize, write_report
     from harnet.train import resolve_device
 
+    try:
+        extra = [custom_row(name, overrides) for name, *overrides in args.row]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     config = _experiment_path(args.config)
     if not config.is_file():
         raise ConfigError(f"{config}: config file not found")
@@ -226,14 +230,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     log = lambda message: print(f"[ablate] {message}", file=sys.stderr, flush=True)  # noqa: E731
     if not args.report_only:
         try:
-            run_ablation(config, out, seeds, args.rows, args.set, args.jobs, device, args.threads, log)
+            run_ablation(config, out, seeds, args.rows, args.set, args.jobs, device, args.threads, log, extra)
         except KeyboardInterrupt:
             log("stopped; finished runs are kept and the rest resume on the next call")
     # The report takes seconds; a stop request arriving now (a scheduler's SIGTERM after the trainings
     # were stopped) would otherwise lose the whole table.
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        summary = summarize(out, seeds, args.rows, device, args.latency_repeats)
+        summary = summarize(out, seeds, args.rows, device, args.latency_repeats, extra)
         summary |= {"config": str(config), "overrides": list(args.set), "command": " ".join(sys.argv)}
         write_report(out, summary, f"{config.stem}: ablation over {len(seeds)} seeds")
     finally:
@@ -348,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ablate", help="train + evaluate every ablation row over seeds; tables and a plot")
     ab.add_argument("--config", required=True, help="experiment YAML or built-in name (e.g. shapes_hard)")
     ab.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every row")
-    ab.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=None, help="default: all")
+    ab.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=None,
+                    help="built-in rows (default: all, or none when --row is given)")
+    ab.add_argument("--row", nargs="+", action="append", default=[], metavar="NAME_OR_KEY=VALUE",
+                    help="a custom row: NAME then its overrides, e.g. --row residual_mask model.preset=hybrid "
+                         "model.spatial.mode=residual ({seed} and {out} are replaced per run)")
     ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     ab.add_argument("--jobs", type=int, default=1, help="trainings at once (several small runs share a GPU)")
     ab.add_argument("--threads", type=int, default=None, help="torch CPU threads per training")
