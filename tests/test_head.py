@@ -197,3 +197,20 @@ def test_head_group_norm_option_for_plain_retinanet() -> None:
     assert gn.cls_tower.norm == "gn" and gn.box_tower.norm == "gn"
     assert all(isinstance(n, torch.nn.GroupNorm) for n in gn.cls_tower.norms)
     assert gn.spatial is None and gn.cls_se is None
+
+
+def test_set2_norm_option_normalises_the_extra_conv_like_the_towers() -> None:
+    """``head.set2_norm`` (a named option, not the authors'): set 2's extra conv -> cross-level GN -> ReLU."""
+    from harnet.channel_attention import CrossLevelGroupNorm
+    from harnet.head import Tower
+
+    cfg = _hybrid()
+    cfg.head.set2_norm = True
+    head = build_head(cfg)
+    assert isinstance(head.cls_extra, Tower) and isinstance(head.cls_extra.norms[0], CrossLevelGroupNorm)
+    features = [torch.randn(1, 32, h, w) for h, w in SIZES]
+    with torch.no_grad():
+        cls2 = head.cls_extra(head.spatial.reweight(head.cls_tower(features), head.spatial.masks(features)))
+    flat = torch.cat([x.flatten() for x in cls2])
+    assert bool((flat >= 0).all()) and 0.2 < float(flat.mean()) < 1.0  # normalised then ReLU'd
+    assert len(head(features)) == 2

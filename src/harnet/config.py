@@ -100,6 +100,10 @@ class HeadConfig:
     # is trained by both sets. False is the pre-0.2 harnet wiring (set 2 from the unmasked towers), kept
     # only so that checkpoints made with it load and predict as they were trained.
     set2_after_mask: bool = True
+    # Not in the authors' files: normalise set 2's extra conv like the towers (cross-level GN in the hybrid)
+    # before its ReLU. Without a norm its output starts about 10x smaller than the towers' and set 2 learns
+    # later than set 1; a named option with its own ablation row, off by default.
+    set2_norm: bool = False
 
 
 @dataclass

@@ -130,6 +130,7 @@ class HARNetHead(nn.Module):
         box_se: nn.Module | None = None,
         dual_prediction: bool = False,
         set2_after_mask: bool = True,
+        set2_norm: bool = False,
     ) -> None:
         super().__init__()
         ch = in_channels
@@ -141,11 +142,20 @@ class HARNetHead(nn.Module):
         self.dual = dual_prediction
         self.set2_after_mask = set2_after_mask
         if self.dual:
-            self.cls_extra = nn.Conv2d(ch, ch, 3, padding=1)
-            self.box_extra = nn.Conv2d(ch, ch, 3, padding=1)
+            # Set 2's extra 3x3 conv + ReLU, shared by the levels; with ``set2_norm`` (not the authors') a
+            # one-conv tower normalised like the towers instead.
+            self.cls_extra: nn.Module = Tower(ch, 1, norm or "gn", gn_groups, conv_init) if set2_norm \
+                else nn.Conv2d(ch, ch, 3, padding=1)
+            self.box_extra: nn.Module = Tower(ch, 1, norm or "gn", gn_groups, conv_init) if set2_norm \
+                else nn.Conv2d(ch, ch, 3, padding=1)
             for conv in (self.cls_extra, self.box_extra):
-                init_conv(conv, conv_init)
+                if isinstance(conv, nn.Conv2d):
+                    init_conv(conv, conv_init)
             self.predictor2 = Predictor(ch, num_anchors, num_classes, prior_probability, conv_init)
+
+    @staticmethod
+    def _extra(extra: nn.Module, levels: list[Tensor]) -> list[Tensor]:
+        return extra(levels) if isinstance(extra, Tower) else [extra(x).relu_() for x in levels]
 
     def _se(self, cls_feats: list[Tensor], box_feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         if self.cls_se is not None:
@@ -168,7 +178,6 @@ class HARNetHead(nn.Module):
         sets = [self.predictor(cls_feats, box_feats)]
         if self.dual:
             cls_in, box_in = (cls_feats, box_feats) if self.set2_after_mask else unmasked
-            cls2 = [self.cls_extra(x).relu_() for x in cls_in]
-            box2 = [self.box_extra(x).relu_() for x in box_in]
+            cls2, box2 = self._extra(self.cls_extra, cls_in), self._extra(self.box_extra, box_in)
             sets.append(self.predictor2(*self._se(cls2, box2)))
         return sets

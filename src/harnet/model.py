@@ -76,7 +76,7 @@ def build_head(cfg: HARNetConfig) -> HARNetHead:
         spatial=spatial_module,
         cls_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,
         box_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,
-        dual_prediction=cfg.dual_prediction, set2_after_mask=cfg.head.set2_after_mask,
+        dual_prediction=cfg.dual_prediction, set2_after_mask=cfg.head.set2_after_mask, set2_norm=cfg.head.set2_norm,
     )
 
 
