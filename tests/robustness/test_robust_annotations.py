@@ -402,7 +402,8 @@ def test_val_categories_numbered_differently_are_matched_by_name(tmp_path: Path)
     perfect = [{"boxes": torch.tensor([[16.0, 12, 48, 36]]), "scores": torch.tensor([0.9]), "labels": r.labels}
                for r in val.records]
     result = evaluate_predictions(val, [r.image_id for r in val.records], perfect)
-    assert result.stats["AP"] == pytest.approx(1.0) and result.per_class_ap == pytest.approx({"thing": 1.0, "other": 1.0})
+    assert result.stats["AP"] == pytest.approx(1.0)
+    assert result.per_class_ap == pytest.approx({"thing": 1.0, "other": 1.0})
 
 
 def test_val_categories_with_other_names_are_a_one_line_error_naming_both_files(
