@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,24 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_line(tmp_path: Path) 
         assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     assert said == [f"harnet: {tmp_path}: taking over the stale lock of process {pid} (started then), which no "
                     "longer runs (killed?)"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_parent(tmp_path: Path) -> None:
+    """Data-loader workers are forked: the lock must die with the process that took it, not with them."""
+    code = (f"import os, time\nfrom harnet import runfolder\nlock = runfolder.acquire({str(tmp_path)!r})\n"
+            "child = os.fork()\nif child == 0:\n    null = os.open(os.devnull, os.O_WRONLY)\n"
+            "    os.dup2(null, 1)\n    os.dup2(null, 2)\n    time.sleep(60)\n    os._exit(0)\n"
+            "print(child, flush=True)\nos.kill(os.getpid(), 9)\n")
+    orphan = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout)
+    try:
+        said: list[str] = []
+        start = time.monotonic()
+        with runfolder.acquire(tmp_path, log=said.append):
+            assert time.monotonic() - start < runfolder.ORPHAN_WAIT_S / 3
+        assert len(said) == 1 and "taking over the stale lock" in said[0]
+    finally:
+        os.kill(orphan, signal.SIGKILL)
 
 
 def test_lock_of_another_host_is_refused_with_the_way_out(tmp_path: Path) -> None:

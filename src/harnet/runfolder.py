@@ -7,10 +7,10 @@ before it writes anything into the folder):
 * **A lock** (``.lock``, JSON with host, PID and start time) for as long as a ``harnet train`` (or
   ``--resume``) uses the folder; under ``torchrun`` rank 0 holds it for the job. The lock is an
   ``flock`` on that file, so the kernel drops it when its process dies however it dies (``kill -9``
-  included): the file a killed run leaves behind is recognised as stale and taken over, with a line
-  saying so. A lock naming another host is refused instead (this machine cannot tell whether that
-  process lives, and some shared file systems do not carry locks between hosts): the message says
-  which file to delete once that run is known to be over.
+  included; forked children such as data-loader workers close their copy): the file a killed run leaves
+  behind is recognised as stale and taken over, with a line saying so. A lock naming another host is
+  refused instead (this machine cannot tell whether that process lives, and some shared file systems do
+  not carry locks between hosts): the message says which file to delete once that run is known to be over.
 * **No silent reuse**: a new run into a folder that already holds one is refused, naming the ways on
   (``--resume FOLDER``, another ``output_dir``, or ``--overwrite``, which first deletes the old run's
   own files, :data:`RUN_FILES`, so nothing stale stays beside the new ones; other files are kept).
@@ -48,9 +48,23 @@ RUN_FILES = (
     "eval_step*.json", "tensorboard", "eval_val", "eval_train",
     "model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json",
 )  # fmt: skip
-# A holder that died while its forked children (data-loader workers) still hold the lock: they exit
-# within seconds of their parent, so wait this long before calling the folder busy.
+# A holder that died while processes it forked still hold the lock (they should not: see _close_in_child):
+# such children usually exit within seconds of their parent, so wait this long before calling the folder busy.
 ORPHAN_WAIT_S = 15.0
+# Lock descriptors this process holds. A forked child (a data-loader worker) closes its copies, so that the
+# lock dies with the process that took it, not with the last of its workers.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RunExistsError(ConfigError):
@@ -106,7 +120,8 @@ class RunLock:
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        self._finalizer = weakref.finalize(self, _release, path, fd)
+        _HELD.add(fd)
+        self._finalizer = weakref.finalize(self, _release, path, fd, os.getpid())
 
     def release(self) -> None:
         """Delete the lock file (if it is still this lock's) and drop the lock. Idempotent."""
@@ -123,7 +138,10 @@ class RunLock:
         self.release()
 
 
-def _release(path: Path, fd: int) -> None:
+def _release(path: Path, fd: int, owner: int) -> None:
+    if os.getpid() != owner:  # a forked child: its copy of the descriptor is already closed
+        return
+    _HELD.discard(fd)
     # Delete before unlocking: a process that opened this file meanwhile then finds it replaced (see acquire).
     with contextlib.suppress(OSError):
         if os.path.samestat(os.fstat(fd), os.stat(path)):
