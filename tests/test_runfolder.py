@@ -95,8 +95,8 @@ def test_a_new_run_into_a_finished_run_is_refused_and_overwrite_starts_over(tiny
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before, "a refused run changes nothing"
 
     train(tiny(run, "train.max_steps=1"), progress=False, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "eval_step1.json", "last.pt",
-                                                     "metrics.csv", "notes.txt"]
+    left = {p.name for p in run.iterdir()} - {"tensorboard"}  # (there when tensorboard is installed)
+    assert left == {"best.pt", "config.yaml", "eval_step1.json", "last.pt", "metrics.csv", "notes.txt"}
     assert checkpoint.load(run / "last.pt")["step"] == 1
     assert {int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]} == {1}
 
