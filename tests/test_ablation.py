@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harnet.ablation import ROW_NAMES, markdown, plan, run_ablation, summarize, write_report
+from harnet.ablation import ROW_NAMES, _train_command, markdown, plan, run_ablation, summarize, write_report
 from harnet.cli import main
 from tests_support import tiny_overrides
 
@@ -20,6 +20,18 @@ def test_plan_is_seed_major_and_covers_the_paper_rows(tmp_path: Path) -> None:
     assert {"retinanet", "spatial", "channel", "aligned", "hybrid", "torchvision_retinanet",
             "hybrid_no_spatial", "hybrid_no_channel", "hybrid_no_aligned", "hybrid_no_dual"} == set(ROW_NAMES)
     assert specs[0].run_dir == tmp_path / specs[0].row.name / "seed0"
+
+
+def test_a_stopped_run_resumes_and_one_without_a_checkpoint_starts_over(tmp_path: Path) -> None:
+    """Run folders are never reused silently: ablate resumes its own runs (last.pt) and restarts, with
+    --overwrite, those stopped before their first checkpoint (config.yaml but nothing to resume)."""
+    spec = plan(tmp_path, [0], ["hybrid"])[0]
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "config.yaml").write_text("{}")
+    command = _train_command(spec, tmp_path / "c.yaml", [], "cpu", None)
+    assert "--overwrite" in command and "--resume" not in command
+    (spec.run_dir / "last.pt").write_bytes(b"")
+    assert _train_command(spec, tmp_path / "c.yaml", [], "cpu", None)[-2:] == ["--resume", str(spec.run_dir)]
 
 
 @pytest.mark.slow

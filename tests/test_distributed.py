@@ -71,6 +71,7 @@ def test_two_processes_train_like_one_with_the_double_batch(shapes_root: Path, t
     print(f"torchrun: {time.perf_counter() - t0:.1f}s")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run folder:") == 1, "only rank 0 reports"
+    assert not (two / ".lock").exists(), "rank 0 released the run folder's lock"
     ddp_losses = _losses(two)
     # ... then resumed to step 4 in 1 process.
     step3 = json.loads((two / "eval_step3.json").read_text())["stats"]
@@ -93,6 +94,26 @@ def test_two_processes_train_like_one_with_the_double_batch(shapes_root: Path, t
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     assert reference.step == 4
+
+
+@pytest.mark.slow
+def test_a_refusal_on_rank_0_stops_every_rank(shapes_root: Path, tmp_path: Path) -> None:
+    """Rank 0 alone checks (and locks) the run folder; its refusal reaches the other ranks at once instead of
+    leaving them waiting at the next collective for the 30-minute timeout."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")  # a folder that holds a run
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(load_experiment(None, [*tiny_overrides(shapes_root, run), *DDP]).to_dict()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "harnet", "train", "--config", str(config), "--no-progress"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    # both ranks say it (their lines may interleave on the shared stderr)
+    assert proc.stderr.count(f"harnet: error: {run}: already holds a run (config.yaml)") == 2, proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])

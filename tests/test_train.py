@@ -88,3 +88,19 @@ def test_init_from_loads_what_fits_and_keeps_the_rest(tiny, tmp_path: Path) -> N
     torch.testing.assert_close(state["backbone.body.conv1.weight"], base["backbone.body.conv1.weight"])
     torch.testing.assert_close(state["head.cls_tower.convs.0.weight"], base["head.cls_tower.convs.0.weight"])
     assert any(k.startswith("head.spatial") for k in state) and not any(k.startswith("head.spatial") for k in base)
+
+
+def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(tiny, tmp_path: Path) -> None:
+    """Event files are appended to, not replaced: a resumed run hides what the killed one logged after its
+    checkpoint (``purge_step``), so the curve has each step once."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    import shutil
+
+    train(tiny(tmp_path, "train.max_steps=2", "train.log_every=1"), progress=False)
+    shutil.copy(tmp_path / "last.pt", tmp_path.parent / "step2.pt")
+    train(tiny(tmp_path, "train.log_every=1"), resume=True, progress=False)
+    shutil.copy(tmp_path.parent / "step2.pt", tmp_path / "last.pt")  # killed after logging 3 and 4, before saving 4
+    train(tiny(tmp_path, "train.log_every=1"), resume=True, progress=False)
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import yaml
 
+from harnet.atomic import write_text_atomic
 from harnet.bench import median_latency_ms
 from harnet.complexity import count_flops
 from harnet.data.build import shapes_split
@@ -103,6 +104,9 @@ def _train_command(spec: RunSpec, config: Path, overrides: Sequence[str], device
     command = [sys.executable, "-m", "harnet", "train", "--no-progress"]
     if (spec.run_dir / "last.pt").is_file():
         return [*command, "--resume", str(spec.run_dir)]
+    # A run stopped before its first checkpoint left files (config.yaml, ...) but nothing to resume: this
+    # folder is the ablation's own, so start that run over. (A training still running there keeps its lock.)
+    command.append("--overwrite")
     own = [o.replace("{seed}", str(spec.seed)).replace("{out}", str(spec.run_dir.parent.parent))
            for o in spec.row.overrides]
     items = [*overrides, *own, f"train.seed={spec.seed}", f"output_dir={spec.run_dir}",
@@ -131,7 +135,7 @@ def _finish(spec: RunSpec, seconds: float) -> dict[str, Any]:
     final = json.loads((spec.run_dir / f"eval_step{steps}.json").read_text())
     done = {"row": spec.row.name, "seed": spec.seed, "steps": steps, "stats": final["stats"],
             "curve": _curve(spec.run_dir), "wall_seconds": seconds}
-    (spec.run_dir / "done.json").write_text(json.dumps(done, indent=1))
+    write_text_atomic(json.dumps(done, indent=1), spec.run_dir / "done.json")  # the "finished" mark: never torn
     return done
 
 
@@ -324,6 +328,6 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
 
 def write_report(out: Path, summary: dict[str, Any], title: str) -> None:
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "results.md").write_text(f"## {title}\n\n{markdown(summary)}\n")
+    write_text_atomic(json.dumps(summary, indent=1), out / "results.json")
+    write_text_atomic(f"## {title}\n\n{markdown(summary)}\n", out / "results.md")
     plot(summary, out / "ap_vs_step.png", title)

@@ -8,95 +8,34 @@ the new checkpoint, never a torn one.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import signal
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+# The atomic writes live in harnet.atomic (standard library only, used by every writer); the names stay
+# importable from here, where training has always found them.
+from harnet.atomic import TEMP_SUFFIX as TEMP_SUFFIX
+from harnet.atomic import atomic_file
+from harnet.atomic import remove_stale_temps as remove_stale_temps
+from harnet.atomic import write_text_atomic as write_text_atomic
 from harnet.config import HARNetConfig, to_dict
 from harnet.configio import from_dict
 from harnet.detectors import build_detector
-
-TEMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, unsafe, or made for another model."""
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block is done, then deliver them.
-
-    A ``KeyboardInterrupt`` raised inside ``torch.save`` leaves its zip writer half-way, and closing it
-    then raises a ``RuntimeError`` that replaces the interrupt: Ctrl-C (or SIGTERM, which training turns
-    into the same interrupt) during a checkpoint write would end the run with an obscure error instead
-    of a clean save. Only the main thread can set handlers.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    deferred = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in deferred}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    for sig in dict.fromkeys(received):
-        handler = previous[sig]
-        if callable(handler):
-            handler(sig, None)  # e.g. Python's default SIGINT handler raises KeyboardInterrupt
-        elif handler == signal.SIG_DFL and sig == signal.SIGINT:
-            raise KeyboardInterrupt
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(sig)  # the default action, now that the file is complete
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A temp file beside ``path`` that replaces it (after fsync) only if the block completes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _signals_deferred():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``."""
-    with _atomic_file(Path(path)) as f:
+    with atomic_file(path) as f:
         torch.save(obj, f)
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Replace a small text file (config.yaml, metrics.csv) atomically, like checkpoints."""
-    with _atomic_file(Path(path)) as f:
-        f.write(text.encode("utf-8"))
-
-
-def remove_stale_temps(folder: str | Path) -> None:
-    """Delete the temp files of atomic writes that a killed process never finished (``.name.*.tmp``)."""
-    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

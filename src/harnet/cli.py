@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")
         cfg = load_experiment(_experiment_path(args.config), overrides)
-    result = train(cfg, resume=bool(args.resume), progress=not args.no_progress)
+    result = train(cfg, resume=bool(args.resume), progress=not args.no_progress, overwrite=args.overwrite)
     if not launched_as_main():  # torchrun: rank 0 reports
         return 0
     if result.final is not None:
@@ -103,12 +103,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from harnet import checkpoint
+    from harnet.atomic import write_text_atomic
     from harnet.configio import merge, parse_overrides
     from harnet.data.build import build_dataset
     from harnet.data.issues import write_issues
-    from harnet.evaluation import evaluate_predictions, to_coco_results
+    from harnet.evaluation import EVAL_OUTPUTS, evaluate_predictions, to_coco_results
     from harnet.experiment import ExperimentConfig, load_experiment
     from harnet.inference import predict_dataset
+    from harnet.runfolder import remove_outputs
     from harnet.train import resolve_device
 
     ckpt = checkpoint.load(args.checkpoint)
@@ -116,7 +118,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data_cfg = (load_experiment(args.data, args.set) if args.data else
                 ExperimentConfig.from_dict(merge(ckpt["config"], parse_overrides(args.set)))).data
     data_cfg.skip_bad = data_cfg.skip_bad or args.skip_bad
-    dataset = build_dataset(data_cfg, args.split, class_names=ckpt["class_names"])
+    dataset = build_dataset(data_cfg, args.split, class_names=ckpt["class_names"],
+                            classes_from=f"checkpoint {ckpt['path']}")
     if dataset.class_names != ckpt["class_names"]:
         raise ConfigError(f"dataset classes {dataset.class_names} differ from the checkpoint's "
                           f"{ckpt['class_names']}")
@@ -126,11 +129,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_predictions(dataset, ids, preds)
     print(result.table())
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"eval_{args.split}"
-    out.mkdir(parents=True, exist_ok=True)
+    # The previous evaluation's outputs go as a set (none stays beside the new ones); each new file is written
+    # atomically, metrics.json last, so that it is there only when the set is complete.
+    remove_outputs(out, EVAL_OUTPUTS)
     if summary := write_issues(out, {args.split: dataset.issues}):
         print(f"harnet: {summary}", file=sys.stderr)
+    write_text_atomic(json.dumps(to_coco_results(ids, preds, dataset.category_ids)), out / "detections.json")
     result.save_json(out / "metrics.json")
-    (out / "detections.json").write_text(json.dumps(to_coco_results(ids, preds, dataset.category_ids)))
     print(f"metrics: {out / 'metrics.json'}  detections (COCO results format): {out / 'detections.json'}")
     return 0
 
@@ -289,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder")
     tr.add_argument("--backbone-weights", metavar="imagenet|FILE|none",
                     help="pretrained backbone: 'imagenet', a local state_dict, or 'none' (sets model.backbone.weights)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start a new run even if output_dir holds one: that run's files are deleted first")
     tr.add_argument("--no-progress", action="store_true")
     tr.add_argument("--skip-bad", action="store_true",
                     help="skip bad images/annotations (listed in RUN/skipped.txt) instead of stopping")

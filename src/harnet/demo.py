@@ -6,7 +6,6 @@ detections on a few validation images.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -18,17 +17,17 @@ from harnet.train import train
 
 
 def run_demo(out: Path = Path("runs/demo"), threads: int | None = None, overrides: tuple[str, ...] = ()) -> float:
-    """Run the demo into ``out``; returns the final val AP. A previous demo run there is replaced
-    (the generated data is kept: it is deterministic)."""
+    """Run the demo into ``out``; returns the final val AP. A previous demo run there is replaced, the way
+    ``harnet train --overwrite`` replaces a run (its files are deleted first; the generated data is kept: it
+    is deterministic). A demo still running there is not touched: its run folder is locked."""
     start = time.perf_counter()
     sets = [f"output_dir={out / 'run'}", f"data.shapes.root={out / 'data'}", *overrides]
     if threads:
         sets.append(f"train.threads={threads}")
     cfg = load_experiment(builtin_config("demo"), sets)
-    shutil.rmtree(out / "run", ignore_errors=True)
     print(f"[demo] data: {cfg.data.shapes.root} ({cfg.data.shapes.num_images} synthetic images)")
     print(f"[demo] training the {cfg.model.preset_name} model for {cfg.train.max_steps} steps ...")
-    result = train(cfg)
+    result = train(cfg, overwrite=True)
     assert result.final is not None
     print(result.final.table())
     val_dir, _ = shapes_split(cfg.data.shapes, "val")

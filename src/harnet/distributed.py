@@ -13,15 +13,15 @@ statistics are those of the global batch; SyncBatchNorm has no CPU kernel, so on
 normalises with its own slice. ``frozen_bn`` (the fine-tuning default) and the head's GroupNorms are
 per-image and need nothing.
 
-Only rank 0 writes (checkpoints, logs, progress bar); every rank reads the run folder on resume, so
-multi-node runs need ``output_dir`` on a shared file system (as the data are). Evaluation is sharded
-over the ranks and gathered on rank 0, which computes the COCO metrics.
+Only rank 0 writes (checkpoints, logs, progress bar) and holds the run folder's lock; every rank reads
+the run folder on resume, so multi-node runs need ``output_dir`` on a shared file system (as the data
+are). Evaluation is sharded over the ranks and gathered on rank 0, which computes the COCO metrics.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from itertools import zip_longest
 from typing import Any, TypeVar
@@ -85,6 +85,27 @@ def _local_device(device: torch.device) -> torch.device:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """``fn()`` on rank 0 alone (its result there, None elsewhere); an exception it raises is raised on every rank.
+
+    For what only rank 0 may do, such as taking the run folder's lock or refusing a folder that holds another
+    run: were the refusal rank 0's alone, the other ranks would wait at their next collective until the timeout.
+    """
+    if world_size() == 1:
+        return fn()
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+    box = [error]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise box[0]
+    return result
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

@@ -27,6 +27,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from harnet.atomic import write_text_atomic
+
+# What ``harnet eval`` writes into its output folder (and replaces as a set on the next evaluation there).
+EVAL_OUTPUTS = ("metrics.json", "detections.json", "skipped.json", "skipped.txt")
+
 # The 12 entries of ``COCOeval.stats`` for iouType="bbox", in pycocotools' order.
 STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -115,10 +120,8 @@ class EvalResult:
         }
 
     def save_json(self, path: str | Path) -> None:
-        """Write ``to_dict()`` to ``path`` (parents created), for comparing runs after the fact."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        """Write ``to_dict()`` to ``path`` atomically (parents created), for comparing runs after the fact."""
+        write_text_atomic(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", path)
 
     def table(self, columns: int = 3) -> str:
         """Fixed-width text table of the main stats then per-class AP (in percent, as detectron2

@@ -12,10 +12,14 @@ import torch
 from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import draw_bounding_boxes
 
+from harnet.atomic import atomic_file, write_text_atomic
 from harnet.data.issues import one_line
 from harnet.detector import Detector
+from harnet.runfolder import remove_outputs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+# What predict_files writes into its output folder, and replaces as a set when it writes there again.
+PREDICT_OUTPUTS = ("*_pred.png", "detections.json", "skipped.txt")
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -44,10 +48,15 @@ class PredictReport:
 def predict_files(
     detector: Detector, paths: list[Path], out_dir: Path | None, score_thresh: float
 ) -> PredictReport:
-    """Run the detector on each file; unreadable files are listed in ``skipped``, not fatal."""
+    """Run the detector on each file; unreadable files are listed in ``skipped``, not fatal.
+
+    With ``out_dir``, the outputs of an earlier call there (:data:`PREDICT_OUTPUTS`) are deleted first, so the
+    folder never mixes two calls' pictures; every file is written atomically, detections.json last.
+    """
     report = PredictReport()
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_outputs(out_dir, PREDICT_OUTPUTS)
     for path in paths:
         try:
             image = detector.to_tensor(path)
@@ -69,9 +78,10 @@ def predict_files(
             if len(det["boxes"]):
                 labels = [f"{n} {s:.2f}" for n, s in zip(det["names"], det["scores"].tolist())]
                 drawn = draw_bounding_boxes(drawn, det["boxes"], labels=labels, colors="red", width=2)
-            to_pil_image(drawn).save(out_dir / f"{path.stem}_pred.png")
+            with atomic_file(out_dir / f"{path.stem}_pred.png") as f:
+                to_pil_image(drawn).save(f, format="PNG")
     if out_dir is not None:
-        (out_dir / "detections.json").write_text(json.dumps(report.detections, indent=1))
         if report.skipped:
-            (out_dir / "skipped.txt").write_text("\n".join(report.skipped) + "\n")
+            write_text_atomic("\n".join(report.skipped) + "\n", out_dir / "skipped.txt")
+        write_text_atomic(json.dumps(report.detections, indent=1), out_dir / "detections.json")
     return report

@@ -27,8 +27,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from harnet import checkpoint, distributed
-from harnet.data.build import build_dataset
+from harnet import checkpoint, distributed, runfolder
+from harnet.configio import ConfigError
+from harnet.data.build import annotation_source, build_dataset
 from harnet.data.image_io import BadImageError
 from harnet.data.issues import BadDataError, one_line, write_issues
 from harnet.data.loader import collate_fn
@@ -115,41 +116,59 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_output_dir(run_dir: Path) -> None:
-    """Fail before training if the run folder cannot be written or the disk is nearly full.
+def claim_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> runfolder.RunLock:
+    """Take the run folder for this run before anything is written into it, or fail saying why.
 
-    Also removes the temporary files of a checkpoint write that a killed run left behind.
+    Locks it (another live run there is refused, a killed one's lock taken over), refuses a new run into a
+    folder that holds one unless ``overwrite`` (which deletes that run's files first), and fails if the
+    folder cannot be written or the disk is nearly full. Also removes the temporary files of a checkpoint
+    write that a killed run left behind. See :mod:`harnet.runfolder`.
     """
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        lock = runfolder.acquire(run_dir)  # creating the lock file is the write test
     except OSError as e:
         raise TrainingError(f"{run_dir}: output folder is not writable ({e.strerror or e})") from None
-    checkpoint.remove_stale_temps(run_dir)
-    free = shutil.disk_usage(run_dir).free
-    if free < MIN_FREE_BYTES:
-        raise TrainingError(f"{run_dir}: only {free // 2**20} MiB free on disk; need at least "
-                            f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
+    try:
+        if not resume:
+            runfolder.refuse_or_clear(run_dir, overwrite, lambda message: print(message, file=sys.stderr))
+        checkpoint.remove_stale_temps(run_dir)
+        free = shutil.disk_usage(run_dir).free
+        if free < MIN_FREE_BYTES:
+            raise TrainingError(f"{run_dir}: only {free // 2**20} MiB free on disk; need at least "
+                                f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class MetricsLog:
     """metrics.csv (always) and TensorBoard (when installed) in the run folder; nothing when disabled
-    (the ranks other than 0 of a distributed run)."""
+    (the ranks other than 0 of a distributed run).
+
+    Both are logs appended to as training goes, not files replaced atomically: rewriting them whole at every
+    step would cost quadratic I/O and hide a live run from TensorBoard until it ends. A kill can only leave
+    an incomplete last record, never change earlier ones, and both formats detect it: a metrics.csv row is
+    complete only with its newline (a resume drops a torn or too-new row, :meth:`_truncate_after`), and a
+    TensorBoard event record carries its length and CRC32C, so readers skip a torn tail. The events a killed
+    run logged after its checkpoint are hidden by the resumed run's ``purge_step``, so the curves show each
+    step once; a new run never adds to an old run's events (see :mod:`harnet.runfolder`).
+    """
 
     def __init__(self, run_dir: Path, resume_step: int | None = None, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.csv"
-        if resume_step is not None:
-            self._truncate_after(resume_step)
         self.writer: Any = None
         self.enabled = enabled
         if not enabled:
             return
+        if resume_step is not None:
+            self._truncate_after(resume_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            # Steps up to the checkpoint were logged before it was saved; the later ones run again.
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         except ImportError:
             pass
 
@@ -169,6 +188,7 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
     def _truncate_after(self, step: int) -> None:
         """Keep the rows up to the resumed step: the steps after it run again, and a run killed while
@@ -195,17 +215,33 @@ def _row_step(line: str) -> int | None:
 class Trainer:
     """Owns model, optimizer, data and run folder for one experiment."""
 
-    def __init__(self, cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> None:
-        t = cfg.train
-        self.device = distributed.setup(resolve_device(t.device))  # joins torchrun's process group, if any
+    def __init__(self, cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
+                 overwrite: bool = False) -> None:
+        """``resume`` continues the run in ``cfg.output_dir``; a new run into a folder that holds one is
+        refused unless ``overwrite``, which deletes that run's files first. The folder stays locked until
+        :meth:`fit` returns or :meth:`close` is called."""
+        if resume and overwrite:
+            raise ConfigError(f"{cfg.output_dir}: --resume continues the run there and --overwrite deletes it; "
+                              "use one of them")
+        self.device = distributed.setup(resolve_device(cfg.train.device))  # joins torchrun's process group, if any
         self.cfg, self.progress = cfg, progress and distributed.is_main()
         self.run_dir = Path(cfg.output_dir)
-        if distributed.is_main():
-            check_output_dir(self.run_dir)
+        self.log = MetricsLog(self.run_dir, enabled=False)  # the real one once the run folder is set up
+        # Rank 0 holds the lock for the whole job; its refusal stops every rank.
+        self._lock = distributed.on_main(lambda: claim_run_dir(self.run_dir, resume, overwrite))
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        cfg, t = self.cfg, self.cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
         self.train_set = build_dataset(cfg.data, "train")
-        self.val_set = build_dataset(cfg.data, "val", class_names=self.train_set.class_names)
+        self.val_set = build_dataset(cfg.data, "val", class_names=self.train_set.class_names,
+                                     classes_from=annotation_source(cfg.data, "train"))
         summary = None
         if distributed.is_main():
             summary = write_issues(self.run_dir, {"train": self.train_set.issues, "val": self.val_set.issues})
@@ -259,25 +295,33 @@ class Trainer:
         self.skipped_nonfinite = int(ckpt.get("skipped_nonfinite", 0))
         checkpoint.set_rng_state(ckpt["rng"])
 
-    def state(self) -> dict[str, Any]:
+    def deployment_state(self) -> dict[str, Any]:
+        """What using the model needs (eval, predict, export, ``init_from``): best.pt holds only this."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "best_ap": self.best_ap,
-            "skipped_nonfinite": self.skipped_nonfinite,
-            "rng": checkpoint.rng_state(),
             "config": self.cfg.to_dict(),
             "class_names": list(self.train_set.class_names),
             "category_ids": [int(c) for c in self.train_set.category_ids],
+            "step": self.step,
+            "best_ap": self.best_ap,
+        }
+
+    def state(self) -> dict[str, Any]:
+        """Everything an exact resume needs (last.pt): the model plus optimizer, schedule and RNG states."""
+        return self.deployment_state() | {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "rng": checkpoint.rng_state(),
         }
 
     def save(self, name: str = "last.pt") -> Path:
+        """Write last.pt (the full state: ``--resume`` reads only this) or best.pt (the deployment state:
+        without the optimizer's moments it is a third of last.pt's size with AdamW)."""
         path = self.run_dir / name
         if distributed.is_main():
-            checkpoint.save_atomic(self.state(), path)
+            checkpoint.save_atomic(self.state() if name == "last.pt" else self.deployment_state(), path)
         return path
 
     def _save_if_finite(self) -> str:
@@ -362,7 +406,20 @@ class Trainer:
             self.save("best.pt")
         return result
 
+    def close(self) -> None:
+        """Close the logs and unlock the run folder (idempotent; :meth:`fit` does it when it returns)."""
+        self.log.close()
+        if self._lock is not None:
+            self._lock.release()
+
     def fit(self) -> TrainResult:
+        """Train to ``train.max_steps`` and evaluate; the run folder is unlocked however this ends."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         t = self.cfg.train
         self.model.train()
         batches = self._loader()
@@ -398,20 +455,21 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous_term)
         self.save()
         if interrupted:
-            self.log.close()
             raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved to "
                                       f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
         final = self._eval_and_keep_best()
         self.save()
         self.log.write(self.step, {"time/train_seconds": time.perf_counter() - start}
                        | ({"train/skipped_nonfinite": self.skipped_nonfinite} if t.skip_nonfinite else {}))
-        self.log.close()
         return TrainResult(self.run_dir, self.step, final, self.best_ap, self.skipped_nonfinite)
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) the experiment; returns the final evaluation (None on ranks other than 0)."""
+def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """Train (or resume) the experiment; returns the final evaluation (None on ranks other than 0).
+
+    A new run into a folder that already holds a run is refused (:class:`harnet.runfolder.RunExistsError`)
+    unless ``overwrite``, which deletes that run's files first; ``resume`` continues it instead."""
     try:
-        return Trainer(cfg, resume=resume, progress=progress).fit()
+        return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite).fit()
     finally:
         distributed.cleanup()

@@ -363,3 +363,59 @@ def test_skipped_image_keeps_all_its_rows_out(tmp_path: Path) -> None:
     ds = build_dataset(cfg, "train")
     assert [r.path.name for r in ds.records] == ["a.png"] and len(ds.coco.getAnnIds()) == 1
     assert torch.equal(ds.records[0].boxes, torch.tensor([[1.0, 1, 9, 9]]))
+
+
+def _val_with_categories(root: Path, categories: list[tuple[int, str]], objects: list[str]) -> Path:
+    """A val split of one image per object (named class), under the given (id, name) categories."""
+    ids = {name: cat_id for cat_id, name in categories}
+    images, annotations = [], []
+    for k, name in enumerate(objects, start=1):
+        write_rgb(root / "val" / f"v{k}.png", 64, 48, seed=k)
+        images.append({"id": k, "file_name": f"v{k}.png", "width": 64, "height": 48})
+        annotations.append({"id": k, "image_id": k, "category_id": ids[name], "bbox": [16, 12, 32, 24],
+                            "area": 768, "iscrowd": 0})
+    path = root / "val.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": i, "name": n} for i, n in reversed(categories)]}))
+    return path
+
+
+def _coco_splits(root: Path, val_categories: list[tuple[int, str]]) -> DataConfig:
+    from badfiles import make_coco_split
+
+    make_coco_split(root, "train", 1)  # categories thing (id 1), other (id 2)
+    _val_with_categories(root, val_categories, sorted(name for _, name in val_categories)[::-1])
+    return DataConfig(format="coco", train_images=str(root / "train"), train_annotations=str(root / "train.json"),
+                      val_images=str(root / "val"), val_annotations=str(root / "val.json"))
+
+
+def test_val_categories_numbered_differently_are_matched_by_name(tmp_path: Path) -> None:
+    """The val file numbers (and lists) the classes the other way round: labels and scores still mean the
+    training classes, so perfect detections score AP 1 (read with its own ids they would score 0)."""
+    from harnet.evaluation import evaluate_predictions
+
+    cfg = _coco_splits(tmp_path, [(1, "other"), (2, "thing")])
+    train = build_dataset(cfg, "train")
+    val = build_dataset(cfg, "val", class_names=train.class_names, classes_from="train.json")
+    assert train.class_names == val.class_names == ["thing", "other"] and val.category_ids == [2, 1]
+    assert [r.labels.tolist() for r in val.records] == [[0], [1]]
+    perfect = [{"boxes": torch.tensor([[16.0, 12, 48, 36]]), "scores": torch.tensor([0.9]), "labels": r.labels}
+               for r in val.records]
+    result = evaluate_predictions(val, [r.image_id for r in val.records], perfect)
+    assert result.stats["AP"] == pytest.approx(1.0)
+    assert result.per_class_ap == pytest.approx({"thing": 1.0, "other": 1.0})
+
+
+def test_val_categories_with_other_names_are_a_one_line_error_naming_both_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from badfiles import coco_args
+
+    from harnet.cli import main
+
+    _coco_splits(tmp_path, [(1, "thing"), (2, "another")])
+    val, train = tmp_path / "val.json", tmp_path / "train.json"
+    assert main(coco_args(tmp_path, tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"harnet: error: {val}: categories ['thing', 'another'] do not match the classes ['thing', "
+                   f"'other'] of {train}: class 'other' is not among its categories")
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -1,5 +1,6 @@
 """Faults: SIGKILL at a random moment then ``--resume`` reaches bit-identical weights; Ctrl-C saves and
-exits 130; what a killed run leaves behind (temp files, half-written metrics rows) is cleaned on resume.
+exits 130; what a killed run leaves behind (temp files, half-written metrics rows, its lock) is cleaned on
+resume; two runs racing for one folder leave one run's files.
 
 The two signal tests run ``python -m harnet`` as a subprocess (signals need a real process); each
 logs the random kill delay it used in its assertion messages so that a failure can be reproduced.
@@ -7,6 +8,7 @@ logs the random kill delay it used in its assertion messages so that a failure c
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from badfiles import coco_args, make_coco_split
 
 from harnet import checkpoint
@@ -151,3 +154,56 @@ def test_ctrl_c_during_a_checkpoint_write_still_saves_and_stops_cleanly(tiny, tm
     monkeypatch.undo()
     assert checkpoint.load(tmp_path / "last.pt")["step"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_runs_racing_for_one_folder_one_wins_the_other_changes_nothing(tmp_path: Path) -> None:
+    """Two ``harnet train`` started at once into one folder (seeds 1 and 2): one trains, the other exits
+    non-zero with one line (the folder is in use, or already holds the first run) and writes nothing."""
+    data = tmp_path / "data"
+    make_coco_split(data, "train", 4)
+    make_coco_split(data, "val", 1)
+    run = tmp_path / "run"
+    extra = ("train.max_steps=4", "train.log_every=1")
+    procs = {seed: _start(coco_args(data, run, *extra, f"train.seed={seed}")) for seed in (1, 2)}
+    done = {seed: (proc.wait(timeout=300), proc.communicate()[1]) for seed, proc in procs.items()}
+    winners = [seed for seed, (code, _) in done.items() if code == 0]
+    assert len(winners) == 1, done
+    loser_code, loser_err = done[3 - winners[0]]
+    assert loser_code in (1, 2) and len(loser_err.strip().splitlines()) == 1, loser_err
+    assert loser_err.startswith(f"harnet: error: {run}: ") and ("in use by another harnet run" in loser_err
+                                                                 or "already holds a run" in loser_err), loser_err
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == winners[0]
+    assert checkpoint.load(run / "last.pt")["config"]["train"]["seed"] == winners[0]
+    train_rows = [(s, n) for s, n, _ in _metric_rows(run) if n == "train/loss"]
+    assert train_rows == [(s, "train/loss") for s in range(1, 5)], "one run's rows, each step once"
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_a_live_run_is_locked_and_its_lock_taken_over_after_kill_9(tmp_path: Path) -> None:
+    """While a run lives, a second train or --resume on its folder is refused (exit 1, one line naming its
+    PID); after ``kill -9`` the lock it leaves is stale, and --resume takes it over saying so."""
+    data = tmp_path / "data"
+    make_coco_split(data, "train", 4)
+    make_coco_split(data, "val", 1)
+    run = tmp_path / "run"
+    victim = _start(coco_args(data, run, "train.max_steps=100000"))
+    _wait_for(run / "last.pt", victim)
+    for args in (["train", "--resume", str(run), "--no-progress"], coco_args(data, run, "train.seed=7")):
+        refused = subprocess.run([sys.executable, "-m", "harnet", *args], capture_output=True, text=True, env=ENV,
+                                 timeout=300)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.startswith(f"harnet: error: {run}: in use by another harnet run (process "
+                                         f"{victim.pid} on "), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and victim.poll() is None
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert json.loads((run / ".lock").read_text())["pid"] == victim.pid, "kill -9 leaves its lock file"
+    step = checkpoint.load(run / "last.pt")["step"]
+    resumed = subprocess.run([sys.executable, "-m", "harnet", "train", "--resume", str(run), "--set",
+                              f"train.max_steps={step + 1}", "--no-progress"],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{run}: taking over the stale lock of process {victim.pid} " in resumed.stderr
+    assert checkpoint.load(run / "last.pt")["step"] == step + 1 and not (run / ".lock").exists()

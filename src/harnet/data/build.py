@@ -30,8 +30,19 @@ def shapes_split(cfg: ShapesConfig, split: str) -> tuple[Path, Path]:
     return root / split, root / "annotations" / f"instances_{split}.json"
 
 
-def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = None) -> RecordDataset:
+def annotation_source(cfg: DataConfig, split: str) -> str:
+    """The file (or folder) a split's annotations come from, for messages."""
+    if cfg.format == "shapes":
+        return str(shapes_split(cfg.shapes, split)[1])
+    return getattr(cfg, f"{split}_annotations") or getattr(cfg, f"{split}_images")
+
+
+def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = None,
+                  classes_from: str = "the training set") -> RecordDataset:
     """The ``train`` or ``val`` dataset described by ``cfg`` (no augmentation: see AugmentedDataset).
+
+    ``class_names`` are the model's classes (label ``i`` is ``class_names[i]``), read from ``classes_from``
+    (named in errors): a COCO file's categories are matched to them by name, VOC and CSV names map to them.
 
     Paths the config names must exist (else a ``ConfigError`` naming the key: a usage error). Every
     image is then checked before anything trains (:meth:`RecordDataset.check_images`): its header by
@@ -43,11 +54,12 @@ def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = N
     skip = cfg.skip_bad
     if cfg.format == "shapes":
         image_dir, ann = shapes_split(cfg.shapes, split)
-        dataset: RecordDataset = CocoDataset(image_dir, ann, skip_bad=skip)
+        dataset: RecordDataset = CocoDataset(image_dir, ann, skip_bad=skip, class_names=class_names,
+                                             classes_from=classes_from)
     elif cfg.format == "coco":
         _require(cfg, split, "images", folder=True)
         _require(cfg, split, "annotations", folder=False)
-        dataset = CocoDataset(images, annotations, skip_bad=skip)
+        dataset = CocoDataset(images, annotations, skip_bad=skip, class_names=class_names, classes_from=classes_from)
     elif cfg.format == "voc":
         _require(cfg, split, "images", folder=True)
         dataset = VOCDataset(images, split=annotations or None, class_names=class_names, skip_bad=skip)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harnet.configio import ConfigError
 from harnet.data.issues import SKIPPED_ANNOTATION, BadDataError, IssueLog
 from harnet.data.records import (
     DetectionRecord,
@@ -131,10 +133,42 @@ def load_coco_json(ann_file: str | Path, issues: IssueLog | None = None) -> dict
     return data
 
 
+def match_categories(categories: list[dict[str, Any]], class_names: Sequence[str], ann_file: str | Path,
+                     classes_from: str) -> list[dict[str, Any]]:
+    """``categories`` (sorted by id) reordered so that entry ``i`` is the model's class ``class_names[i]``.
+
+    A validation file read with its own category list would give label ``i`` to its own ``i``-th category:
+    if it numbers or orders the classes differently from the training file, every detection would be
+    scored against the wrong class, a wrong AP without a word. So categories are matched by name (their
+    ids stay the file's own, which is what COCOeval compares with), and names that cannot be matched
+    (missing, extra, renamed or repeated) are a one-line error naming both files and the first difference.
+    """
+    names = [str(c["name"]) for c in categories]
+    wanted = [str(n) for n in class_names]
+    if names == wanted:
+        return categories
+    by_name = {str(c["name"]): c for c in categories}
+    if len(by_name) == len(names) and len(set(wanted)) == len(wanted) and set(by_name) == set(wanted):
+        return [by_name[n] for n in wanted]
+    repeated = next((n for n in wanted if wanted.count(n) > 1), None) or next(
+        (n for n in names if names.count(n) > 1), None)
+    missing = next((n for n in wanted if n not in by_name), None)
+    extra = next((n for n in names if n not in wanted), None)
+    if missing is not None:
+        first = f"class {missing!r} is not among its categories"
+    elif extra is not None:
+        first = f"its category {extra!r} is not a class there"
+    else:
+        first = f"the class name {repeated!r} appears more than once, so names cannot be matched"
+    raise ConfigError(f"{ann_file}: categories {names} do not match the classes {wanted} of {classes_from}: {first}")
+
+
 class CocoDataset(RecordDataset):
     """Images of a COCO instances file, with sparse category ids mapped to contiguous labels.
 
-    Sorted category ids become labels ``0..K-1`` (``category_ids[label]`` maps back for result files).
+    Sorted category ids become labels ``0..K-1`` (``category_ids[label]`` maps back for result files); given
+    ``class_names`` (the model's classes, read from ``classes_from``), label ``i`` is the category named
+    ``class_names[i]`` instead, whatever its id and position here (see :func:`match_categories`).
     ``iscrowd=1`` boxes are not training targets but stay in ``coco`` so COCOeval ignores detections on
     them as usual. Empty boxes or boxes outside the image are dropped (listed in ``issues``, counted in
     ``num_invalid_boxes``) and boxes are clipped to the image. Images without annotations are kept
@@ -143,12 +177,14 @@ class CocoDataset(RecordDataset):
 
     def __init__(
         self, image_dir: str | Path, ann_file: str | Path, transforms: Transform | None = None,
-        *, skip_bad: bool = False,
+        *, skip_bad: bool = False, class_names: Sequence[str] | None = None, classes_from: str = "the training set",
     ) -> None:
         image_dir = Path(image_dir)
         log = IssueLog(skip_bad)
         data = load_coco_json(ann_file, log)
         categories = sorted(data["categories"], key=lambda c: c["id"])
+        if class_names is not None:
+            categories = match_categories(categories, class_names, ann_file, classes_from)
         category_ids = [c["id"] for c in categories]
         label_of = {cat_id: label for label, cat_id in enumerate(category_ids)}
 

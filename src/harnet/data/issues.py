@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harnet.atomic import write_text_atomic
+
 SKIPPED_IMAGE = "skipped image"
 SKIPPED_ANNOTATION = "skipped annotation"
 SKIPPED_ROW = "skipped row"  # a CSV row that names no image
@@ -85,7 +87,8 @@ class IssueLog:
 def write_issues(folder: str | Path, logs: dict[str, IssueLog]) -> str:
     """Write ``skipped.json`` and ``skipped.txt`` listing every issue per split; return a summary line.
 
-    Stale lists from an earlier run in the same folder are removed when nothing is left to report.
+    Stale lists from an earlier run in the same folder are removed when nothing is left to report. Each file
+    is replaced atomically.
     """
     folder = Path(folder)
     entries = [{"split": split, **asdict(item)} for split, log in logs.items() for item in log.items]
@@ -95,8 +98,9 @@ def write_issues(folder: str | Path, logs: dict[str, IssueLog]) -> str:
         text_path.unlink(missing_ok=True)
         return ""
     counts = {split: log.counts() for split, log in logs.items() if log.items}
-    json_path.write_text(json.dumps({"counts": counts, "items": entries}, indent=1))
-    text_path.write_text("".join(f"{e['split']}: {e['action']}: {e['file']}: {e['problem']}\n" for e in entries))
+    write_text_atomic(json.dumps({"counts": counts, "items": entries}, indent=1), json_path)
+    lines = [f"{e['split']}: {e['action']}: {e['file']}: {e['problem']}\n" for e in entries]
+    write_text_atomic("".join(lines), text_path)
     parts = [f"{split}: {log.summary()}" for split, log in logs.items() if log.items]
     return f"data issues ({'; '.join(parts)}), listed in {text_path}"
 
