@@ -37,8 +37,8 @@ def test_offset_conv_gets_a_tenth_of_the_lr() -> None:
 
 
 def _hybrid() -> HARNet:
-    return HARNet(HARNetConfig.preset("hybrid", num_classes=2, backbone=BackboneConfig("resnet18", norm="bn",
-                                                                        trainable_layers=5)))
+    body = BackboneConfig("resnet18", norm="bn", trainable_layers=5)
+    return HARNet(HARNetConfig.preset("hybrid", num_classes=2, backbone=body))
 
 
 def _settings(opt: torch.optim.Optimizer, model: nn.Module) -> dict[str, tuple[float, float]]:

@@ -88,3 +88,57 @@ def test_init_from_loads_what_fits_and_keeps_the_rest(tiny, tmp_path: Path) -> N
     torch.testing.assert_close(state["backbone.body.conv1.weight"], base["backbone.body.conv1.weight"])
     torch.testing.assert_close(state["head.cls_tower.convs.0.weight"], base["head.cls_tower.convs.0.weight"])
     assert any(k.startswith("head.spatial") for k in state) and not any(k.startswith("head.spatial") for k in base)
+
+
+RECIPE = ["train.ema_decay=0.9", "train.ema_tau=2", "train.backbone_lr_mult=0.1", "train.bias_lr_mult=2.0",
+          "train.norm_weight_decay=0.0", "train.bias_weight_decay=0.0", "data.photometric=jitter",
+          "train.channels_last=true"]
+
+
+def test_recipe_options_resume_exactly_and_checkpoints_deploy_the_ema(tiny, tmp_path: Path) -> None:
+    """EMA + parameter groups + jitter + channels_last: stop at 2 and resume to 4 gives the same raw and
+    averaged weights; "model" (what eval/predict load) is the average, evaluated during training."""
+    straight = train(tiny(tmp_path / "a", *RECIPE), progress=False)
+    train(tiny(tmp_path / "b", *RECIPE, "train.max_steps=2"), progress=False)
+    train(tiny(tmp_path / "b", *RECIPE), resume=True, progress=False)
+    a, b = checkpoint.load(tmp_path / "a" / "last.pt"), checkpoint.load(tmp_path / "b" / "last.pt")
+    assert a[checkpoint.EMA_UPDATES_KEY] == b[checkpoint.EMA_UPDATES_KEY] == 4
+    for entry in ("model", checkpoint.TRAIN_MODEL_KEY):
+        for key in a[entry]:
+            torch.testing.assert_close(a[entry][key], b[entry][key], rtol=0, atol=0, msg=f"{entry}: {key}")
+    assert any(not torch.equal(a["model"][k], a[checkpoint.TRAIN_MODEL_KEY][k]) for k in a["model"])
+    # The final evaluation scored the average: the deployed weights give the same AP.
+    from harnet.detector import Detector
+
+    detector = Detector.from_checkpoint(tmp_path / "a" / "last.pt")
+    for key, value in detector.model.state_dict().items():
+        torch.testing.assert_close(value, a["model"][key], rtol=0, atol=0, msg=key)
+    trainer = Trainer(tiny(tmp_path / "a", *RECIPE), resume=True, progress=False)
+    assert trainer.eval_model is trainer.ema.module  # type: ignore[union-attr]
+    result = trainer.evaluate()
+    assert result is not None and straight.final is not None
+    assert result.stats["AP"] == pytest.approx(straight.final.stats["AP"])
+
+
+def test_ema_switched_on_at_resume_starts_from_the_resumed_weights(tiny, tmp_path: Path) -> None:
+    train(tiny(tmp_path, "train.max_steps=2"), progress=False)
+    trainer = Trainer(tiny(tmp_path, "train.ema_decay=0.99"), resume=True, progress=False)
+    assert trainer.ema is not None and trainer.ema.updates == 0
+    raw = checkpoint.load(tmp_path / "last.pt")["model"]
+    for key, value in trainer.ema.module.state_dict().items():
+        torch.testing.assert_close(value, raw[key], rtol=0, atol=0)
+
+
+def test_amp_dtype_auto_prefers_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harnet.experiment import TrainConfig
+    from harnet.train import resolve_amp_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_amp_dtype(TrainConfig(), cpu) is None  # CPU trains in float32
+    assert resolve_amp_dtype(TrainConfig(amp=False), cuda) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_amp_dtype(TrainConfig(), cuda) == torch.bfloat16
+    assert resolve_amp_dtype(TrainConfig(amp_dtype="float16"), cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp_dtype(TrainConfig(), cuda) == torch.float16
+    assert resolve_amp_dtype(TrainConfig(amp_dtype="bfloat16"), cuda) == torch.bfloat16
