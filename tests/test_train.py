@@ -142,3 +142,22 @@ def test_amp_dtype_auto_prefers_bfloat16(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_amp_dtype(TrainConfig(), cuda) == torch.float16
     assert resolve_amp_dtype(TrainConfig(amp_dtype="bfloat16"), cuda) == torch.bfloat16
+
+
+def test_float16_clips_the_unscaled_gradients(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float16 path (GradScaler on) run through CPU autocast: the clipped gradients are the true ones
+    (norm == grad_clip), not the loss-scaled ones (which would end 65536x smaller). bfloat16: no scaler.
+    (CPU has no float16 deformable conv, so this model has no aligned attention.)"""
+    import harnet.train as train_module
+
+    monkeypatch.setattr(train_module, "resolve_amp_dtype", lambda cfg, device: torch.bfloat16)
+    assert not Trainer(tiny(tmp_path), progress=False).scaler.is_enabled()
+    monkeypatch.setattr(train_module, "resolve_amp_dtype", lambda cfg, device: torch.float16)
+    trainer = Trainer(tiny(tmp_path, "train.grad_clip=0.01", "model.aligned.enabled=false"), progress=False)
+    assert trainer.scaler.is_enabled()
+    batches = trainer._loader()
+    for _ in range(2):
+        assert torch.isfinite(torch.tensor(trainer.train_step(*next(batches))["loss"]))
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        assert float(norm) == pytest.approx(0.01, rel=1e-3)

@@ -249,7 +249,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t)
         self.amp_dtype = resolve_amp_dtype(t, self.device)
         # Loss scaling only for float16: bfloat16 has float32's range.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         # After init_from, so that the average starts from the loaded weights.
         self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema_decay is not None else None
         self.step, self.best_ap = 0, -1.0
