@@ -39,7 +39,7 @@ def is_norm(module: nn.Module) -> bool:
 def parameter_groups(
     model: nn.Module,
     lr: float,
-    weight_decay: float = 0.0,
+    weight_decay: float,
     *,
     backbone_lr_mult: float = 1.0,
     bias_lr_mult: float = 1.0,
