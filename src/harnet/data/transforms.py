@@ -22,10 +22,11 @@ class ColorJitterNoPermute(v2.RandomPhotometricDistort):
     pretrained on ImageNet colours should not see. The random draws are the distort's own (the
     permutation is drawn and ignored), so the two differ only in that one step."""
 
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        params = super().make_params(flat_inputs)
-        params["channel_permutation"] = None
-        return params
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # torchvision >= 0.21
+        return {**super().make_params(flat_inputs), "channel_permutation": None}
+
+    def _get_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # its name before torchvision 0.21
+        return {**super()._get_params(flat_inputs), "channel_permutation": None}  # type: ignore[misc]
 
 
 def photometric_transform(photometric: Photometric) -> v2.Transform | None:
