@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from harnet.demo import run_demo
 from tests_support import TINY
@@ -24,5 +25,10 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert 0.0 <= ap <= 1.0
     out = capsys.readouterr().out
     assert "AP@[.5:.95]" in out and "pictures" in out
-    assert len(list((tmp_path / "predictions").glob("*_pred.png"))) == 4
+    assert "AP75" in out and "per class" in out and "circle" in out  # the short table
+    pictures = sorted((tmp_path / "predictions").glob("*_pred.png"))
+    assert len(pictures) == 4
+    with Image.open(pictures[0]) as im:
+        assert min(im.size) >= 512  # 64 px val images drawn upscaled
+    assert (tmp_path / "curves.png").is_file()
     assert (tmp_path / "run" / "last.pt").is_file()

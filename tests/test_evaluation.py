@@ -234,3 +234,16 @@ def test_table_and_json(tmp_path):
         **{**d, "per_class_ap": {k: math.nan if v is None else v for k, v in d["per_class_ap"].items()}}
     )
     assert back.stats == res.stats
+
+
+def test_summary_table_has_ap_ap50_ap75_and_each_class():
+    coco_gt = make_gt()
+    results = to_coco_results(*mixed_predictions(), CATEGORY_IDS)
+    res = evaluate_coco(coco_gt, results, CLASS_NAMES, CATEGORY_IDS, image_ids=[1, 2])
+    lines = res.summary_table().splitlines()
+    assert lines[0] == "COCO box AP: 2 images, 8 detections"
+    values = {line.split()[0]: line.split()[-1] for line in lines[1:] if len(line.split()) == 2}
+    assert values["AP@[.5:.95]"] == f"{res.stats['AP']:.3f}" and values["AP50"] == f"{res.stats['AP50']:.3f}"
+    assert values["AP75"] == f"{res.stats['AP75']:.3f}"
+    assert values["person"] == f"{res.per_class_ap['person']:.3f}" and values["toothbrush"] == "-"
+    assert len({line.index(values[name]) for line in lines for name in ("AP50", "person") if name in line}) == 1

@@ -104,3 +104,76 @@ def test_tensorboard_shows_each_step_once_after_a_kill_and_resume(tiny, tmp_path
     events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+RECIPE = ["train.ema_decay=0.9", "train.ema_tau=2", "train.backbone_lr_mult=0.1", "train.bias_lr_mult=2.0",
+          "train.norm_weight_decay=0.0", "train.bias_weight_decay=0.0", "data.photometric=jitter",
+          "train.channels_last=true"]
+
+
+def test_recipe_options_resume_exactly_and_checkpoints_deploy_the_ema(tiny, tmp_path: Path) -> None:
+    """EMA + parameter groups + jitter + channels_last: stop at 2 and resume to 4 gives the same raw and
+    averaged weights; "model" (what eval/predict load) is the average, evaluated during training."""
+    straight = train(tiny(tmp_path / "a", *RECIPE), progress=False)
+    train(tiny(tmp_path / "b", *RECIPE, "train.max_steps=2"), progress=False)
+    train(tiny(tmp_path / "b", *RECIPE), resume=True, progress=False)
+    a, b = checkpoint.load(tmp_path / "a" / "last.pt"), checkpoint.load(tmp_path / "b" / "last.pt")
+    assert a[checkpoint.EMA_UPDATES_KEY] == b[checkpoint.EMA_UPDATES_KEY] == 4
+    for entry in ("model", checkpoint.TRAIN_MODEL_KEY):
+        for key in a[entry]:
+            torch.testing.assert_close(a[entry][key], b[entry][key], rtol=0, atol=0, msg=f"{entry}: {key}")
+    assert any(not torch.equal(a["model"][k], a[checkpoint.TRAIN_MODEL_KEY][k]) for k in a["model"])
+    # The final evaluation scored the average: the deployed weights give the same AP.
+    from harnet.detector import Detector
+
+    detector = Detector.from_checkpoint(tmp_path / "a" / "last.pt")
+    for key, value in detector.model.state_dict().items():
+        torch.testing.assert_close(value, a["model"][key], rtol=0, atol=0, msg=key)
+    trainer = Trainer(tiny(tmp_path / "a", *RECIPE), resume=True, progress=False)
+    assert trainer.eval_model is trainer.ema.module  # type: ignore[union-attr]
+    result = trainer.evaluate()
+    assert result is not None and straight.final is not None
+    assert result.stats["AP"] == pytest.approx(straight.final.stats["AP"])
+
+
+def test_ema_switched_on_at_resume_starts_from_the_resumed_weights(tiny, tmp_path: Path) -> None:
+    train(tiny(tmp_path, "train.max_steps=2"), progress=False)
+    trainer = Trainer(tiny(tmp_path, "train.ema_decay=0.99"), resume=True, progress=False)
+    assert trainer.ema is not None and trainer.ema.updates == 0
+    raw = checkpoint.load(tmp_path / "last.pt")["model"]
+    for key, value in trainer.ema.module.state_dict().items():
+        torch.testing.assert_close(value, raw[key], rtol=0, atol=0)
+
+
+def test_amp_dtype_auto_prefers_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harnet.experiment import TrainConfig
+    from harnet.train import resolve_amp_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_amp_dtype(TrainConfig(), cpu) is None  # CPU trains in float32
+    assert resolve_amp_dtype(TrainConfig(amp=False), cuda) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_amp_dtype(TrainConfig(), cuda) == torch.bfloat16
+    assert resolve_amp_dtype(TrainConfig(amp_dtype="float16"), cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_amp_dtype(TrainConfig(), cuda) == torch.float16
+    assert resolve_amp_dtype(TrainConfig(amp_dtype="bfloat16"), cuda) == torch.bfloat16
+
+
+def test_float16_clips_the_unscaled_gradients(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float16 path (GradScaler on) run through CPU autocast: the clipped gradients are the true ones
+    (norm == grad_clip), not the loss-scaled ones (which would end 65536x smaller). bfloat16: no scaler.
+    (CPU has no float16 deformable conv, so this model has no aligned attention.)"""
+    import harnet.train as train_module
+
+    monkeypatch.setattr(train_module, "resolve_amp_dtype", lambda cfg, device: torch.bfloat16)
+    assert not Trainer(tiny(tmp_path / "bf16"), progress=False).scaler.is_enabled()
+    monkeypatch.setattr(train_module, "resolve_amp_dtype", lambda cfg, device: torch.float16)
+    trainer = Trainer(tiny(tmp_path / "fp16", "train.grad_clip=0.01", "model.aligned.enabled=false"), progress=False)
+    assert trainer.scaler.is_enabled()
+    batches = trainer._loader()
+    for _ in range(2):
+        assert torch.isfinite(torch.tensor(trainer.train_step(*next(batches))["loss"]))
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        assert float(norm) == pytest.approx(0.01, rel=1e-3)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 TINY = [
     "model.preset=hybrid",
-    "model.backbone={name: resnet18, norm: bn, trainable_layers: 5}",
+    "model.backbone={name: resnet18, norm: bn, trainable_layers: 5, weights: null}",
     "model.fpn.channels=32",
     "model.aligned.mid_channels=32",
     "model.head.num_convs=2",

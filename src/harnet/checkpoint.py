@@ -27,6 +27,12 @@ from harnet.config import HARNetConfig, to_dict
 from harnet.configio import from_dict
 from harnet.detectors import build_detector
 
+# Checkpoints of a run with a weight EMA (train.ema_decay): "model" holds the averaged weights (what eval,
+# predict, export and init_from use), TRAIN_MODEL_KEY the raw weights the optimizer updates and EMA_UPDATES_KEY
+# the number of EMA updates, so that --resume continues both exactly. Without EMA only "model" exists.
+TRAIN_MODEL_KEY = "train_model"
+EMA_UPDATES_KEY = "ema_updates"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, unsafe, or made for another model."""
@@ -118,9 +124,10 @@ def model_config(ckpt: dict[str, Any]) -> HARNetConfig:
     return from_dict(HARNetConfig, _saved_model_config(ckpt), "model")
 
 
-def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetConfig) -> None:
+def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetConfig, key: str = "model") -> None:
     """Load weights into ``model`` (built from ``config``), refusing a checkpoint made for another
-    model config."""
+    model config. ``key``: which state_dict entry (``TRAIN_MODEL_KEY`` for the raw training weights of a
+    run with a weight EMA, see :func:`training_weights_key`)."""
     saved = _saved_model_config(ckpt)
     current = to_dict(config)
     if saved != current:
@@ -129,7 +136,13 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetCon
             f"{ckpt.get('path', 'checkpoint')}: made for a different model config; differing keys: "
             + ", ".join(f"model.{k} (checkpoint {a!r}, now {b!r})" for k, a, b in diffs[:5])
         )
-    _load_state(model, ckpt)
+    _load_state(model, ckpt, key)
+
+
+def training_weights_key(ckpt: dict[str, Any]) -> str:
+    """The entry holding the weights training continues from: ``TRAIN_MODEL_KEY`` if the run kept a
+    weight EMA, else ``"model"``."""
+    return TRAIN_MODEL_KEY if TRAIN_MODEL_KEY in ckpt else "model"
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
@@ -144,9 +157,9 @@ def build_model(ckpt: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _load_state(model: nn.Module, ckpt: dict[str, Any]) -> None:
+def _load_state(model: nn.Module, ckpt: dict[str, Any], key: str = "model") -> None:
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt[key])
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the saved model config "
                               f"({_first_line(e)})") from None

@@ -151,6 +151,24 @@ class EvalResult:
             lines.append(sep)
         return "\n".join(lines)
 
+    def summary_table(self) -> str:
+        """A short table for the end of a run: AP, AP50, AP75, then each class's AP@[.5:.95] (from
+        pycocotools' precision array, as in ``per_class_ap``), as fractions like the headline AP."""
+
+        def frac(value: float) -> str:
+            return "    -" if math.isnan(value) or value < 0 else f"{value:.3f}"
+
+        names = list(self.per_class_ap)
+        width = max([len("AP@[.5:.95]"), *(len(n) for n in names)]) + 2
+        lines = [f"COCO box AP: {self.num_images} images, {self.num_detections} detections",
+                 f"  {'AP@[.5:.95]'.ljust(width)}{frac(self.stats.get('AP', math.nan))}",
+                 f"  {'AP50'.ljust(width)}{frac(self.stats.get('AP50', math.nan))}",
+                 f"  {'AP75'.ljust(width)}{frac(self.stats.get('AP75', math.nan))}"]
+        if names:
+            lines.append("  per class, AP@[.5:.95]:")
+            lines += [f"    {n.ljust(width - 2)}{frac(ap)}" for n, ap in self.per_class_ap.items()]
+        return "\n".join(lines)
+
 
 def _empty_results(coco_gt: COCO) -> COCO:
     """A results object with no detections, built by hand because ``COCO.loadRes([])`` fails on

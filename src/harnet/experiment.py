@@ -47,7 +47,10 @@ class DataConfig:
     val_images: str = ""
     val_annotations: str = ""
     hflip_prob: float = 0.5
-    photometric: bool = True
+    # Colour augmentation. true (= "distort"): torchvision's RandomPhotometricDistort, which also permutes
+    # the RGB channels half the time (harmless from scratch, wrong for an ImageNet body that knows colours);
+    # "jitter": the same brightness/contrast/saturation/hue jitter without the permutation; false: none.
+    photometric: bool | Literal["distort", "jitter"] = True
     num_workers: int = 0
     # Skip (and list in the run folder) bad images and annotations instead of stopping at the first;
     # also decodes every image up front to find truncated files. See harnet.data.issues.
@@ -74,8 +77,23 @@ class TrainConfig:
     warmup_factor: float = 1.0 / 3
     lr_steps: tuple[int, ...] = (60000,)
     lr_gamma: float = 0.1
-    grad_clip: float | None = None
-    amp: bool = True  # used only on CUDA
+    grad_clip: float | None = None  # max global grad norm, always measured on unscaled gradients
+    # Per-parameter lr and weight decay (harnet.optim.parameter_groups). Multipliers compose with each
+    # other and with a module's own lr_mult (the deformable offset conv: 0.1).
+    backbone_lr_mult: float = 1.0  # the backbone body (not FPN/attention), e.g. 0.1 for a pretrained one
+    bias_lr_mult: float = 1.0  # every bias (the authors' Caffe files: 2.0)
+    bias_weight_decay: float | None = None  # None: weight_decay
+    norm_weight_decay: float | None = None  # weights of GroupNorm/BatchNorm/CrossLevelGroupNorm...; None: weight_decay
+    # Exponential moving average of the weights (harnet.optim.ModelEMA), None: off. When on, evaluation,
+    # best.pt and the "model" entry of checkpoints use the average; decay ramps up as
+    # ema_decay * (1 - exp(-updates / ema_tau)) (ema_tau 0: constant decay).
+    ema_decay: float | None = None
+    ema_tau: float = 2000.0
+    amp: bool = True  # mixed precision, used only on CUDA
+    # auto: bfloat16 where the GPU supports it (no loss scaling needed), else float16 with a GradScaler.
+    # (Before this option, amp always meant float16.)
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    channels_last: bool = False  # model weights (hence conv activations) in channels_last memory format
     eval_every: int = 0  # 0: evaluate at the end only
     checkpoint_every: int = 1000
     log_every: int = 10
@@ -99,6 +117,14 @@ class TrainConfig:
             _at_least(self, "train", 1, "threads")
         if not self.lr > 0:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        for name in ("backbone_lr_mult", "bias_lr_mult", "ema_tau"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("bias_weight_decay", "norm_weight_decay"):
+            if (value := getattr(self, name)) is not None and value < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {value}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay: must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass

@@ -36,9 +36,9 @@ from harnet.data.loader import collate_fn
 from harnet.data.transforms import build_transforms
 from harnet.detectors import build_detector
 from harnet.evaluation import EvalResult, evaluate_predictions
-from harnet.experiment import ExperimentConfig
+from harnet.experiment import ExperimentConfig, TrainConfig
 from harnet.inference import predict_dataset
-from harnet.optim import build_optimizer, build_scheduler
+from harnet.optim import ModelEMA, build_optimizer, build_scheduler, describe_groups
 
 MIN_FREE_BYTES = 200 * 2**20
 # With train.skip_nonfinite, this many NaN/inf batches in a row mean the run has diverged: stop.
@@ -114,6 +114,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training, None for full float32 (``train.amp`` off, or not on CUDA).
+
+    ``amp_dtype: auto`` picks bfloat16 where the GPU supports it (Ampere and newer): the float32
+    exponent range, so no loss scaling; else float16, which needs the GradScaler."""
+    if not (cfg.amp and device.type == "cuda"):
+        return None
+    if cfg.amp_dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
 
 
 def claim_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> runfolder.RunLock:
@@ -213,7 +225,16 @@ def _row_step(line: str) -> int | None:
 
 
 class Trainer:
-    """Owns model, optimizer, data and run folder for one experiment."""
+    """Owns model, optimizer, data and run folder for one experiment.
+
+    With ``train.ema_decay`` set, ``self.ema`` (:class:`harnet.optim.ModelEMA`) averages the weights
+    after every optimizer step, and the average is what the run is judged and deployed by: evaluation
+    during and after training scores ``self.ema.module``, ``best.pt`` is chosen by its AP, and the
+    ``"model"`` entry of every checkpoint holds it (so ``Detector.from_checkpoint``, ``harnet eval``,
+    export and ``init_from`` all use the average without knowing about EMA). The raw weights the
+    optimizer updates go to ``checkpoint.TRAIN_MODEL_KEY`` and the number of EMA updates to
+    ``checkpoint.EMA_UPDATES_KEY``, which ``--resume`` reads to continue both exactly.
+    """
 
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
                  overwrite: bool = False) -> None:
@@ -253,12 +274,20 @@ class Trainer:
         cfg.model.num_classes = len(self.train_set.class_names)
         torch.manual_seed(t.seed)
         self.model = build_detector(cfg.detector, cfg.model).to(self.device)
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if t.init_from and not resume:
             self._init_from(t.init_from)
         self.optimizer = build_optimizer(self.model, t)
+        if distributed.is_main() and (t.backbone_lr_mult, t.bias_lr_mult, t.bias_weight_decay,
+                                      t.norm_weight_decay) != (1.0, 1.0, None, None):
+            print(f"harnet: parameter groups: {describe_groups(self.optimizer)}", file=sys.stderr)
         self.scheduler = build_scheduler(self.optimizer, t)
-        self.amp = t.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp_dtype = resolve_amp_dtype(t, self.device)
+        # Loss scaling only for float16: bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # After init_from, so that the average starts from the loaded weights.
+        self.ema = ModelEMA(self.model, t.ema_decay, t.ema_tau) if t.ema_decay is not None else None
         self.step, self.best_ap = 0, -1.0
         self.skipped_nonfinite, self._nonfinite_streak = 0, 0
         if resume:
@@ -287,18 +316,32 @@ class Trainer:
         if not path.is_file():
             raise TrainingError(f"{self.run_dir}: nothing to resume (no last.pt)")
         ckpt = checkpoint.load(path, map_location=self.device)
-        checkpoint.load_model_weights(self.model, ckpt, self.cfg.model)
+        checkpoint.load_model_weights(self.model, ckpt, self.cfg.model, checkpoint.training_weights_key(ckpt))
+        if self.ema is not None:
+            if checkpoint.EMA_UPDATES_KEY in ckpt:
+                self.ema.module.load_state_dict(ckpt["model"])
+                self.ema.n_averaged.fill_(int(ckpt[checkpoint.EMA_UPDATES_KEY]))
+            else:  # EMA switched on at resume: the average starts here, from the resumed weights
+                self.ema.module.load_state_dict(self.model.state_dict())
+                self.ema.n_averaged.zero_()
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.scaler.is_enabled() and ckpt.get("scaler"):  # empty when saved without float16 loss scaling
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_ap = int(ckpt["step"]), float(ckpt["best_ap"])
         self.skipped_nonfinite = int(ckpt.get("skipped_nonfinite", 0))
         checkpoint.set_rng_state(ckpt["rng"])
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights the run is judged by: the EMA's average when ``train.ema_decay`` is set."""
+        return self.ema.module if self.ema is not None else self.model
+
     def deployment_state(self) -> dict[str, Any]:
-        """What using the model needs (eval, predict, export, ``init_from``): best.pt holds only this."""
+        """What using the model needs (eval, predict, export, ``init_from``): best.pt holds only this.
+        ``"model"`` is the deployable weights (the EMA average when on)."""
         return {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),
             "config": self.cfg.to_dict(),
             "class_names": list(self.train_set.class_names),
             "category_ids": [int(c) for c in self.train_set.category_ids],
@@ -307,8 +350,11 @@ class Trainer:
         }
 
     def state(self) -> dict[str, Any]:
-        """Everything an exact resume needs (last.pt): the model plus optimizer, schedule and RNG states."""
-        return self.deployment_state() | {
+        """Everything an exact resume needs (last.pt): the model plus optimizer, schedule and RNG states, and
+        with EMA the raw weights the optimizer updates and the number of EMA updates."""
+        ema = {} if self.ema is None else {checkpoint.TRAIN_MODEL_KEY: self.model.state_dict(),
+                                           checkpoint.EMA_UPDATES_KEY: self.ema.updates}
+        return self.deployment_state() | ema | {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -333,7 +379,7 @@ class Trainer:
     def evaluate(self) -> EvalResult | None:
         """COCO metrics of the val set; distributed: each rank predicts its shard, rank 0 scores (others: None)."""
         shard = distributed.shard(self.val_set)
-        ids, preds = predict_dataset(self.model, shard, self.device, self.cfg.train.batch_size)
+        ids, preds = predict_dataset(self.eval_model, shard, self.device, self.cfg.train.batch_size)
         all_ids, all_preds = distributed.gather_shards(ids), distributed.gather_shards(preds)
         if all_ids is None or all_preds is None:
             return None
@@ -352,7 +398,7 @@ class Trainer:
     def train_step(self, images: list[Tensor], targets: list[dict[str, Any]]) -> dict[str, float]:
         images = [img.to(self.device, non_blocking=True) for img in images]
         targets = [{k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with torch.autocast(self.device.type, **self._autocast):
             losses = self.net(images, targets)
         loss = sum(losses.values())
         assert isinstance(loss, Tensor)
@@ -364,15 +410,23 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.train.grad_clip:
+            # Clip the true gradients: unscale_ divides out the float16 loss scale (a no-op when the scaler
+            # is off: float32 and bfloat16), and scaler.step then knows not to unscale again.
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         if self.cfg.train.skip_nonfinite:
             values["skipped_nonfinite"] = float(self.skipped_nonfinite)
         return values
+
+    @property
+    def _autocast(self) -> dict[str, Any]:
+        return {"enabled": False} if self.amp_dtype is None else {"enabled": True, "dtype": self.amp_dtype}
 
     def _nonfinite(self, loss: float, ids: list[int]) -> dict[str, float]:
         """A NaN/inf loss: stop naming the step and batch, or with ``train.skip_nonfinite`` skip the

@@ -49,3 +49,40 @@ def test_collate_returns_lists_of_plain_tensors() -> None:
     assert all(type(image) is torch.Tensor for image in images)
     assert type(targets[0]["boxes"]) is torch.Tensor and targets[1]["boxes"].shape == (0, 4)
     assert targets[0]["labels"].dtype == torch.int64 and targets[0]["image_id"] == 5
+
+
+def test_jitter_is_the_photometric_distort_without_the_channel_permutation() -> None:
+    """Same random draws as RandomPhotometricDistort: equal output where it drew no permutation, and a
+    channel permutation of it where it did; "jitter" itself never swaps the colour channels."""
+    from itertools import permutations
+
+    from torchvision.transforms import v2
+
+    from harnet.data.transforms import ColorJitterNoPermute, photometric_transform
+
+    assert isinstance(photometric_transform("jitter"), ColorJitterNoPermute)
+    assert type(photometric_transform(True)) is type(photometric_transform("distort")) is v2.RandomPhotometricDistort
+    assert photometric_transform(False) is None
+    image = tv_tensors.Image(torch.rand(3, 8, 8))
+    permuted = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        distort = v2.RandomPhotometricDistort()(image)
+        torch.manual_seed(seed)
+        jitter = ColorJitterNoPermute()(image)
+        matches = [list(p) for p in permutations(range(3)) if torch.allclose(distort, jitter[list(p)], atol=1e-6)]
+        assert matches, f"seed {seed}: jitter is not the distort minus a permutation"
+        permuted += [0, 1, 2] not in matches
+    assert permuted > 0  # some seeds did permute in the distort
+
+
+def test_photometric_config_accepts_jitter() -> None:
+    import pytest
+
+    from harnet.configio import ConfigError
+    from harnet.experiment import load_experiment
+
+    assert load_experiment(None, ["data.photometric=jitter"]).data.photometric == "jitter"
+    assert load_experiment(None, []).data.photometric is True
+    with pytest.raises(ConfigError, match="data.photometric"):
+        load_experiment(None, ["data.photometric=permute"])

@@ -6,24 +6,56 @@ model does both itself (so evaluation, export and inference cannot disagree with
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from torchvision.transforms import v2
 
+Photometric = bool | Literal["distort", "jitter"]
 
-def build_transforms(train: bool, hflip_prob: float = 0.5, photometric: bool = True) -> v2.Transform:
+
+class ColorJitterNoPermute(v2.RandomPhotometricDistort):
+    """``RandomPhotometricDistort`` without its random channel permutation: brightness, contrast,
+    saturation and hue each applied with probability ``p``, contrast before or after the rest.
+
+    The permutation (also drawn with probability ``p``) turns RGB into e.g. BGR, which a body
+    pretrained on ImageNet colours should not see. The random draws are the distort's own (the
+    permutation is drawn and ignored), so the two differ only in that one step."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # torchvision >= 0.21
+        return {**super().make_params(flat_inputs), "channel_permutation": None}
+
+    def _get_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # its name before torchvision 0.21
+        return {**super()._get_params(flat_inputs), "channel_permutation": None}  # type: ignore[misc]
+
+
+def photometric_transform(photometric: Photometric) -> v2.Transform | None:
+    """``data.photometric`` -> its transform: true/"distort" -> ``RandomPhotometricDistort``,
+    "jitter" -> :class:`ColorJitterNoPermute`, false -> None."""
+    if photometric is False:
+        return None
+    if photometric is True or photometric == "distort":
+        return v2.RandomPhotometricDistort()
+    if photometric == "jitter":
+        return ColorJitterNoPermute()
+    raise ValueError(f"photometric: expected true, false, 'distort' or 'jitter', got {photometric!r}")
+
+
+def build_transforms(train: bool, hflip_prob: float = 0.5, photometric: Photometric = True) -> v2.Transform:
     """Return the v2 transform to pass as a dataset's ``transforms``.
 
-    Training: horizontal flip and (optionally) ``RandomPhotometricDistort``, then ``ClampBoundingBoxes``
-    and ``SanitizeBoundingBoxes``, so that whatever augmentation is added before them can never hand the
-    loss a box outside the image or a box that has collapsed (their labels are dropped with them).
+    Training: horizontal flip and (optionally) colour augmentation (:func:`photometric_transform`), then
+    ``ClampBoundingBoxes`` and ``SanitizeBoundingBoxes``, so that whatever augmentation is added before them
+    can never hand the loss a box outside the image or a box that has collapsed (their labels are dropped
+    with them).
     Evaluation: only a dtype guarantee (float32 in [0, 1]), so predictions map 1:1 to original pixels.
     """
     steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
     if train:
         if hflip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(p=hflip_prob))
-        if photometric:
-            steps.append(v2.RandomPhotometricDistort())
+        if (colour := photometric_transform(photometric)) is not None:
+            steps.append(colour)
         # The default labels_getter finds target["labels"] in an (image, target) pair.
         steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes()]
     return v2.Compose(steps)
