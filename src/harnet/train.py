@@ -279,8 +279,9 @@ class Trainer:
         if t.init_from and not resume:
             self._init_from(t.init_from)
         self.optimizer = build_optimizer(self.model, t)
-        if distributed.is_main() and (t.backbone_lr_mult, t.bias_lr_mult, t.bias_weight_decay,
-                                      t.norm_weight_decay) != (1.0, 1.0, None, None):
+        # Shown in interactive runs only: scripted ones (--no-progress) keep stderr for warnings and errors.
+        if self.progress and (t.backbone_lr_mult, t.bias_lr_mult, t.bias_weight_decay,
+                              t.norm_weight_decay) != (1.0, 1.0, None, None):
             print(f"harnet: parameter groups: {describe_groups(self.optimizer)}", file=sys.stderr)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.amp_dtype = resolve_amp_dtype(t, self.device)

@@ -1,0 +1,426 @@
+"""harnet's hybrid (ImageNet-pretrained EfficientNet-Lite0, config ``trees``) vs ultralytics YOLO11n trained
+from scratch, for the same CPU wall-clock budget on the real aerial trees tiles (issue #12).
+
+Why it is built this way:
+
+* Both trainings run at the same time, each in its own subprocess with ``OMP_NUM_THREADS`` and torch threads
+  set to ``--threads``, so that both see the same (shared, noisy) machine load rather than one of them
+  getting a quiet machine.
+* YOLO bounds itself: ultralytics' ``time`` argument (hours) re-plans its epochs and schedule after every
+  epoch and stops at the budget. harnet has no such mode, so its run starts as a probe (a huge
+  ``max_steps``, an evaluation at step 6) whose ``metrics.csv`` rows this script timestamps to get the step
+  and evaluation times; the probe is then stopped with SIGTERM (harnet saves ``last.pt``) and resumed with a
+  ``max_steps`` that ends at the budget, its learning-rate drops at 80 % and 95 % of it and ~4 evaluations.
+  No step is thrown away. Should the resumed run still overrun, it gets SIGTERM at the budget and its
+  ``last.pt`` is evaluated with ``harnet eval``.
+* Both are scored by pycocotools on the same val annotation file: harnet by its own COCO evaluation, YOLO by
+  predicting every val image (conf 0.001, IoU 0.6, 100 detections) into a COCO results file.
+* ultralytics never touches the network: YOLO11n is built from ``yolo11n.yaml`` (no weights), with
+  ``pretrained=False``, ``amp=False`` (the AMP check downloads yolo11n.pt), ``plots=False`` (plots fetch a
+  font), ``YOLO_OFFLINE=1``, a private ``YOLO_CONFIG_DIR`` with ``sync`` off, and, where ``unshare -rn``
+  works, a network namespace with no interface at all. The YOLO side runs in its own venv (``--yolo-python``)
+  so that harnet's stays clean; this file is also that side's worker (``--yolo-worker``), using only the
+  standard library, ultralytics and pycocotools there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+IMGSZ = 416  # the 400 px tiles rounded up to YOLO's stride of 32
+PROBE_EVAL_STEP = 6  # the probe evaluates once, here, to time an evaluation
+PROBE_STEPS = 11  # the probe is stopped once this step has been logged
+WARMUP_STEPS = 10
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--minutes", type=float, default=8.0, help="wall-clock training budget of each model")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of each training")
+    p.add_argument("--data", default="data/trees", help="trees in COCO format (converted here if missing)")
+    p.add_argument("--out", default="runs/trees_vs_yolo")
+    p.add_argument("--results", default="docs/results/trees_vs_yolo.json", help="JSON; the .md goes beside it")
+    p.add_argument("--yolo-python", default="/tmp/yolo-venv/bin/python", help="python of the ultralytics venv")
+    p.add_argument("--no-netns", action="store_true", help="do not run YOLO inside `unshare -rn`")
+    p.add_argument("--yolo-worker", metavar="JSON", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def coco_paths(data: Path) -> dict[str, Path]:
+    return {"train_images": data / "train", "train_annotations": data / "annotations/instances_train.json",
+            "val_images": data / "val", "val_annotations": data / "annotations/instances_val.json"}
+
+
+def ensure_trees(data: Path) -> None:
+    if not all(p.exists() for p in coco_paths(data).values()):
+        subprocess.run([sys.executable, "-m", "harnet", "data", "trees", "--out", str(data)], check=True)
+
+
+def coco_to_yolo(data: Path, out: Path) -> Path:
+    """images/{train,val} (copies: ultralytics finds labels by rewriting /images/ to /labels/ in the path),
+    labels/{train,val}/*.txt (class cx cy w h, normalised) and data.yaml; returns data.yaml."""
+    paths = coco_paths(data)
+    if out.exists():
+        shutil.rmtree(out)
+    names: dict[int, str] = {}
+    for split in ("train", "val"):
+        coco = json.loads(paths[f"{split}_annotations"].read_text())
+        cats = sorted(c["id"] for c in coco["categories"])
+        index = {cid: i for i, cid in enumerate(cats)}
+        names = {index[c["id"]]: c["name"] for c in coco["categories"]}
+        rows: dict[int, list[str]] = {im["id"]: [] for im in coco["images"]}
+        sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+        for a in coco["annotations"]:
+            if a.get("iscrowd", 0):
+                continue
+            x, y, w, h = a["bbox"]
+            iw, ih = sizes[a["image_id"]]
+            rows[a["image_id"]].append(f"{index[a['category_id']]} {(x + w / 2) / iw:.6f} {(y + h / 2) / ih:.6f} "
+                                       f"{w / iw:.6f} {h / ih:.6f}")
+        (out / "images" / split).mkdir(parents=True)
+        (out / "labels" / split).mkdir(parents=True)
+        for im in coco["images"]:
+            shutil.copy2(paths[f"{split}_images"] / im["file_name"], out / "images" / split / im["file_name"])
+            label = out / "labels" / split / f"{Path(im['file_name']).stem}.txt"
+            label.write_text("".join(f"{r}\n" for r in rows[im["id"]]))
+    yaml = out / "data.yaml"  # JSON is YAML
+    yaml.write_text(json.dumps({"path": str(out.resolve()), "train": "images/train", "val": "images/val",
+                                "names": names}, indent=1) + "\n")
+    return yaml
+
+
+# ---------------------------------------------------------------------------------------------- YOLO worker
+
+
+def yolo_worker(spec: dict[str, Any]) -> None:
+    """Runs in the ultralytics venv: train YOLO11n from scratch for the budget, then score best.pt and
+    last.pt with pycocotools on the val annotation file. Writes spec["result"]."""
+    import torch
+
+    threads = int(spec["threads"])
+    torch.set_num_threads(threads)
+    import ultralytics
+    from ultralytics import YOLO, settings
+    from ultralytics.utils import torch_utils
+
+    torch_utils.NUM_THREADS = threads  # select_device() resets torch's threads to this on CPU
+    settings.update({"sync": False})
+    out = Path(spec["out"])
+    marks: dict[str, Any] = {"epoch_ends": []}
+
+    def on_train_start(trainer: Any) -> None:
+        torch.set_num_threads(threads)
+        marks["start"] = time.time()
+        marks["torch_threads"] = torch.get_num_threads()
+
+    def on_fit_epoch_end(trainer: Any) -> None:
+        marks["epoch_ends"].append([trainer.epoch + 1, time.time(), trainer.epochs])
+
+    model = YOLO("yolo11n.yaml")
+    model.add_callback("on_train_start", on_train_start)
+    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+    t0 = time.time()
+    metrics = model.train(data=spec["data_yaml"], time=spec["minutes"] / 60, imgsz=IMGSZ, batch=8, workers=0,
+                          device="cpu", pretrained=False, amp=False, plots=False, project=str(out), name="train",
+                          exist_ok=True, seed=0, verbose=False)
+    t1 = time.time()
+    weights = out / "train" / "weights"
+    ends = marks["epoch_ends"][:-1] if len(marks["epoch_ends"]) > 1 else marks["epoch_ends"]  # last: final eval
+    result: dict[str, Any] = {
+        "ultralytics": ultralytics.__version__, "torch": torch.__version__, "torch_threads": marks["torch_threads"],
+        "wall_minutes": (t1 - t0) / 60, "epoch_loop_minutes": (ends[-1][1] - marks["start"]) / 60,
+        "epochs": ends[-1][0], "planned_epochs": ends[-1][2],
+        "iterations": ends[-1][0] * math.ceil(spec["num_train"] / 8),
+        "ultralytics_best_mAP50_95": float(metrics.box.map), "ultralytics_best_mAP50": float(metrics.box.map50),
+    }
+    for name in ("best", "last"):
+        result[name] = coco_eval_yolo(YOLO(str(weights / f"{name}.pt")), spec, out / f"detections_{name}.json")
+    Path(spec["result"]).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def coco_eval_yolo(model: Any, spec: dict[str, Any], detections: Path) -> dict[str, float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(spec["val_annotations"])
+    cat = sorted(gt.getCatIds())
+    dets = []
+    for img in gt.loadImgs(sorted(gt.getImgIds())):
+        r = model.predict(str(Path(spec["val_images"]) / img["file_name"]), imgsz=IMGSZ, conf=0.001, iou=0.6,
+                          max_det=100, device="cpu", verbose=False)[0]
+        for (x1, y1, x2, y2), s, c in zip(r.boxes.xyxy.tolist(), r.boxes.conf.tolist(), r.boxes.cls.tolist()):
+            dets.append({"image_id": img["id"], "category_id": cat[int(c)], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                         "score": s})
+    detections.write_text(json.dumps(dets))
+    if not dets:
+        return {"AP": 0.0, "AP50": 0.0, "num_detections": 0}
+    ev = COCOeval(gt, gt.loadRes(str(detections)), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2]),
+            "num_detections": len(dets)}
+
+
+# ---------------------------------------------------------------------------------------------- harnet
+
+
+class CsvWatch:
+    """Timestamps the rows harnet appends to metrics.csv, by polling it (the log has no clock of its own)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+        self.step_time: dict[int, float] = {}  # first time a train row of the step was seen
+        self.rows: list[tuple[int, str, float]] = []
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        if self.path.stat().st_size < self.offset:  # a resume truncated it: reread from the start
+            self.offset, self.rows = 0, []
+        with self.path.open("rb") as f:  # bytes: csv writes \r\n, which text mode would count as one
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        now = time.time()
+        for row in csv.reader(complete.decode().splitlines()):
+            if row and row[0] != "step":
+                step, name, value = int(row[0]), row[1], float(row[2])
+                self.rows.append((step, name, value))
+                if name.startswith("train/"):
+                    self.step_time.setdefault(step, now)
+
+    @property
+    def last_step(self) -> int:
+        return max(self.step_time, default=0)
+
+    def val(self) -> list[tuple[int, dict[str, float]]]:
+        by_step: dict[int, dict[str, float]] = {}
+        for step, name, value in self.rows:
+            if name.startswith("val/"):
+                by_step.setdefault(step, {})[name[4:]] = value
+        return sorted(by_step.items())
+
+
+def harnet_cmd(data: Path, out: Path, threads: int, sets: dict[str, Any], resume: bool) -> list[str]:
+    overrides = {**{f"data.{k}": str(v) for k, v in coco_paths(data).items()}, "output_dir": str(out),
+                 "train.threads": threads, "train.log_every": 1, "train.checkpoint_every": 0, **sets}
+    cmd = [sys.executable, "-m", "harnet", "train"]
+    cmd += ["--resume", str(out)] if resume else ["--config", "trees", "--overwrite"]
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}"]
+    return [*cmd, "--no-progress"]
+
+
+def run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, env: dict[str, str],
+               loads: list[float]) -> dict[str, Any]:
+    """Probe, then resume with a max_steps that ends at ``deadline``; SIGTERM at the deadline if still training."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        return _run_harnet(data, out, threads, t0, deadline, env, loads, procs)
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        raise
+
+
+def _run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, env: dict[str, str],
+                loads: list[float], procs: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+    log = (out.parent / "harnet.log").open("w")
+    watch = CsvWatch(out / "metrics.csv")
+    probe = subprocess.Popen(harnet_cmd(data, out, threads, {"train.max_steps": 1_000_000,
+                                                             "train.lr_steps": [1_000_000],
+                                                             "train.warmup_steps": WARMUP_STEPS,
+                                                             "train.eval_every": PROBE_EVAL_STEP}, False),
+                             stdout=log, stderr=subprocess.STDOUT, env=env)
+    procs.append(probe)
+    while watch.last_step < PROBE_STEPS:
+        if probe.poll() is not None:
+            raise RuntimeError(f"harnet probe exited with {probe.returncode}; see {log.name}")
+        time.sleep(0.2)
+        watch.poll()
+        loads.append(os.getloadavg()[0])
+    probe.send_signal(signal.SIGTERM)
+    probe.wait()
+    st = watch.step_time
+    # Step time from intervals that hold no evaluation (the first step also builds lazily).
+    intervals = [st[s] - st[s - 1] for s in range(3, PROBE_STEPS + 1) if s - 1 != PROBE_EVAL_STEP]
+    step_s = sum(intervals) / len(intervals)
+    eval_s = max(0.0, st[PROBE_EVAL_STEP + 1] - st[PROBE_EVAL_STEP] - step_s)
+    setup_s = max(0.0, st[1] - t0 - step_s)
+    done = _checkpoint_step(out)
+    left = deadline - time.time() - setup_s
+    max_steps = done + max(1, int((left - 4 * eval_s) / step_s))
+    # More than WARMUP_STEPS if the run is short, so warmup stays <= 10 %; at least the steps already warmed.
+    warmup = min(WARMUP_STEPS, max(done, max_steps // 10))
+    plan = {"train.max_steps": max_steps, "train.warmup_steps": warmup,
+            "train.lr_steps": [round(0.8 * max_steps), round(0.95 * max_steps)],
+            "train.eval_every": max(1, math.ceil(max_steps / 4))}
+    cmd = harnet_cmd(data, out, threads, plan, True)
+    main = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    procs.append(main)
+    terminated = False
+    while main.poll() is None:
+        time.sleep(0.5)
+        watch.poll()
+        loads.append(os.getloadavg()[0])
+        if not terminated and time.time() > deadline and watch.last_step < max_steps:
+            main.send_signal(signal.SIGTERM)  # saves last.pt, exits 130
+            terminated = True
+    end = time.time()
+    watch.poll()
+    rc = main.wait()
+    if rc not in (0, 130):
+        raise RuntimeError(f"harnet train exited with {rc}; see {log.name}")
+    evals = watch.val()
+    steps = _checkpoint_step(out)
+    if terminated or not evals or evals[-1][0] != steps:  # the last model was not evaluated: do it now
+        subprocess.run([sys.executable, "-m", "harnet", "eval", str(out / "last.pt"), "--out",
+                        str(out.parent / "harnet_eval")], check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        stats = json.loads((out.parent / "harnet_eval" / "metrics.json").read_text())["stats"]
+        evals.append((steps, {k: v for k, v in stats.items() if v is not None}))
+    log.close()
+    best_step, best = max(evals, key=lambda e: e[1]["AP"])
+    return {"wall_minutes": (end - t0) / 60, "steps": steps, "max_steps": max_steps, "terminated": terminated,
+            "probe": {"steps": done, "step_seconds": step_s, "eval_seconds": eval_s, "setup_seconds": setup_s},
+            "schedule": plan, "resume_command": shlex.join(cmd), "exit_code": rc,
+            "last": {"AP": evals[-1][1]["AP"], "AP50": evals[-1][1]["AP50"], "AP75": evals[-1][1].get("AP75")},
+            "best": {"AP": best["AP"], "AP50": best["AP50"], "AP75": best.get("AP75"), "step": best_step},
+            "curve": [[s, v["AP"]] for s, v in evals]}
+
+
+def _checkpoint_step(run: Path) -> int:
+    import torch
+
+    return int(torch.load(run / "last.pt", map_location="cpu", weights_only=False)["step"])
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {**os.environ, **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+
+
+def markdown(r: dict[str, Any]) -> str:
+    h, y = r["harnet"], r["yolo"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        f"## trees: harnet hybrid (pretrained EfficientNet-Lite0) vs YOLO11n from scratch, {r['minutes']:g} min "
+        f"of CPU each, {r['threads']} thread(s) each, both at once", "",
+        "| model | init | trained (min) | steps / epochs | AP best | AP50 best | AP last | AP50 last |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| harnet hybrid (`trees`) | ImageNet EfficientNet-Lite0 | {h['wall_minutes']:.2f} | {h['steps']} steps "
+        f"(batch 4) | {pct(h['best']['AP'])} | {pct(h['best']['AP50'])} | {pct(h['last']['AP'])} | "
+        f"{pct(h['last']['AP50'])} |",
+        f"| YOLO11n (`yolo11n.yaml`) | scratch | {y['wall_minutes']:.2f} | {y['epochs']} epochs, {y['iterations']} "
+        f"iters (batch 8) | {pct(y['best']['AP'])} | {pct(y['best']['AP50'])} | {pct(y['last']['AP'])} | "
+        f"{pct(y['last']['AP50'])} |", "",
+        f"AP ratio harnet / YOLO (best): **{r['ratio_best']:.2f}x**, (last): {r['ratio_last']:.2f}x; target ≥ 2x: "
+        f"**{'met' if r['target_met'] else 'missed'}**.", "",
+        f"COCO AP@[.5:.95] / AP50 in %, pycocotools on the same {r['num_val']} val tiles. Best: harnet's best "
+        "evaluation / YOLO's best.pt (both picked on this val set); last: the final weights. Trained minutes: wall "
+        "clock of each training process, setup and evaluations included (harnet: probe + resume). ultralytics' "
+        f"own mAP50-95 of best.pt: {pct(y['ultralytics_best_mAP50_95'])}. harnet step "
+        f"{h['probe']['step_seconds']:.2f} s, eval {h['probe']['eval_seconds']:.1f} s. "
+        "Load average (1 min) before / during / after: "
+        f"{r['load_before'][0]:.2f} / {r['load_during_mean']:.2f} / {r['load_after'][0]:.2f} on {r['cpus']} CPUs.",
+        "", f"`{r['command']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.yolo_worker:
+        yolo_worker(json.loads(args.yolo_worker))
+        return 0
+    import torch
+
+    data, out = Path(args.data), Path(args.out)
+    ensure_trees(data)
+    out.mkdir(parents=True, exist_ok=True)
+    data_yaml = coco_to_yolo(data, out / "yolo_data")
+    paths = coco_paths(data)
+    num_train = len(json.loads(paths["train_annotations"].read_text())["images"])
+    num_val = len(json.loads(paths["val_annotations"].read_text())["images"])
+    yolo_out = (out / "yolo").resolve()
+    shutil.rmtree(yolo_out, ignore_errors=True)
+    yolo_out.mkdir(parents=True)
+    spec = {"threads": args.threads, "minutes": args.minutes, "out": str(yolo_out),
+            "data_yaml": str(data_yaml.resolve()), "num_train": num_train,
+            "val_images": str(paths["val_images"].resolve()),
+            "val_annotations": str(paths["val_annotations"].resolve()), "result": str(yolo_out / "result.json")}
+    netns = not args.no_netns and shutil.which("unshare") is not None and \
+        subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
+    yolo_cmd = [*(["unshare", "-rn"] if netns else []), args.yolo_python, str(Path(__file__).resolve()),
+                "--yolo-worker", json.dumps(spec)]
+    yolo_env = {**thread_env(args.threads), "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(yolo_out / "config"),
+                "YOLO_VERBOSE": "false"}
+
+    load_before = os.getloadavg()
+    loads: list[float] = []
+    t0 = time.time()
+    deadline = t0 + 60 * args.minutes
+    with (out / "yolo.log").open("w") as ylog:
+        yolo = subprocess.Popen(yolo_cmd, stdout=ylog, stderr=subprocess.STDOUT, env=yolo_env, cwd=yolo_out)
+        try:
+            harnet = run_harnet(data, out / "harnet", args.threads, t0, deadline, thread_env(args.threads), loads)
+        except BaseException:
+            yolo.terminate()
+            raise
+        while yolo.poll() is None:
+            time.sleep(1)
+            if time.time() < deadline:
+                loads.append(os.getloadavg()[0])
+    if yolo.returncode != 0:
+        raise SystemExit(f"YOLO worker exited with {yolo.returncode}; see {out / 'yolo.log'}")
+    load_after = os.getloadavg()
+    y = json.loads(Path(spec["result"]).read_text())
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else math.inf
+
+    result: dict[str, Any] = {
+        "what": "harnet hybrid (config trees, ImageNet-pretrained EfficientNet-Lite0) vs ultralytics YOLO11n from "
+                "scratch, same CPU wall-clock budget, trained concurrently, pycocotools on the same val split",
+        "minutes": args.minutes, "threads": args.threads, "imgsz_yolo": IMGSZ, "num_train": num_train,
+        "num_val": num_val, "harnet": harnet, "yolo": y,
+        "ratio_best": ratio(harnet["best"]["AP"], y["best"]["AP"]),
+        "ratio_last": ratio(harnet["last"]["AP"], y["last"]["AP"]),
+        "load_before": load_before, "load_after": load_after,
+        "load_during_mean": sum(loads) / len(loads) if loads else None, "cpus": os.cpu_count(),
+        "yolo_network": "none (unshare -rn) + YOLO_OFFLINE=1" if netns else "YOLO_OFFLINE=1",
+        "torch_harnet": torch.__version__, "python": platform.python_version(), "machine": platform.processor(),
+        "command": shlex.join(["python", *sys.argv]),
+    }
+    result["target_met"] = result["ratio_best"] >= 2.0
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    results.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"AP ratio harnet/YOLO: best {result['ratio_best']:.2f}x, last {result['ratio_last']:.2f}x "
+          f"(target 2x {'met' if result['target_met'] else 'missed'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
