@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from harnet.configio import ConfigError
+from harnet.config.io import ConfigError
 from harnet.data.issues import SKIPPED_ANNOTATION, BadDataError, IssueLog
 from harnet.data.records import (
     DetectionRecord,

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harnet.atomic import write_text_atomic
+from harnet.utils.atomic import write_text_atomic
 
 SKIPPED_IMAGE = "skipped image"
 SKIPPED_ANNOTATION = "skipped annotation"
