@@ -27,6 +27,7 @@ from harnet.utils.atomic import TEMP_SUFFIX as TEMP_SUFFIX
 from harnet.utils.atomic import atomic_file
 from harnet.utils.atomic import remove_stale_temps as remove_stale_temps
 from harnet.utils.atomic import write_text_atomic as write_text_atomic
+from harnet.utils.errors import first_line
 
 # Checkpoints of a run with a weight EMA (train.ema_decay): "model" holds the averaged weights (what eval,
 # predict, export and init_from use), TRAIN_MODEL_KEY the raw weights the optimizer updates and EMA_UPDATES_KEY
@@ -66,7 +67,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                                   "harnet checkpoints hold only tensors and plain values") from None
         raise CheckpointError(f"{path}: not a readable checkpoint (not a plain-tensor file: {detail})") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a harnet checkpoint (no 'model'/'config' entries)")
     ckpt["path"] = str(path)
@@ -85,12 +86,7 @@ def _unpickling_detail(error: BaseException) -> str:
         if "WeightsUnpickler error:" in line:
             reason = line.split("WeightsUnpickler error:", 1)[1].strip() or " ".join(lines[k + 1 : k + 2])
             return reason.split(". ", 1)[0].rstrip(".")
-    return _first_line(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def _saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +159,7 @@ def _load_state(model: nn.Module, ckpt: dict[str, Any], key: str = "model") -> N
         model.load_state_dict(ckpt[key])
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit the saved model config "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)})") from None
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -2,7 +2,7 @@
 
 Convention: ``train.batch_size`` is the *global* batch (Detectron2's ``IMS_PER_BATCH``), split evenly
 over the processes. Every rank draws the same global batch from the same seeded
-:class:`~harnet.engine.trainer.InfiniteBatchSampler` and keeps its own contiguous slice (the role
+:class:`~harnet.engine.sampler.InfiniteBatchSampler` and keeps its own contiguous slice (the role
 ``DistributedSampler`` plays for epoch-based loaders). So a config trains the same model on 1 or N
 processes (the loss is a per-image mean and DDP averages gradients), the learning rate needs no
 rescaling, and a checkpoint resumes exactly with any number of processes, since the stream position

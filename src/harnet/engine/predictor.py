@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from harnet.data.image_io import load_image
 from harnet.engine import checkpoint
-from harnet.engine.trainer import resolve_device
+from harnet.engine.device import resolve_device
 from harnet.engine.tta import TTAConfig, tta_predict
 
 ImageInput = str | Path | Image.Image | Tensor

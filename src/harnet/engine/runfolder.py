@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from harnet.config.io import ConfigError
-from harnet.utils.atomic import TEMP_SUFFIX
+from harnet.engine.errors import TrainingError
+from harnet.utils.atomic import TEMP_SUFFIX, remove_stale_temps
 
 try:
     import fcntl
@@ -252,3 +253,32 @@ def _busy_message(run_dir: Path, holder: dict[str, Any] | None) -> str:
         return (f"{run_dir}: locked by {who}, which is gone but whose child processes (data-loader workers?) "
                 "still hold the lock; stop them, then retry")
     return f"{run_dir}: in use by another harnet run ({who}); wait for it to end or stop it, or use another output_dir"
+
+
+MIN_FREE_BYTES = 200 * 2**20
+
+
+def claim(run_dir: Path, resume: bool = False, overwrite: bool = False) -> RunLock:
+    """Take the run folder for this run before anything is written into it, or fail saying why.
+
+    Locks it (another live run there is refused, a killed one's lock taken over), refuses a new run into a
+    folder that holds one unless ``overwrite`` (which deletes that run's files first), and fails if the
+    folder cannot be written or the disk is nearly full. Also removes the temporary files of a checkpoint
+    write that a killed run left behind.
+    """
+    try:
+        lock = acquire(run_dir)  # creating the lock file is the write test
+    except OSError as e:
+        raise TrainingError(f"{run_dir}: output folder is not writable ({e.strerror or e})") from None
+    try:
+        if not resume:
+            refuse_or_clear(run_dir, overwrite, lambda message: print(message, file=sys.stderr))
+        remove_stale_temps(run_dir)
+        free = shutil.disk_usage(run_dir).free
+        if free < MIN_FREE_BYTES:
+            raise TrainingError(f"{run_dir}: only {free // 2**20} MiB free on disk; need at least "
+                                f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -1,16 +1,13 @@
-"""The training loop: deterministic, resumable, and loud about anything that goes wrong.
+"""The training loop (:class:`Trainer`): deterministic, resumable, and loud about anything that goes wrong.
 
-Determinism is built in rather than hoped for: the image order is a seeded stream of
-permutations indexed by the global step, and each sample's augmentation is seeded by its position
-in that stream. So a run stopped at step k and resumed from its checkpoint draws exactly the
-batches an uninterrupted run would, whatever the number of data-loader workers.
+Its parts live beside it: the seeded, resumable image stream in :mod:`harnet.engine.sampler`, the metrics
+log in :mod:`harnet.engine.metrics_log`, the run folder's lock and checks in :mod:`harnet.engine.runfolder`,
+the device choice in :mod:`harnet.engine.device`, optimizer and schedule in :mod:`harnet.engine.optim`.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -24,81 +21,29 @@ from typing import Any
 import torch
 import yaml
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from harnet.config.experiment import ExperimentConfig, TrainConfig
+from harnet.config.experiment import ExperimentConfig
 from harnet.config.io import ConfigError
 from harnet.data.build import annotation_source, build_dataset
 from harnet.data.image_io import BadImageError
-from harnet.data.issues import BadDataError, one_line, write_issues
+from harnet.data.issues import BadDataError, write_issues
 from harnet.data.loader import collate_fn
 from harnet.data.transforms import build_transforms
 from harnet.engine import checkpoint, distributed, runfolder
+from harnet.engine.device import resolve_amp_dtype, resolve_device
+from harnet.engine.errors import TrainingError, TrainingInterrupted
 from harnet.engine.evaluation import EvalResult, evaluate_predictions
 from harnet.engine.inference import predict_dataset
+from harnet.engine.metrics_log import MetricsLog
 from harnet.engine.optim import ModelEMA, build_optimizer, build_scheduler, describe_groups
+from harnet.engine.sampler import AugmentedDataset, InfiniteBatchSampler
 from harnet.modeling.build import build_detector
+from harnet.utils.errors import one_line
 
-MIN_FREE_BYTES = 200 * 2**20
 # With train.skip_nonfinite, this many NaN/inf batches in a row mean the run has diverged: stop.
 MAX_NONFINITE_STREAK = 10
-
-
-class TrainingError(RuntimeError):
-    """Training stopped for a reason the user must act on (the message says which)."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) during training: a checkpoint was saved; the message says where and how to resume.
-
-    A ``KeyboardInterrupt`` so that callers (notebooks, ``harnet`` exiting with 130) treat it as one.
-    """
-
-
-class InfiniteBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(dataset index, draw number)`` from an endless stream of seeded permutations.
-
-    Starting at ``start_step`` skips exactly the draws already consumed, which is what makes resume
-    exact. The draw number seeds that sample's augmentation.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, start_step: int = 0) -> None:
-        self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        draw = self.start_step * self.batch_size
-        epoch, offset = divmod(draw, self.size)
-        batch: list[tuple[int, int]] = []
-        while True:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-            for index in order[offset:].tolist():
-                batch.append((index, draw))
-                draw += 1
-                if len(batch) == self.batch_size:
-                    yield batch
-                    batch = []
-            epoch, offset = epoch + 1, 0
-
-    def __len__(self) -> int:  # endless; DataLoader only needs it to exist for some code paths
-        return 2**62
-
-
-class AugmentedDataset(Dataset):
-    """Applies the training transforms with the global RNG seeded by the draw number."""
-
-    def __init__(self, base: Dataset, transforms: Any, seed: int) -> None:
-        self.base, self.transforms, self.seed = base, transforms, seed
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
-        index, draw = key
-        image, target = self.base[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + draw)
-            return self.transforms(image, target)
 
 
 @dataclass
@@ -108,120 +53,6 @@ class TrainResult:
     final: EvalResult | None
     best_ap: float
     skipped_nonfinite: int = 0  # batches skipped for a NaN/inf loss (train.skip_nonfinite)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of training, None for full float32 (``train.amp`` off, or not on CUDA).
-
-    ``amp_dtype: auto`` picks bfloat16 where the GPU supports it (Ampere and newer): the float32
-    exponent range, so no loss scaling; else float16, which needs the GradScaler."""
-    if not (cfg.amp and device.type == "cuda"):
-        return None
-    if cfg.amp_dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-
-
-def claim_run_dir(run_dir: Path, resume: bool = False, overwrite: bool = False) -> runfolder.RunLock:
-    """Take the run folder for this run before anything is written into it, or fail saying why.
-
-    Locks it (another live run there is refused, a killed one's lock taken over), refuses a new run into a
-    folder that holds one unless ``overwrite`` (which deletes that run's files first), and fails if the
-    folder cannot be written or the disk is nearly full. Also removes the temporary files of a checkpoint
-    write that a killed run left behind. See :mod:`harnet.engine.runfolder`.
-    """
-    try:
-        lock = runfolder.acquire(run_dir)  # creating the lock file is the write test
-    except OSError as e:
-        raise TrainingError(f"{run_dir}: output folder is not writable ({e.strerror or e})") from None
-    try:
-        if not resume:
-            runfolder.refuse_or_clear(run_dir, overwrite, lambda message: print(message, file=sys.stderr))
-        checkpoint.remove_stale_temps(run_dir)
-        free = shutil.disk_usage(run_dir).free
-        if free < MIN_FREE_BYTES:
-            raise TrainingError(f"{run_dir}: only {free // 2**20} MiB free on disk; need at least "
-                                f"{MIN_FREE_BYTES // 2**20} MiB for checkpoints")
-    except BaseException:
-        lock.release()
-        raise
-    return lock
-
-
-class MetricsLog:
-    """metrics.csv (always) and TensorBoard (when installed) in the run folder; nothing when disabled
-    (the ranks other than 0 of a distributed run).
-
-    Both are logs appended to as training goes, not files replaced atomically: rewriting them whole at every
-    step would cost quadratic I/O and hide a live run from TensorBoard until it ends. A kill can only leave
-    an incomplete last record, never change earlier ones, and both formats detect it: a metrics.csv row is
-    complete only with its newline (a resume drops a torn or too-new row, :meth:`_truncate_after`), and a
-    TensorBoard event record carries its length and CRC32C, so readers skip a torn tail. The events a killed
-    run logged after its checkpoint are hidden by the resumed run's ``purge_step``, so the curves show each
-    step once; a new run never adds to an old run's events (see :mod:`harnet.engine.runfolder`).
-    """
-
-    def __init__(self, run_dir: Path, resume_step: int | None = None, enabled: bool = True) -> None:
-        self.path = run_dir / "metrics.csv"
-        self.writer: Any = None
-        self.enabled = enabled
-        if not enabled:
-            return
-        if resume_step is not None:
-            self._truncate_after(resume_step)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # Steps up to the checkpoint were logged before it was saved; the later ones run again.
-            purge = None if resume_step is None else resume_step + 1
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
-        except ImportError:
-            pass
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["step", "name", "value"])
-            w.writerows([step, k, v] for k, v in values.items())
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-    def _truncate_after(self, step: int) -> None:
-        """Keep the rows up to the resumed step: the steps after it run again, and a run killed while
-        appending may have left half a row."""
-        if not self.path.is_file():
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if (row_step := _row_step(line)) is not None and row_step <= step]
-        checkpoint.write_text_atomic("".join(["step,name,value\n", *kept]), self.path)
-
-
-def _row_step(line: str) -> int | None:
-    """The step of a complete ``step,name,value`` row; None for a torn one."""
-    fields = line.rstrip("\r\n").split(",")
-    if not line.endswith("\n") or len(fields) < 3:
-        return None
-    try:
-        float(fields[-1])
-        return int(fields[0])
-    except ValueError:
-        return None
 
 
 class Trainer:
@@ -249,7 +80,7 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.log = MetricsLog(self.run_dir, enabled=False)  # the real one once the run folder is set up
         # Rank 0 holds the lock for the whole job; its refusal stops every rank.
-        self._lock = distributed.on_main(lambda: claim_run_dir(self.run_dir, resume, overwrite))
+        self._lock = distributed.on_main(lambda: runfolder.claim(self.run_dir, resume, overwrite))
         try:
             self._setup(resume)
         except BaseException:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harnet.config.io import ConfigError
-from harnet.data.issues import one_line
 from harnet.engine.checkpoint import CheckpointError, upgrade_saved_model_config
+from harnet.utils.errors import one_line
 
 
 class UsageError(ValueError):
@@ -102,41 +102,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harnet.config.experiment import ExperimentConfig, load_experiment
-    from harnet.config.io import merge, parse_overrides
-    from harnet.data.build import build_dataset
-    from harnet.data.issues import write_issues
-    from harnet.engine import checkpoint
-    from harnet.engine.evaluation import EVAL_OUTPUTS, evaluate_predictions, to_coco_results
-    from harnet.engine.inference import predict_dataset
-    from harnet.engine.runfolder import remove_outputs
-    from harnet.engine.trainer import resolve_device
-    from harnet.utils.atomic import write_text_atomic
+    from harnet.engine.inference import evaluate_checkpoint
 
-    ckpt = checkpoint.load(args.checkpoint)
-    model = checkpoint.build_model(ckpt)
-    data_cfg = (load_experiment(args.data, args.set) if args.data else
-                ExperimentConfig.from_dict(merge(ckpt["config"], parse_overrides(args.set)))).data
-    data_cfg.skip_bad = data_cfg.skip_bad or args.skip_bad
-    dataset = build_dataset(data_cfg, args.split, class_names=ckpt["class_names"],
-                            classes_from=f"checkpoint {ckpt['path']}")
-    if dataset.class_names != ckpt["class_names"]:
-        raise ConfigError(f"dataset classes {dataset.class_names} differ from the checkpoint's "
-                          f"{ckpt['class_names']}")
-    device = resolve_device(args.device)
-    model.to(device)
-    ids, preds = predict_dataset(model, dataset, device, tta=_tta(args))
-    result = evaluate_predictions(dataset, ids, preds)
-    print(result.table())
-    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"eval_{args.split}"
-    # The previous evaluation's outputs go as a set (none stays beside the new ones); each new file is written
-    # atomically, metrics.json last, so that it is there only when the set is complete.
-    remove_outputs(out, EVAL_OUTPUTS)
-    if summary := write_issues(out, {args.split: dataset.issues}):
-        print(f"harnet: {summary}", file=sys.stderr)
-    write_text_atomic(json.dumps(to_coco_results(ids, preds, dataset.category_ids)), out / "detections.json")
-    result.save_json(out / "metrics.json")
-    print(f"metrics: {out / 'metrics.json'}  detections (COCO results format): {out / 'detections.json'}")
+    report = evaluate_checkpoint(args.checkpoint, args.split, data=args.data, overrides=args.set,
+                                 skip_bad=args.skip_bad, device=args.device, tta=_tta(args), out=args.out)
+    print(report.result.table())
+    if report.issues:
+        print(f"harnet: {report.issues}", file=sys.stderr)
+    print(f"metrics: {report.out / 'metrics.json'}  detections (COCO results format): {report.out / 'detections.json'}")
     return 0
 
 
@@ -200,7 +173,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harnet.engine.trainer import resolve_device
+    from harnet.engine.device import resolve_device
     from harnet.tools.bench import run_benchmark
 
     device = resolve_device(args.device)
@@ -219,7 +192,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from harnet.engine.trainer import resolve_device
+    from harnet.engine.device import resolve_device
     from harnet.tools.ablation import custom_row, run_ablation, summarize, write_report
 
     try:

@@ -14,10 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.v2.functional import to_pil_image
 
-from harnet.data.issues import one_line
 from harnet.engine.predictor import Detector
 from harnet.engine.runfolder import remove_outputs
 from harnet.utils.atomic import atomic_file, write_text_atomic
+from harnet.utils.errors import one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 # What predict_files writes into its output folder, and replaces as a set when it writes there again.
