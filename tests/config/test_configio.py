@@ -77,3 +77,29 @@ def test_shipped_configs_load() -> None:
         load_experiment(builtin_config(name))
     with pytest.raises(ConfigError, match="no built-in config 'nope'"):
         builtin_config("nope")
+
+
+def test_base_merges_the_file_over_its_base(tmp_path: Path) -> None:
+    (tmp_path / "common.yaml").write_text("output_dir: runs/a\nmodel: {preset: hybrid, num_classes: 5}\n"
+                                          "train: {lr: 0.02, max_steps: 7}\n")
+    (tmp_path / "child.yaml").write_text("base: common\nmodel: {num_classes: 3}\ntrain: {lr: 0.01}\n")
+    cfg = load_experiment(tmp_path / "child.yaml")
+    assert (cfg.model.num_classes, cfg.train.lr, cfg.train.max_steps) == (3, 0.01, 7)
+    assert cfg.model.preset_name == "hybrid" and cfg.output_dir == "runs/a"
+
+
+def test_base_names_a_builtin_config_and_r101_is_r50_plus_its_changes() -> None:
+    r50, r101 = load_experiment(builtin_config("coco_r50_1x")), load_experiment(builtin_config("coco_r101_1x"))
+    assert r101.model.backbone.name == "resnet101" and r101.model.spatial.mode == "residual"
+    assert r101.data == r50.data and r101.model.loss == r50.model.loss
+    assert "base:" in builtin_config("coco_r101_1x").read_text()
+
+
+def test_base_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: base: b leads back|b\.yaml: base: a leads back"):
+        load_experiment(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: no_such_config\n")
+    with pytest.raises(ConfigError, match="no built-in config 'no_such_config'"):
+        load_experiment(tmp_path / "c.yaml")

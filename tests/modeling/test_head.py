@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-import harnet.modeling.harnet as model_module
+import harnet.modeling.postprocess as postprocess_module
 from harnet.config.model import BackboneConfig, HARNetConfig, HeadConfig
 from harnet.modeling.harnet import HARNet, build_head
 
@@ -173,13 +173,13 @@ def test_hybrid_eval_averages_logits_and_deltas(monkeypatch: pytest.MonkeyPatch)
     head_out: list[Any] = []
     model.head.register_forward_hook(lambda _m, _a, out: head_out.append(out))
     received: dict[str, torch.Tensor] = {}
-    original = model_module.postprocess
+    original = postprocess_module.postprocess
 
     def spy(cls_logits: torch.Tensor, box_deltas: torch.Tensor, *args: Any) -> Any:
         received.update(cls_logits=cls_logits, box_deltas=box_deltas)
         return original(cls_logits, box_deltas, *args)
 
-    monkeypatch.setattr(model_module, "postprocess", spy)
+    monkeypatch.setattr(postprocess_module, "postprocess", spy)
     with torch.no_grad():
         detections = model(_images())
     (s1, s2) = head_out[0]

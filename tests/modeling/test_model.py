@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-import harnet.modeling.harnet as model_module
+import harnet.modeling.postprocess as postprocess_module
 from harnet.config.model import PRESETS, BackboneConfig, HARNetConfig
 from harnet.modeling.attention.aligned import DeformableBottleneck
 from harnet.modeling.attention.channel import CrossLevelGroupNorm, CrossLevelSE
@@ -78,14 +78,14 @@ def test_eval_returns_boxes_in_input_image_pixels(preset: str, monkeypatch: pyte
     model.config.inference.score_thresh = 0.0
     model.eval()
     resized: list[tuple[list[torch.Tensor], list[tuple[int, int]]]] = []
-    original = model_module.postprocess
+    original = postprocess_module.postprocess
 
     def spy(*args: Any) -> list[dict[str, torch.Tensor]]:
         dets = original(*args)
         resized.append(([d["boxes"].clone() for d in dets], args[4]))
         return dets
 
-    monkeypatch.setattr(model_module, "postprocess", spy)
+    monkeypatch.setattr(postprocess_module, "postprocess", spy)
     g = torch.Generator().manual_seed(2)
     images = [torch.rand(3, 40, 100, generator=g), torch.rand(3, 90, 60, generator=g)]
     with torch.no_grad():
@@ -168,3 +168,30 @@ def test_test_max_size_limits_the_long_side_at_test_time_only() -> None:
     assert model.test_transform(image)[0].image_sizes == [(19, 96)]
     model.train()
     assert model.transform(image)[0].image_sizes == [(51, 256)]
+
+
+def test_build_harnet_passes_parts_and_equals_harnet_of_the_config() -> None:
+    """``build_harnet`` builds each part and passes it in; the same seed gives the same weights as ``HARNet(cfg)``."""
+    from harnet.modeling.harnet import build_harnet
+
+    built = (torch.manual_seed(0), build_harnet(_cfg("hybrid")))[1]
+    reference = _model("hybrid")
+    assert built.state_dict().keys() == reference.state_dict().keys()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(built.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_tower_norm_factory() -> None:
+    from harnet.modeling.attention.channel import CrossLevelGroupNorm
+    from harnet.modeling.norm import LevelGroupNorm, build_level_norm
+
+    assert build_level_norm(None, 8, 4) is None
+    assert isinstance(build_level_norm("gn", 8, 4), LevelGroupNorm)
+    assert isinstance(build_level_norm("cross_level_gn", 8, 4), CrossLevelGroupNorm)
+    with pytest.raises(ValueError, match="tower norm must be"):
+        build_level_norm("bn", 8, 4)  # type: ignore[arg-type]
+    levels = [torch.randn(2, 8, 5, 5), torch.randn(2, 8, 3, 3)]
+    gn = torch.nn.GroupNorm(4, 8)
+    out = LevelGroupNorm(4, 8)(levels, relu=True)
+    for x, y in zip(levels, out):
+        torch.testing.assert_close(y, gn(x).relu())

@@ -158,15 +158,35 @@ class ExperimentConfig:
 
 def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
                     upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ExperimentConfig:
-    """YAML file (or defaults when ``path`` is None) + ``--set`` overrides -> validated config.
+    """YAML file (or defaults when ``path`` is None; ``base:`` resolved, see :func:`load_experiment_yaml`)
+    + ``--set`` overrides -> validated config.
 
     ``upgrade`` rewrites the file's ``model`` section first (a run's own saved config from an older
     version, see ``checkpoint.upgrade_saved_model_config``)."""
-    data = load_yaml(path) if path is not None else {}
+    data = load_experiment_yaml(path) if path is not None else {}
     if upgrade is not None and isinstance(data.get("model"), dict):
         data = {**data, "model": upgrade(data["model"])}
     data = merge(data, parse_overrides(overrides))
     return ExperimentConfig.from_dict(data)
+
+
+def load_experiment_yaml(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
+    """A YAML experiment as a dict, its ``base:`` resolved: ``base: NAME`` loads that config first (a
+    ``NAME.yaml`` beside this file, else the built-in config ``NAME``) and merges this file's keys over it,
+    as detectron2's config files import a common one and override fields. Bases may have bases."""
+    path = Path(path)
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected a config name or file, got {base!r}")
+    sibling = path.parent / (base if base.endswith((".yaml", ".yml")) else f"{base}.yaml")
+    base_path = sibling if sibling.is_file() else builtin_config(base)
+    seen = _seen | {path.resolve()}
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: base: {base} leads back to this file")
+    return merge(load_experiment_yaml(base_path, seen), data)
 
 
 def builtin_config(name: str) -> Path:

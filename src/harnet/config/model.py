@@ -12,7 +12,16 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "efficientnet_lite0"]
-PRESETS = ("retinanet", "spatial", "channel", "aligned", "hybrid")
+# The one preset table: the paper's ablation rows and the switches each sets
+# (spatial, channel, aligned attention, dual prediction).
+PRESET_SWITCHES: dict[str, tuple[bool, bool, bool, bool]] = {
+    "retinanet": (False, False, False, False),
+    "spatial": (True, False, False, False),
+    "channel": (False, True, False, False),
+    "aligned": (False, False, True, False),
+    "hybrid": (True, True, True, True),
+}
+PRESETS = tuple(PRESET_SWITCHES)
 
 
 @dataclass
@@ -229,10 +238,7 @@ class HARNetConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         cfg = cls(**overrides)
-        cfg.spatial.enabled = name in ("spatial", "hybrid")
-        cfg.channel.enabled = name in ("channel", "hybrid")
-        cfg.aligned.enabled = name in ("aligned", "hybrid")
-        cfg.dual_prediction = name == "hybrid"
+        cfg.spatial.enabled, cfg.channel.enabled, cfg.aligned.enabled, cfg.dual_prediction = PRESET_SWITCHES[name]
         if name == "hybrid":
             cfg.aligned.stages = ("c4", "c5")
             cfg.head.conv_init = "msra"
@@ -247,14 +253,7 @@ class HARNetConfig:
     def preset_name(self) -> str:
         """The preset this config matches, or ``custom``."""
         flags = (self.spatial.enabled, self.channel.enabled, self.aligned.enabled, self.dual_prediction)
-        names = {
-            (False, False, False, False): "retinanet",
-            (True, False, False, False): "spatial",
-            (False, True, False, False): "channel",
-            (False, False, True, False): "aligned",
-            (True, True, True, True): "hybrid",
-        }
-        return names.get(flags, "custom")
+        return next((name for name, switches in PRESET_SWITCHES.items() if switches == flags), "custom")
 
 
 def prior_bias(probability: float) -> float:

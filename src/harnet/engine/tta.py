@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torchvision.models.detection.transform import resize_boxes
 
-from harnet.modeling.harnet import HARNet, build_transform, merge_prediction_sets
-from harnet.modeling.postprocess import batch_candidates, suppress
+from harnet.modeling.harnet import HARNet, build_transform
+from harnet.modeling.postprocess import suppress
 
 # The paper's best results used two test scales; the second one is not given. 1.25x the model's test
 # size is Detectron's usual companion scale (e.g. 800 -> 1000).
@@ -53,12 +53,7 @@ def flip_boxes(boxes: Tensor, width: int) -> Tensor:
 def _view_candidates(model: HARNet, images: list[Tensor], scale: float) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Candidates of every image at one scale, boxes in input-image pixels."""
     image_list, _ = build_transform(model.config.transform, training=False, scale=scale)(images)
-    features = model.features(image_list.tensors)
-    cls_logits, box_deltas = merge_prediction_sets(model.head(features))
-    anchors = model.anchor_generator(image_list, features)
-    per_level = [x.shape[-2] * x.shape[-1] * model.config.anchors.num_anchors for x in features]
-    candidates = batch_candidates(cls_logits, box_deltas, anchors, per_level, image_list.image_sizes,
-                                  model.box_coder, model.config.inference)
+    candidates = model.dense_outputs(image_list).candidates(model.box_coder, model.config.inference)
     out = []
     for (boxes, scores, labels), resized, img in zip(candidates, image_list.image_sizes, images):
         out.append((resize_boxes(boxes, resized, img.shape[-2:]), scores, labels))

@@ -7,7 +7,7 @@ from typing import Literal
 from torch import nn
 
 from harnet.config.model import HARNetConfig
-from harnet.modeling.harnet import HARNet
+from harnet.modeling.harnet import build_harnet
 from harnet.modeling.torchvision_peer import build_torchvision_retinanet
 
 DetectorName = Literal["harnet", "torchvision_retinanet"]
@@ -17,4 +17,4 @@ def build_detector(name: DetectorName, cfg: HARNetConfig) -> nn.Module:
     """A detector following torchvision's contract (losses in train mode, detections in eval)."""
     if name == "torchvision_retinanet":
         return build_torchvision_retinanet(cfg)
-    return HARNet(cfg)
+    return build_harnet(cfg)

@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from harnet.config.model import AlignedAttentionConfig, HARNetConfig, TransformConfig
@@ -23,7 +23,7 @@ from harnet.modeling.backbone.resnet import build_backbone
 from harnet.modeling.fpn import build_fpn, pyramid_levels
 from harnet.modeling.head import HARNetHead, Prediction, TowerNorm
 from harnet.modeling.losses import DetectionLoss
-from harnet.modeling.postprocess import postprocess
+from harnet.modeling.postprocess import DenseOutputs, build_box_coder
 from harnet.modeling.pyramid import NUM_LEVELS
 
 
@@ -87,9 +87,10 @@ class HARNet(nn.Module):
     ``images`` is a list of float CHW tensors in [0, 1] of any sizes; ``targets`` a list of dicts
     with ``boxes`` (n, 4) XYXY pixels and ``labels`` (n,) int64 in ``0..num_classes-1``.
 
-    Every part is built from ``config`` unless passed in (as torchvision's ``RetinaNet`` takes its
-    backbone, anchor generator and head): e.g. ``HARNet(cfg, backbone=my_body)`` where ``my_body``
-    returns ``{"c3", "c4", "c5"}`` and has ``out_channels``.
+    The parts are passed in (as torchvision's ``RetinaNet`` takes its backbone, anchor generator and
+    head); :func:`build_harnet` builds all of them from a config. A part left out is built from
+    ``config`` the same way, so ``HARNet(cfg)`` equals ``build_harnet(cfg)`` and ``HARNet(cfg, backbone=my_body)``
+    swaps one part (``my_body`` returns ``{"c3", "c4", "c5"}`` and has ``out_channels``).
     """
 
     def __init__(
@@ -112,7 +113,7 @@ class HARNet(nn.Module):
         self.fpn = fpn if fpn is not None else build_fpn(channels, cfg.fpn)
         self.head = head if head is not None else build_head(cfg)
         self.anchor_generator = build_anchor_generator(cfg.anchors)
-        self.box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.box_coder = build_box_coder()
         self.loss = DetectionLoss(cfg.loss, self.box_coder)
 
     def features(self, images: Tensor) -> list[Tensor]:
@@ -136,19 +137,31 @@ class HARNet(nn.Module):
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         transform = self.transform if self.training else self.test_transform
         image_list, targets = transform(images, targets)
+        if not self.training:
+            detections = self.dense_outputs(image_list).detections(self.box_coder, self.config.inference)
+            return transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        assert targets is not None
         features = self.features(image_list.tensors)
         sets = self.head(features)
+        anchors, per_level = self.anchors(image_list, features)
+        return self.compute_loss(sets, targets, anchors, per_level)
+
+    def anchors(self, image_list: ImageList, features: list[Tensor]) -> tuple[list[Tensor], list[int]]:
+        """Anchors of every image, and the number of anchors on each level."""
         anchors = self.anchor_generator(image_list, features)
         per_level = [x.shape[-2] * x.shape[-1] * self.config.anchors.num_anchors for x in features]
-        if self.training:
-            assert targets is not None
-            return self.compute_loss(sets, targets, anchors, per_level)
-        cls_logits, box_deltas = merge_prediction_sets(sets)
-        detections = postprocess(
-            cls_logits, box_deltas, anchors, per_level, image_list.image_sizes, self.box_coder,
-            self.config.inference,
-        )
-        return transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        return anchors, per_level
+
+    def dense_outputs(self, image_list: ImageList) -> DenseOutputs:
+        """Normalised, padded batch -> what decoding needs (test-time logits and deltas, anchors, sizes).
+
+        The one path from features to decoded candidates: ``forward`` in eval mode and test-time
+        augmentation call it, and export decodes the same :class:`DenseOutputs`.
+        """
+        features = self.features(image_list.tensors)
+        cls_logits, box_deltas = merge_prediction_sets(self.head(features))
+        anchors, per_level = self.anchors(image_list, features)
+        return DenseOutputs(cls_logits, box_deltas, anchors, per_level, image_list.image_sizes)
 
     def compute_loss(
         self, sets: list[Prediction], targets: list[dict[str, Tensor]], anchors: list[Tensor],
@@ -194,3 +207,14 @@ def _check_targets(targets: list[dict[str, Tensor]], num_classes: int) -> None:
         if degenerate.any():
             j = int(torch.where(degenerate)[0][0])
             raise ValueError(f"target {i}: box {j} {boxes[j].tolist()} has non-positive width or height")
+
+
+def build_harnet(cfg: HARNetConfig) -> HARNet:
+    """The one place a config becomes a network: each part built from its section, then passed to
+    :class:`HARNet` (as torchvision's ``retinanet_resnet50_fpn`` does for ``RetinaNet``). The parts are
+    built in a fixed order (backbone, aligned attention, FPN, head), so a seed gives the same weights."""
+    backbone = build_backbone(cfg.backbone)
+    aligned = build_aligned_attention(cfg.aligned, backbone.out_channels)
+    fpn = build_fpn(backbone.out_channels, cfg.fpn)
+    head = build_head(cfg)
+    return HARNet(cfg, backbone=backbone, aligned=aligned, fpn=fpn, head=head)

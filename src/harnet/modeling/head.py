@@ -21,10 +21,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from harnet.modeling.attention.channel import CrossLevelGroupNorm
+from harnet.modeling.norm import LevelNormName, build_level_norm
 
 Prediction = tuple[Tensor, Tensor]  # (N, sum HWA, K) logits, (N, sum HWA, 4) deltas
-TowerNorm = Literal["gn", "cross_level_gn"] | None
+TowerNorm = LevelNormName
 ConvInit = Literal["normal", "msra"]
 
 
@@ -49,17 +49,16 @@ class Tower(nn.Module):
     def __init__(self, channels: int, num_convs: int, norm: TowerNorm = None, gn_groups: int = 32,
                  conv_init: ConvInit = "normal", last_norm_scale: float = 1.0) -> None:
         super().__init__()
-        self.norm = norm
+        self.norm = norm  # its name; the modules come from build_level_norm
         self.convs = nn.ModuleList(
             nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None) for _ in range(num_convs)
         )
         self.norms = nn.ModuleList()
-        if norm == "cross_level_gn":
-            self.norms.extend(CrossLevelGroupNorm(gn_groups, channels) for _ in range(num_convs))
-        elif norm == "gn":
-            self.norms.extend(nn.GroupNorm(gn_groups, channels) for _ in range(num_convs))
-        elif norm is not None:
-            raise ValueError(f"tower norm must be None, 'gn' or 'cross_level_gn', got {norm!r}")
+        for _ in range(num_convs):
+            level_norm = build_level_norm(norm, channels, gn_groups)
+            if level_norm is None:
+                break
+            self.norms.append(level_norm)
         for conv in self.convs:
             init_conv(conv, conv_init)
         if len(self.norms):
@@ -68,12 +67,7 @@ class Tower(nn.Module):
     def forward(self, levels: list[Tensor]) -> list[Tensor]:
         for i, conv in enumerate(self.convs):
             levels = [conv(x) for x in levels]
-            if self.norm == "cross_level_gn":
-                levels = self.norms[i](levels, relu=True)
-            elif self.norm == "gn":
-                levels = [self.norms[i](x).relu_() for x in levels]
-            else:
-                levels = [x.relu_() for x in levels]
+            levels = self.norms[i](levels, relu=True) if len(self.norms) else [x.relu_() for x in levels]
         return levels
 
 

@@ -6,6 +6,8 @@ The default path (hard NMS, no voting) is torchvision's RetinaNet post-processin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torchvision.models.detection import _utils as det_utils
@@ -201,3 +203,33 @@ def postprocess(
     """Batch of head outputs -> per-image detections in the resized image's coordinates."""
     candidates = batch_candidates(cls_logits, box_deltas, anchors, num_anchors_per_level, image_sizes, box_coder, cfg)
     return [suppress(boxes, scores, labels, cfg) for boxes, scores, labels in candidates]
+
+
+def build_box_coder() -> det_utils.BoxCoder:
+    """RetinaNet's box coder (unit weights): one for the loss, decoding and export alike."""
+    return det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+
+@dataclass
+class DenseOutputs:
+    """What decoding needs: the head's test-time outputs over all anchors, the anchors, and the image sizes.
+
+    The one decode path: :meth:`HARNet.dense_outputs` makes it from a batch (``forward``, test-time
+    augmentation), export from the exported network's outputs; both decode it with these two methods.
+    """
+
+    cls_logits: Tensor  # (N, sum HWA, K)
+    box_deltas: Tensor  # (N, sum HWA, 4)
+    anchors: list[Tensor]  # per image, (sum HWA, 4)
+    num_anchors_per_level: list[int]
+    image_sizes: list[tuple[int, int]]  # resized (h, w) inside the padded batch
+
+    def candidates(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per image (boxes, scores, labels) before suppression: see :func:`batch_candidates`."""
+        return batch_candidates(self.cls_logits, self.box_deltas, self.anchors, self.num_anchors_per_level,
+                                self.image_sizes, box_coder, cfg)
+
+    def detections(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[dict[str, Tensor]]:
+        """Per image detections in the resized image's coordinates: see :func:`postprocess`."""
+        return postprocess(self.cls_logits, self.box_deltas, self.anchors, self.num_anchors_per_level,
+                           self.image_sizes, box_coder, cfg)

@@ -20,13 +20,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from harnet.config.model import PRESETS, HARNetConfig
-from harnet.modeling.harnet import HARNet
+from harnet.modeling.harnet import build_harnet
 from harnet.modeling.torchvision_compat import torchvision_retinanet_config
+from harnet.modeling.torchvision_peer import build_torchvision_retinanet
 from harnet.utils.complexity import count_flops
 
 TORCHVISION = "torchvision_retinanet"
@@ -71,15 +69,13 @@ def build_models(backbone: str, size: int, num_classes: int, only: str | None = 
     base = torchvision_retinanet_config(num_classes=num_classes, min_size=size, max_size=size,
                                         backbone_norm="frozen_bn", trainable_layers=5)
     base.backbone.name = backbone  # type: ignore[assignment]
-    tv_backbone = resnet_fpn_backbone(backbone_name=backbone, weights=None, trainable_layers=5,
-                                      returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
     models: dict[str, nn.Module] = {}
     if only in (None, TORCHVISION):
-        models[TORCHVISION] = RetinaNet(tv_backbone, num_classes, min_size=size, max_size=size)
+        models[TORCHVISION] = build_torchvision_retinanet(base)  # the ablation's peer, the same builder
     for name in [p for p in PRESETS if only in (None, p)]:
         cfg = HARNetConfig.preset(name, **{k: getattr(base, k) for k in (
             "num_classes", "backbone", "fpn", "anchors", "head", "loss", "inference", "transform")})
-        models[name] = HARNet(cfg)
+        models[name] = build_harnet(cfg)
     return models
 
 

@@ -157,12 +157,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from harnet.config.model import BackboneConfig, HARNetConfig
-    from harnet.modeling.harnet import HARNet
+    from harnet.modeling.harnet import build_harnet
     from harnet.utils.complexity import count_flops, count_parameters
 
     cfg = HARNetConfig.preset(args.preset, num_classes=args.num_classes,
                               backbone=BackboneConfig(args.backbone))  # type: ignore[arg-type]
-    model = HARNet(cfg).eval()
+    model = build_harnet(cfg).eval()
     params = count_parameters(model)
     gflops = count_flops(model, args.size)
     print(f"preset {args.preset}  backbone {args.backbone}  classes {args.num_classes}")

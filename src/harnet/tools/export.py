@@ -31,15 +31,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 
 from harnet.config.io import from_dict
 from harnet.config.model import HARNetConfig, to_dict
 from harnet.modeling.anchors import build_anchor_generator
 from harnet.modeling.harnet import HARNet, build_transform, merge_prediction_sets
-from harnet.modeling.postprocess import postprocess
-from harnet.modeling.pyramid import LEVEL_STRIDES
+from harnet.modeling.postprocess import DenseOutputs, build_box_coder
+from harnet.modeling.pyramid import LEVEL_STRIDES, level_shapes
 
 ONNX_OPSET = 19  # the first opset with DeformConv
 INPUT_NAMES = ["images"]
@@ -75,12 +74,6 @@ def preprocess(images: Sequence[Tensor], config: HARNetConfig) -> Batch:
     return Batch(image_list.tensors, [tuple(s) for s in image_list.image_sizes], originals)  # type: ignore[misc]
 
 
-def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
-    """Feature map sizes of P3..P7 for a padded input: every stride-2 layer of the ResNet and of
-    P6/P7 rounds up, so level ``l`` is ``ceil(size / stride_l)``."""
-    return [(-(-height // s), -(-width // s)) for s in LEVEL_STRIDES]
-
-
 def postprocess_raw(
     cls_logits: Tensor | np.ndarray,
     box_deltas: Tensor | np.ndarray,
@@ -104,9 +97,8 @@ def postprocess_raw(
     anchors = build_anchor_generator(config.anchors)(
         ImageList(cls_logits.new_empty(n, 0, height, width), batch.image_sizes), placeholders
     )
-    box_coder = det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
-    detections = postprocess(cls_logits, box_deltas, anchors, per_level, batch.image_sizes, box_coder,
-                             config.inference)
+    dense = DenseOutputs(cls_logits, box_deltas, anchors, per_level, batch.image_sizes)
+    detections = dense.detections(build_box_coder(), config.inference)
     transform = build_transform(config.transform, training=False)
     return transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
 

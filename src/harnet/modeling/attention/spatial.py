@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from harnet.modeling.norm import group_norm
+from harnet.modeling.pyramid import LEVEL_NAMES
 
 
 class SpatialAttention(nn.Module):
@@ -18,8 +19,8 @@ class SpatialAttention(nn.Module):
 
     ``rates`` are the dilations of the ``channels``-wide 3x3 convs before the final 3x3 conv to one
     channel (which is the last "1" of 1-2-5-2-1); ``coarse_rates`` replace them on the levels from
-    ``coarse_from`` on (the authors' 1-2-3-2 variant on P6/P7). Convs start at gaussian std 0.01, as
-    in the authors' files.
+    ``coarse_from`` on (the authors' 1-2-3-2 variant on P6/P7; the default is P6's index in the pyramid).
+    Convs start at gaussian std 0.01, as in the authors' files.
     """
 
     def __init__(
@@ -30,7 +31,7 @@ class SpatialAttention(nn.Module):
         channels: int = 16,
         rates: Sequence[int] = (1, 2, 5, 2),
         coarse_rates: Sequence[int] | None = None,
-        coarse_from: int = 3,
+        coarse_from: int = LEVEL_NAMES.index("P6"),
         gn_groups: int | None = 4,
         mode: str = "mul",
     ) -> None:
