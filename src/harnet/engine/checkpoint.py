@@ -113,7 +113,7 @@ def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
         return model
     upgraded = dict(model)
     for section, values in LEGACY_WIRING.items():
-        upgraded[section] = {**(model.get(section) or {}), **values}
+        upgraded[section] = {**(model.get(section) or {}), **values}  # type: ignore[dict-item]
     return upgraded
 
 
@@ -173,7 +173,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the training loop touches, as weights_only-safe values."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),

@@ -63,14 +63,14 @@ class Detector:
     ) -> list[dict[str, Any]]:
         """One dict per image: ``boxes`` (n, 4) XYXY pixels, ``scores``, ``labels``, ``names``."""
         single = isinstance(images, (str, Path, Image.Image, Tensor))
-        items: list[ImageInput] = [images] if single else list(images)  # type: ignore[list-item]
+        items: list[ImageInput] = [images] if single else list(images)  # type: ignore[arg-type, list-item]
         results: list[dict[str, Any]] = []
         for start in range(0, len(items), self.batch_size):
             batch = [self.to_tensor(x).to(self.device) for x in items[start : start + self.batch_size]]
             outputs = tta_predict(self.model, batch, self.tta) if self.tta is not None else self.model(batch)
             for out in outputs:
                 keep = out["scores"] >= score_thresh
-                out = {k: v[keep].cpu() for k, v in out.items()}
-                out["names"] = [self.class_names[i] for i in out["labels"].tolist()]
-                results.append(out)
+                kept: dict[str, Any] = {k: v[keep].cpu() for k, v in out.items()}
+                kept["names"] = [self.class_names[i] for i in kept["labels"].tolist()]
+                results.append(kept)
         return results

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.transform import resize_boxes
 
 from harnet.modeling.harnet import HARNet, build_transform
@@ -61,8 +61,10 @@ def _view_candidates(model: HARNet, images: list[Tensor], scale: float) -> list[
 
 
 @torch.inference_mode()
-def tta_predict(model: HARNet, images: list[Tensor], cfg: TTAConfig | None = None) -> list[dict[str, Tensor]]:
+def tta_predict(model: nn.Module, images: list[Tensor], cfg: TTAConfig | None = None) -> list[dict[str, Tensor]]:
     """Like ``model(images)`` in eval mode (same keys, dtypes, input-pixel boxes), over all views."""
+    if not isinstance(model, HARNet):
+        raise TypeError(f"test-time augmentation runs HAR-Net models, not {type(model).__name__}")
     cfg = cfg or TTAConfig()
     was_training = model.training
     model.eval()
@@ -80,8 +82,8 @@ def tta_predict(model: HARNet, images: list[Tensor], cfg: TTAConfig | None = Non
         inference = replace(inference, nms="soft_nms", box_voting_iou=cfg.box_voting_iou,
                             final_score_thresh=cfg.final_score_thresh)
     results = []
-    for views in pooled:
-        boxes, scores, labels = (torch.cat(parts) for parts in zip(*views))
+    for image_views in pooled:
+        boxes, scores, labels = (torch.cat(parts) for parts in zip(*image_views))
         results.append(suppress(boxes, scores, labels, inference))
     model.train(was_training)
     return results

@@ -13,7 +13,7 @@ import multiprocessing
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -89,7 +89,7 @@ def time_ms(fn: Callable[[], Any], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def median_latency_ms(calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
+def median_latency_ms(calls: Mapping[str, Callable[[], Any]], device: torch.device, repeats: int,
                       warmup: int) -> dict[str, float]:
     """Median time of each call over ``repeats`` after ``warmup``, the calls interleaved (one of each
     in turn) so that a noisy machine slows them all alike."""

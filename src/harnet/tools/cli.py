@@ -136,7 +136,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"model{suffix}"
-    result = export_model(checkpoint.build_model(ckpt), out, args.format, ckpt["class_names"], ckpt["category_ids"],
+    result = export_model(checkpoint.build_model(ckpt), out, args.format, ckpt["class_names"], ckpt["category_ids"],  # type: ignore[arg-type]
                           exporter=args.exporter, size=tuple(args.size) if args.size else None)
     check = ("not checked (pip install onnxruntime to check)" if result.max_abs_diff is None
              else f"max |exported - PyTorch| = {result.max_abs_diff:.2e} on a check batch")

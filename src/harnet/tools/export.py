@@ -177,6 +177,7 @@ def export_onnx(model: HARNet, path: Path, exporter: Exporter = "torchscript",
             output_names=OUTPUT_NAMES, dynamic_shapes=(dims,),
             custom_translation_table={torch.ops.torchvision.deform_conv2d.default: _deform_conv_onnxscript()},
         )
+        assert program is not None  # dynamo=True always returns the program
         program.save(str(path))
         return
     torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", _deform_conv_symbolic(), ONNX_OPSET)

@@ -40,7 +40,7 @@ def signals_deferred() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    for sig in dict.fromkeys(received):
+    for sig in dict.fromkeys(received):  # type: ignore[assignment]
         handler = previous[sig]
         if callable(handler):
             handler(sig, None)  # e.g. Python's default SIGINT handler raises KeyboardInterrupt
