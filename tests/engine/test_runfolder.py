@@ -55,7 +55,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_line(tmp_path: Path) 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_keep_the_lock_of_a_killed_parent(tmp_path: Path) -> None:
     """Data-loader workers are forked: the lock must die with the process that took it, not with them."""
-    code = (f"import os, time\nfrom harnet import runfolder\nlock = runfolder.acquire({str(tmp_path)!r})\n"
+    code = (f"import os, time\nfrom harnet.engine import runfolder\nlock = runfolder.acquire({str(tmp_path)!r})\n"
             "child = os.fork()\nif child == 0:\n    null = os.open(os.devnull, os.O_WRONLY)\n"
             "    os.dup2(null, 1)\n    os.dup2(null, 2)\n    time.sleep(60)\n    os._exit(0)\n"
             "print(child, flush=True)\nos.kill(os.getpid(), 9)\n")
