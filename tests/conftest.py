@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harnet.cli import main
+from harnet.config.experiment import ExperimentConfig, load_experiment
 from harnet.data.shapes import generate_shapes
-from harnet.experiment import ExperimentConfig, load_experiment
+from harnet.tools.cli import main
 from tests_support import tiny_args, tiny_overrides
 
 

@@ -41,9 +41,9 @@ def random_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
     deformable sampling moves and scores spread above the score threshold."""
     import torch
 
-    from harnet import checkpoint
-    from harnet.experiment import load_experiment
-    from harnet.model import HARNet
+    from harnet.config.experiment import load_experiment
+    from harnet.engine import checkpoint
+    from harnet.modeling.harnet import HARNet
 
     cfg = load_experiment(None, overrides)
     torch.manual_seed(seed)

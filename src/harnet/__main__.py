@@ -2,6 +2,6 @@
 
 import sys
 
-from harnet.cli import main
+from harnet.tools.cli import main
 
 sys.exit(main())

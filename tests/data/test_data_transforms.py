@@ -79,8 +79,8 @@ def test_jitter_is_the_photometric_distort_without_the_channel_permutation() -> 
 def test_photometric_config_accepts_jitter() -> None:
     import pytest
 
-    from harnet.configio import ConfigError
-    from harnet.experiment import load_experiment
+    from harnet.config.experiment import load_experiment
+    from harnet.config.io import ConfigError
 
     assert load_experiment(None, ["data.photometric=jitter"]).data.photometric == "jitter"
     assert load_experiment(None, []).data.photometric is True

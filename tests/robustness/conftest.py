@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harnet import checkpoint
-from harnet.experiment import load_experiment
-from harnet.model import HARNet
+from harnet.config.experiment import load_experiment
+from harnet.engine import checkpoint
+from harnet.modeling.harnet import HARNet
 from tests_support import TINY
 
 

@@ -20,11 +20,11 @@ import pytest
 import torch
 from badfiles import write_rgb
 
-from harnet.configio import ConfigError
+from harnet.config.experiment import DataConfig
+from harnet.config.io import ConfigError
 from harnet.data.build import build_dataset
 from harnet.data.issues import DROPPED_BOX, SKIPPED_ANNOTATION, SKIPPED_IMAGE, SKIPPED_ROW
 from harnet.data.records import RecordDataset
-from harnet.experiment import DataConfig
 
 FATAL, HANDLED = "fatal", "handled"
 
@@ -392,7 +392,7 @@ def _coco_splits(root: Path, val_categories: list[tuple[int, str]]) -> DataConfi
 def test_val_categories_numbered_differently_are_matched_by_name(tmp_path: Path) -> None:
     """The val file numbers (and lists) the classes the other way round: labels and scores still mean the
     training classes, so perfect detections score AP 1 (read with its own ids they would score 0)."""
-    from harnet.evaluation import evaluate_predictions
+    from harnet.engine.evaluation import evaluate_predictions
 
     cfg = _coco_splits(tmp_path, [(1, "other"), (2, "thing")])
     train = build_dataset(cfg, "train")
@@ -410,7 +410,7 @@ def test_val_categories_with_other_names_are_a_one_line_error_naming_both_files(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from badfiles import coco_args
 
-    from harnet.cli import main
+    from harnet.tools.cli import main
 
     _coco_splits(tmp_path, [(1, "thing"), (2, "another")])
     val, train = tmp_path / "val.json", tmp_path / "train.json"

@@ -1,6 +1,6 @@
 """Command-line misuse and untrusted files: one line naming the problem, the right exit code, no traceback.
 
-Most cases call ``harnet.cli.main`` in-process (same code path and return code as the console script,
+Most cases call ``harnet.tools.cli.main`` in-process (same code path and return code as the console script,
 seconds faster); two run the real ``python -m harnet`` to prove no traceback escapes the process.
 """
 
@@ -17,8 +17,8 @@ import pytest
 import torch
 from badfiles import coco_args, make_coco_split, write_rgb
 
-from harnet.cli import main
-from harnet.configio import ConfigError
+from harnet.config.io import ConfigError
+from harnet.tools.cli import main
 
 
 class Evil:
@@ -163,12 +163,12 @@ def test_debug_shows_the_exception() -> None:
 def test_unexpected_errors_are_one_line_too(monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """A bug (here a KeyError from deep inside) still prints one line, with the hint to use --debug."""
-    import harnet.cli
+    import harnet.tools.cli
 
     def broken(args: object) -> int:
         raise KeyError("boom")
 
-    monkeypatch.setattr(harnet.cli, "cmd_info", broken)
+    monkeypatch.setattr(harnet.tools.cli, "cmd_info", broken)
     assert main(["info"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "harnet: error: KeyError: 'boom' (unexpected; rerun with --debug for the traceback)"

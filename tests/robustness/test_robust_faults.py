@@ -22,9 +22,9 @@ import torch
 import yaml
 from badfiles import coco_args, make_coco_split
 
-from harnet import checkpoint
-from harnet.cli import main
-from harnet.train import Trainer, TrainingInterrupted
+from harnet.engine import checkpoint
+from harnet.engine.trainer import Trainer, TrainingInterrupted
+from harnet.tools.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from badfiles import CASES_BY_NAME, HANDLED, ImageCase, box_around_middle, coco_dict, write_json, write_rgb
 
+from harnet.config.experiment import DataConfig
 from harnet.data.build import build_dataset
 from harnet.data.image_io import BadImageError, image_size, load_image
 from harnet.data.issues import SKIPPED_IMAGE
-from harnet.experiment import DataConfig
 
 CASES = CASES_BY_NAME
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from badfiles import CASES_BY_NAME, coco_args, coco_dict, make_coco_split, write_json, write_rgb
 
-from harnet import checkpoint
-from harnet.cli import main
-from harnet.model import HARNet
+from harnet.engine import checkpoint
+from harnet.modeling.harnet import HARNet
+from harnet.tools.cli import main
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harnet.config import to_dict
-from harnet.configio import ConfigError
+from harnet.config.experiment import DataConfig, ShapesConfig
+from harnet.config.io import ConfigError
+from harnet.config.model import to_dict
 from harnet.data.coco import CocoDataset
 from harnet.data.csv_dataset import CsvDataset
 from harnet.data.records import RecordDataset
 from harnet.data.shapes import generate_shapes
 from harnet.data.voc import VOCDataset
-from harnet.experiment import DataConfig, ShapesConfig
 
 
 def shapes_split(cfg: ShapesConfig, split: str) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from harnet.configio import ConfigError
+from harnet.config.io import ConfigError
 from harnet.data.issues import SKIPPED_ANNOTATION, BadDataError, IssueLog
 from harnet.data.records import (
     DetectionRecord,
@@ -102,7 +102,7 @@ def load_coco_json(ann_file: str | Path, issues: IssueLog | None = None) -> dict
             log.bad(ann_file, f"annotations[{i}] must be an object", SKIPPED_ANNOTATION)
             continue
         image_id = ann.get("image_id")
-        image = images.get(image_id) if _is_int(image_id) else None
+        image = images.get(image_id) if _is_int(image_id) else None  # type: ignore[arg-type]
         if image is None:
             log.bad(ann_file, f"annotations[{i}] refers to unknown image_id {ann.get('image_id')!r}",
                     SKIPPED_ANNOTATION)
@@ -126,7 +126,7 @@ def load_coco_json(ann_file: str | Path, issues: IssueLog | None = None) -> dict
             ann["id"] = next_id
             next_id += 1
         ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", bbox[2] * bbox[3])
+        ann.setdefault("area", bbox[2] * bbox[3])  # type: ignore[index]
         annotations.append(ann)
     data["images"] = [im for im in images.values() if im["id"] not in bad_images]
     data["annotations"] = [a for a in annotations if a["image_id"] not in bad_images]

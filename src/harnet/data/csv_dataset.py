@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from harnet.data.image_io import BadImageError, image_size
-from harnet.data.issues import SKIPPED_IMAGE, SKIPPED_ROW, BadDataError, IssueLog, one_line
+from harnet.data.issues import SKIPPED_IMAGE, SKIPPED_ROW, BadDataError, IssueLog
 from harnet.data.records import DetectionRecord, RecordDataset, Transform, keep_valid_boxes
+from harnet.utils.errors import one_line
 
 _BOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 

@@ -27,6 +27,8 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 from torchvision import tv_tensors
 
+from harnet.utils.errors import first_line
+
 # Integer modes wider than 8 bit. PIL reports 16-bit PNG/TIFF greyscale as one of these; we treat the
 # full 16-bit range as [0, 1] because the files carry no other information about their white point.
 _WIDE_INT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -50,11 +52,6 @@ MAX_ASPECT_RATIO = 32
 
 class BadImageError(ValueError):
     """An image file that exists but cannot be used; the message names the file and the problem."""
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _exif_orientation(image: Image.Image) -> int:
@@ -90,9 +87,9 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except Image.DecompressionBombError as e:
-        raise BadImageError(f"{path}: image too large to decode ({_first_line(e)})") from None
+        raise BadImageError(f"{path}: image too large to decode ({first_line(e)})") from None
     except Exception as e:  # UnidentifiedImageError, or a plugin choking on a broken header
-        raise BadImageError(f"{path}: not a readable image file ({_first_line(e)})") from None
+        raise BadImageError(f"{path}: not a readable image file ({first_line(e)})") from None
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
@@ -149,7 +146,7 @@ def load_image(path: str | Path | IO[bytes]) -> tv_tensors.Image:
         try:
             image = Image.open(path)
         except Exception as e:
-            raise BadImageError(f"{name}: not a readable image ({_first_line(e)})") from None
+            raise BadImageError(f"{name}: not a readable image ({first_line(e)})") from None
         with image:
             array = _decode(image, name)
     return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
@@ -161,7 +158,7 @@ def _decode(image: Image.Image, name: object) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as e:  # truncated data, bad compressed stream, unsupported mode conversion, ...
-        raise BadImageError(f"{name}: cannot decode image data ({_first_line(e)})") from None
+        raise BadImageError(f"{name}: cannot decode image data ({first_line(e)})") from None
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -27,7 +27,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harnet.atomic import write_text_atomic
+from harnet.utils.atomic import write_text_atomic
+from harnet.utils.errors import one_line
 
 SKIPPED_IMAGE = "skipped image"
 SKIPPED_ANNOTATION = "skipped annotation"
@@ -103,23 +104,6 @@ def write_issues(folder: str | Path, logs: dict[str, IssueLog]) -> str:
     write_text_atomic("".join(lines), text_path)
     parts = [f"{split}: {log.summary()}" for split, log in logs.items() if log.items]
     return f"data issues ({'; '.join(parts)}), listed in {text_path}"
-
-
-def one_line(error: BaseException) -> str:
-    """The message of ``error`` on one line.
-
-    An exception raised in a DataLoader worker is re-raised with the worker's traceback in its message;
-    its last line (minus the exception class) is what the user needs.
-    """
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__
-    lines = [line for line in text.splitlines() if line.strip()]
-    if "Original Traceback" in text:
-        last = lines[-1]
-        head, sep, rest = last.partition(": ")
-        return rest if sep and " " not in head else last
-    return lines[0]
 
 
 def _plural(noun: str, n: int) -> str:

@@ -104,8 +104,8 @@ def _make_geometry(kind: str, cx: float, cy: float, r: float, rng: np.random.Gen
         arms = 4 if kind == "cross" else 3
         return [(_rotate(_plus(r, r * rng.uniform(0.22, 0.34), arms), cx, cy, theta), True)]
     if kind == "ring":
-        inner = _radial(circle * rng.uniform(0.45, 0.65), 0.0, cx, cy)
-        return [(_radial(circle, 0.0, cx, cy), True), (inner, False)]
+        hole = _radial(circle * rng.uniform(0.45, 0.65), 0.0, cx, cy)
+        return [(_radial(circle, 0.0, cx, cy), True), (hole, False)]
     if kind == "broken_ring":
         # One polygon (outer arc, then inner arc back) so that the gap is part of the exact geometry.
         half_gap = rng.uniform(0.35, 0.8)
@@ -319,7 +319,7 @@ def render_shapes_image(
     stack += [(c, None) for c, o in zip(clutter, over, strict=True) if o]
 
     layers: list[tuple[tuple[int, int, np.ndarray], int | None, np.ndarray | None]] = []
-    for parts, label in stack:
+    for parts, label in stack:  # type: ignore[assignment]  # label: None for clutter
         layer = _rasterize(parts, size)
         if layer is None:
             continue

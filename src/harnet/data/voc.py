@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from harnet.data.image_io import BadImageError, image_size
-from harnet.data.issues import IssueLog, one_line
+from harnet.data.issues import IssueLog
 from harnet.data.records import DetectionRecord, RecordDataset, Transform, finite_box, keep_valid_boxes
+from harnet.utils.errors import one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -1,0 +1,198 @@
+"""An experiment = model config + data + schedule: what a YAML file under ``configs/`` describes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harnet.config.io import ConfigError, from_dict, load_yaml, merge, parse_overrides
+from harnet.config.model import HARNetConfig, to_dict
+
+CONFIG_DIR = Path(__file__).parent.parent / "configs"
+
+
+def _at_least(cfg: object, section: str, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ConfigError(f"{section}.{name}: must be >= {minimum}, got {value}")
+
+
+@dataclass
+class ShapesConfig:
+    """The built-in synthetic dataset, generated on first use into ``root``."""
+
+    root: str = "data/shapes"
+    num_images: int = 300
+    size: int = 128
+    seed: int = 0
+    difficulty: Literal["easy", "hard"] = "easy"
+
+
+@dataclass
+class DataConfig:
+    """Where the images and boxes are. ``format: shapes`` needs no files: they are generated.
+
+    coco: ``*_images`` is the image folder, ``*_annotations`` the instances JSON.
+    voc: ``*_images`` is the VOC root (or flat folder), ``*_annotations`` the split name.
+    csv: ``*_annotations`` is the CSV file, ``*_images`` an optional image root.
+    """
+
+    format: Literal["shapes", "coco", "voc", "csv"] = "shapes"
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    train_images: str = ""
+    train_annotations: str = ""
+    val_images: str = ""
+    val_annotations: str = ""
+    hflip_prob: float = 0.5
+    # Colour augmentation. true (= "distort"): torchvision's RandomPhotometricDistort, which also permutes
+    # the RGB channels half the time (harmless from scratch, wrong for an ImageNet body that knows colours);
+    # "jitter": the same brightness/contrast/saturation/hue jitter without the permutation; false: none.
+    photometric: bool | Literal["distort", "jitter"] = True
+    num_workers: int = 0
+    # Skip (and list in the run folder) bad images and annotations instead of stopping at the first;
+    # also decodes every image up front to find truncated files. See harnet.data.issues.
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        _at_least(self, "data", 0, "num_workers")
+        if not 0.0 <= self.hflip_prob <= 1.0:
+            raise ConfigError(f"data.hflip_prob: must be in [0, 1], got {self.hflip_prob}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer and schedule. The paper's: SGD, momentum 0.9, wd 1e-4, linear warmup, step decay.
+    AdamW converges in far fewer steps from scratch, which is what CPU-sized runs need."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    batch_size: int = 2
+    max_steps: int = 90000
+    lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    warmup_factor: float = 1.0 / 3
+    lr_steps: tuple[int, ...] = (60000,)
+    lr_gamma: float = 0.1
+    grad_clip: float | None = None  # max global grad norm, always measured on unscaled gradients
+    # Per-parameter lr and weight decay (harnet.engine.optim.parameter_groups). Multipliers compose with each
+    # other and with a module's own lr_mult (the deformable offset conv: 0.1).
+    backbone_lr_mult: float = 1.0  # the backbone body (not FPN/attention), e.g. 0.1 for a pretrained one
+    bias_lr_mult: float = 1.0  # every bias (the authors' Caffe files: 2.0)
+    bias_weight_decay: float | None = None  # None: weight_decay
+    norm_weight_decay: float | None = None  # weights of GroupNorm/BatchNorm/CrossLevelGroupNorm...; None: weight_decay
+    # Exponential moving average of the weights (harnet.engine.optim.ModelEMA), None: off. When on, evaluation,
+    # best.pt and the "model" entry of checkpoints use the average; decay ramps up as
+    # ema_decay * (1 - exp(-updates / ema_tau)) (ema_tau 0: constant decay).
+    ema_decay: float | None = None
+    ema_tau: float = 2000.0
+    amp: bool = True  # mixed precision, used only on CUDA
+    # auto: bfloat16 where the GPU supports it (no loss scaling needed), else float16 with a GradScaler.
+    # (Before this option, amp always meant float16.)
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
+    channels_last: bool = False  # model weights (hence conv activations) in channels_last memory format
+    eval_every: int = 0  # 0: evaluate at the end only
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+    # Skip a batch whose loss is NaN/inf (no update; the step still counts) instead of stopping; more
+    # than MAX_NONFINITE_STREAK such batches in a row still stop the run. Count in metrics and summary.
+    skip_nonfinite: bool = False
+    # Start from another run's weights (a checkpoint or run folder): every tensor whose name and shape
+    # match is loaded, the rest keep their initialisation. The paper's two-phase training: train the
+    # RetinaNet base, then add the attentions. Ignored on --resume (the run's own last.pt wins).
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        # Values that type-check but would hang (batch_size 0 never fills a batch) or crash late
+        # (log_every 0 divides by zero) are config errors naming the key, caught before training.
+        _at_least(self, "train", 1, "batch_size", "log_every")
+        _at_least(self, "train", 0, "max_steps", "warmup_steps", "eval_every", "checkpoint_every")
+        if self.threads is not None:
+            _at_least(self, "train", 1, "threads")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        for name in ("backbone_lr_mult", "bias_lr_mult", "ema_tau"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("bias_weight_decay", "norm_weight_decay"):
+            if (value := getattr(self, name)) is not None and value < 0:
+                raise ConfigError(f"train.{name}: must be >= 0, got {value}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay: must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class ExperimentConfig:
+    model: HARNetConfig = field(default_factory=HARNetConfig)
+    # ``torchvision_retinanet`` trains torchvision's RetinaNet built to ``model``'s recipe (attentions
+    # off): the same-budget peer of an ablation (see torchvision_peer.py).
+    detector: Literal["harnet", "torchvision_retinanet"] = "harnet"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/exp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Validate a nested dict; ``model.preset: NAME`` applies that preset's switches first and
+        the file's explicit model keys on top of them."""
+        model = dict(data.get("model") or {})
+        preset = model.pop("preset", None)
+        if preset is not None:
+            if not isinstance(preset, str):
+                raise ConfigError(f"model.preset: expected a preset name, got {preset!r}")
+            try:
+                model = merge(to_dict(HARNetConfig.preset(preset)), model)
+            except ValueError as e:
+                raise ConfigError(f"model.preset: {e}") from None
+        return from_dict(cls, {**data, "model": model})
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ExperimentConfig:
+    """YAML file (or defaults when ``path`` is None; ``base:`` resolved, see :func:`load_experiment_yaml`)
+    + ``--set`` overrides -> validated config.
+
+    ``upgrade`` rewrites the file's ``model`` section first (a run's own saved config from an older
+    version, see ``checkpoint.upgrade_saved_model_config``)."""
+    data = load_experiment_yaml(path) if path is not None else {}
+    if upgrade is not None and isinstance(data.get("model"), dict):
+        data = {**data, "model": upgrade(data["model"])}
+    data = merge(data, parse_overrides(overrides))
+    return ExperimentConfig.from_dict(data)
+
+
+def load_experiment_yaml(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
+    """A YAML experiment as a dict, its ``base:`` resolved: ``base: NAME`` loads that config first (a
+    ``NAME.yaml`` beside this file, else the built-in config ``NAME``) and merges this file's keys over it,
+    as detectron2's config files import a common one and override fields. Bases may have bases."""
+    path = Path(path)
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected a config name or file, got {base!r}")
+    sibling = path.parent / (base if base.endswith((".yaml", ".yml")) else f"{base}.yaml")
+    base_path = sibling if sibling.is_file() else builtin_config(base)
+    seen = _seen | {path.resolve()}
+    if base_path.resolve() in seen:
+        raise ConfigError(f"{path}: base: {base} leads back to this file")
+    return merge(load_experiment_yaml(base_path, seen), data)
+
+
+def builtin_config(name: str) -> Path:
+    """Path of a config shipped with the package (``configs/<name>.yaml``)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no built-in config {name!r}; known: {', '.join(known)}")
+    return path

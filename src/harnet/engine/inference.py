@@ -1,0 +1,84 @@
+"""Run a model over a dataset: detections (training-time and final eval), and a checkpoint's evaluation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from harnet.config.experiment import ExperimentConfig, load_experiment
+from harnet.config.io import ConfigError, merge, parse_overrides
+from harnet.data.build import build_dataset
+from harnet.data.issues import write_issues
+from harnet.data.loader import collate_fn
+from harnet.engine import checkpoint
+from harnet.engine.device import resolve_device
+from harnet.engine.evaluation import EVAL_OUTPUTS, EvalResult, evaluate_predictions, to_coco_results
+from harnet.engine.runfolder import remove_outputs
+from harnet.engine.tta import TTAConfig, tta_predict
+from harnet.utils.atomic import write_text_atomic
+
+
+@torch.inference_mode()
+def predict_dataset(
+    model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 2, num_workers: int = 0,
+    tta: TTAConfig | None = None,
+) -> tuple[list[int], list[dict[str, Tensor]]]:
+    """Detections for every image of ``dataset`` (in its order): (image ids, per-image dicts on CPU).
+    With ``tta``, each batch goes through test-time augmentation instead of one forward pass."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                        num_workers=num_workers)
+    image_ids: list[int] = []
+    predictions: list[dict[str, Tensor]] = []
+    for images, targets in loader:
+        batch = [img.to(device) for img in images]
+        outputs = tta_predict(model, batch, tta) if tta is not None else model(batch)
+        image_ids += [int(t["image_id"]) for t in targets]
+        predictions += [{k: v.cpu() for k, v in out.items()} for out in outputs]
+    model.train(was_training)
+    return image_ids, predictions
+
+
+@dataclass
+class CheckpointEval:
+    """What :func:`evaluate_checkpoint` measured and where it wrote it."""
+
+    result: EvalResult
+    out: Path  # holds metrics.json and detections.json (COCO results format)
+    issues: str | None  # a one-line summary of skipped data, None when there was none
+
+
+def evaluate_checkpoint(
+    path: str | Path, split: str = "val", *, data: str | None = None, overrides: Sequence[str] = (),
+    skip_bad: bool = False, device: str = "auto", tta: TTAConfig | None = None, out: str | Path | None = None,
+) -> CheckpointEval:
+    """COCO metrics of a checkpoint on ``split`` of its own data (or of the experiment ``data`` names), written to
+    ``out`` (default: ``eval_<split>`` beside the checkpoint) as metrics.json and detections.json."""
+    ckpt = checkpoint.load(path)
+    model = checkpoint.build_model(ckpt)
+    data_cfg = (load_experiment(data, list(overrides)) if data else
+                ExperimentConfig.from_dict(merge(ckpt["config"], parse_overrides(list(overrides))))).data
+    data_cfg.skip_bad = data_cfg.skip_bad or skip_bad
+    dataset = build_dataset(data_cfg, split, class_names=ckpt["class_names"], classes_from=f"checkpoint {ckpt['path']}")
+    if dataset.class_names != ckpt["class_names"]:
+        raise ConfigError(f"dataset classes {dataset.class_names} differ from the checkpoint's "
+                          f"{ckpt['class_names']}")
+    dev = resolve_device(device)
+    model.to(dev)
+    ids, preds = predict_dataset(model, dataset, dev, tta=tta)
+    result = evaluate_predictions(dataset, ids, preds)
+    folder = Path(out) if out else Path(ckpt["path"]).parent / f"eval_{split}"
+    # The previous evaluation's outputs go as a set (none stays beside the new ones); each new file is written
+    # atomically, metrics.json last, so that it is there only when the set is complete.
+    remove_outputs(folder, EVAL_OUTPUTS)
+    issues = write_issues(folder, {split: dataset.issues})
+    write_text_atomic(json.dumps(to_coco_results(ids, preds, dataset.category_ids)), folder / "detections.json")
+    result.save_json(folder / "metrics.json")
+    return CheckpointEval(result, folder, issues)

@@ -1,0 +1,76 @@
+"""High-level prediction API: ``Detector.from_checkpoint(path).predict(images)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as TF
+
+from harnet.data.image_io import load_image
+from harnet.engine import checkpoint
+from harnet.engine.device import resolve_device
+from harnet.engine.tta import TTAConfig, tta_predict
+
+ImageInput = str | Path | Image.Image | Tensor
+
+
+class Detector:
+    """A trained model plus its class names, ready to run on files, PIL images or tensors."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        class_names: Sequence[str],
+        category_ids: Sequence[int] | None = None,
+        device: str = "auto",
+        batch_size: int = 4,
+        tta: TTAConfig | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
+        self.batch_size = batch_size
+        self.tta = tta  # test-time augmentation (flip, scales) when set
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None
+    ) -> Detector:
+        """Load a ``.pt`` file or a run folder (its best.pt, else last.pt) safely (weights only)."""
+        ckpt = checkpoint.load(path)
+        return cls(checkpoint.build_model(ckpt), ckpt["class_names"], ckpt["category_ids"], device, batch_size, tta)
+
+    @staticmethod
+    def to_tensor(image: ImageInput) -> Tensor:
+        """File path, PIL image or CHW tensor (uint8 or float in [0, 1]) -> float CHW RGB tensor."""
+        if isinstance(image, (str, Path)):
+            return load_image(image).as_subclass(Tensor)
+        if isinstance(image, Image.Image):
+            return TF.to_dtype(TF.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
+        if image.dtype == torch.uint8:
+            return image.float() / 255
+        return image
+
+    @torch.inference_mode()
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], score_thresh: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """One dict per image: ``boxes`` (n, 4) XYXY pixels, ``scores``, ``labels``, ``names``."""
+        single = isinstance(images, (str, Path, Image.Image, Tensor))
+        items: list[ImageInput] = [images] if single else list(images)  # type: ignore[arg-type, list-item]
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(items), self.batch_size):
+            batch = [self.to_tensor(x).to(self.device) for x in items[start : start + self.batch_size]]
+            outputs = tta_predict(self.model, batch, self.tta) if self.tta is not None else self.model(batch)
+            for out in outputs:
+                keep = out["scores"] >= score_thresh
+                kept: dict[str, Any] = {k: v[keep].cpu() for k, v in out.items()}
+                kept["names"] = [self.class_names[i] for i in kept["labels"].tolist()]
+                results.append(kept)
+        return results

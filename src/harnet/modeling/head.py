@@ -1,0 +1,177 @@
+"""Classification and box subnets shared across pyramid levels, with the attentions plugged in.
+
+Without attention this is torchvision's RetinaNetHead: two towers of ``num_convs`` 3x3 convs +
+ReLU, then a conv to ``A*K`` class logits and one to ``A*4`` box deltas. The attentions change it
+in three places only:
+
+- channel attention normalises each tower conv with cross-level GN and scales the tower output by
+  a cross-level SE (one for the class branch, one for the box branch);
+- spatial attention multiplies both towers' outputs of a level by that level's mask;
+- ``dual_prediction`` (hybrid) adds a second prediction set. As in the authors' files, it branches
+  from the *masked* towers: masked tower -> one more shared 3x3 conv + ReLU (no norm) -> SE -> its
+  own predictors. The first set predicts from the masked towers directly. So the mask feeds both
+  sets and is trained by both losses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from harnet.modeling.norm import LevelNormName, build_level_norm
+
+Prediction = tuple[Tensor, Tensor]  # (N, sum HWA, K) logits, (N, sum HWA, 4) deltas
+TowerNorm = LevelNormName
+ConvInit = Literal["normal", "msra"]
+
+
+def init_conv(conv: nn.Conv2d, init: ConvInit) -> None:
+    """RetinaNet's gaussian std 0.01, or msra (He, fan-in, as Caffe's ``msra`` filler); zero bias."""
+    if init == "msra":
+        nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+    else:
+        nn.init.normal_(conv.weight, std=0.01)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class Tower(nn.Module):
+    """``num_convs`` x (3x3 conv -> norm -> ReLU), weights shared by all levels.
+
+    ``norm`` is ``None`` (RetinaNet), ``"gn"`` (GroupNorm per level) or ``"cross_level_gn"``
+    (statistics over all levels at once). ``last_norm_scale`` is the initial scale of the last norm
+    (the authors' hybrid starts it at 0.1).
+    """
+
+    def __init__(self, channels: int, num_convs: int, norm: TowerNorm = None, gn_groups: int = 32,
+                 conv_init: ConvInit = "normal", last_norm_scale: float = 1.0) -> None:
+        super().__init__()
+        self.norm = norm  # its name; the modules come from build_level_norm
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None) for _ in range(num_convs)
+        )
+        self.norms = nn.ModuleList()
+        for _ in range(num_convs):
+            level_norm = build_level_norm(norm, channels, gn_groups)
+            if level_norm is None:
+                break
+            self.norms.append(level_norm)
+        for conv in self.convs:
+            init_conv(conv, conv_init)
+        if len(self.norms):
+            nn.init.constant_(self.norms[-1].weight, last_norm_scale)
+
+    def forward(self, levels: list[Tensor]) -> list[Tensor]:
+        for i, conv in enumerate(self.convs):
+            levels = [conv(x) for x in levels]
+            levels = self.norms[i](levels, relu=True) if len(self.norms) else [x.relu_() for x in levels]
+        return levels
+
+
+class Predictor(nn.Module):
+    """Final class-logit and box-delta convs; outputs flattened in (H, W, A) order per level."""
+
+    def __init__(self, channels: int, num_anchors: int, num_classes: int, prior_probability: float = 0.01,
+                 conv_init: ConvInit = "normal") -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_logits = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
+        self.bbox_reg = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
+        for conv in (self.cls_logits, self.bbox_reg):
+            init_conv(conv, conv_init)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability))
+
+    @staticmethod
+    def _flatten(levels: list[Tensor], width: int) -> Tensor:
+        out = []
+        for x in levels:
+            n, _, h, w = x.shape
+            out.append(x.view(n, -1, width, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, width))
+        return torch.cat(out, dim=1)
+
+    def forward(self, cls_feats: list[Tensor], box_feats: list[Tensor]) -> Prediction:
+        logits = self._flatten([self.cls_logits(x) for x in cls_feats], self.num_classes)
+        deltas = self._flatten([self.bbox_reg(x) for x in box_feats], 4)
+        return logits, deltas
+
+
+class HARNetHead(nn.Module):
+    """Both towers, the spatial/channel attentions and one or two prediction sets.
+
+    The attentions are passed in as modules (``None`` when off), so the head knows nothing of
+    harnet's config classes: ``spatial`` has ``masks(levels)`` and ``reweight(feats, masks)``;
+    ``cls_se``/``box_se`` map a list of levels to the re-weighted list. With ``dual_prediction`` the SE
+    modules scale set 2 (as in the authors' hybrid), otherwise the towers.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        prior_probability: float = 0.01,
+        norm: TowerNorm = None,
+        gn_groups: int = 32,
+        conv_init: ConvInit = "normal",
+        last_norm_scale: float = 1.0,
+        spatial: nn.Module | None = None,
+        cls_se: nn.Module | None = None,
+        box_se: nn.Module | None = None,
+        dual_prediction: bool = False,
+        set2_after_mask: bool = True,
+        set2_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        ch = in_channels
+        self.cls_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale)
+        self.box_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale)
+        self.spatial = spatial
+        self.cls_se, self.box_se = cls_se, box_se
+        self.predictor = Predictor(ch, num_anchors, num_classes, prior_probability, conv_init)
+        self.dual = dual_prediction
+        self.set2_after_mask = set2_after_mask
+        if self.dual:
+            # Set 2's extra 3x3 conv + ReLU, shared by the levels; with ``set2_norm`` (not the authors') a
+            # one-conv tower normalised like the towers instead.
+            self.cls_extra: nn.Module = Tower(ch, 1, norm or "gn", gn_groups, conv_init) if set2_norm \
+                else nn.Conv2d(ch, ch, 3, padding=1)
+            self.box_extra: nn.Module = Tower(ch, 1, norm or "gn", gn_groups, conv_init) if set2_norm \
+                else nn.Conv2d(ch, ch, 3, padding=1)
+            for conv in (self.cls_extra, self.box_extra):
+                if isinstance(conv, nn.Conv2d):
+                    init_conv(conv, conv_init)
+            self.predictor2 = Predictor(ch, num_anchors, num_classes, prior_probability, conv_init)
+
+    @staticmethod
+    def _extra(extra: nn.Module, levels: list[Tensor]) -> list[Tensor]:
+        return extra(levels) if isinstance(extra, Tower) else [extra(x).relu_() for x in levels]
+
+    def _se(self, cls_feats: list[Tensor], box_feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        if self.cls_se is not None:
+            cls_feats = self.cls_se(cls_feats)
+        if self.box_se is not None:
+            box_feats = self.box_se(box_feats)
+        return cls_feats, box_feats
+
+    def forward(self, features: list[Tensor]) -> list[Prediction]:
+        """FPN levels -> one prediction set, or two for the hybrid (joint learning)."""
+        cls_feats = self.cls_tower(features)
+        box_feats = self.box_tower(features)
+        if not self.dual:
+            cls_feats, box_feats = self._se(cls_feats, box_feats)
+        unmasked = cls_feats, box_feats
+        if self.spatial is not None:
+            masks = self.spatial.masks(features)
+            cls_feats = self.spatial.reweight(cls_feats, masks)
+            box_feats = self.spatial.reweight(box_feats, masks)
+        sets = [self.predictor(cls_feats, box_feats)]
+        if self.dual:
+            cls_in, box_in = (cls_feats, box_feats) if self.set2_after_mask else unmasked
+            cls2, box2 = self._extra(self.cls_extra, cls_in), self._extra(self.box_extra, box_in)
+            sets.append(self.predictor2(*self._se(cls2, box2)))
+        return sets

@@ -1,0 +1,235 @@
+"""Detections from head outputs: per-level top-k, decoding, then NMS or Gaussian Soft-NMS, and
+optional box voting (the paper's test recipe, as the authors' ``merge_proposal_layer.py``).
+
+The default path (hard NMS, no voting) is torchvision's RetinaNet post-processing step for step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.models.detection import _utils as det_utils
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+
+from harnet.config.model import InferenceConfig
+
+SOFT_NMS_MIN_SCORE = 1e-3  # the authors' (and Detectron's) Soft-NMS drops boxes whose decayed score falls below this
+
+
+def select_candidates(
+    logits_per_level: list[Tensor],
+    deltas_per_level: list[Tensor],
+    anchors_per_level: list[Tensor],
+    image_size: tuple[int, int],
+    box_coder: det_utils.BoxCoder,
+    cfg: InferenceConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One image: per level keep scores > thresh, the top-k of those, decode and clip (and drop boxes
+    under ``min_box_size``)."""
+    all_boxes, all_scores, all_labels = [], [], []
+    for logits, deltas, anchors in zip(logits_per_level, deltas_per_level, anchors_per_level):
+        num_classes = logits.shape[-1]
+        scores = torch.sigmoid(logits).flatten()
+        idxs = torch.where(scores > cfg.score_thresh)[0]
+        scores = scores[idxs]
+        scores, order = scores.topk(min(cfg.topk_candidates, idxs.numel()))
+        idxs = idxs[order]
+        anchor_idxs = torch.div(idxs, num_classes, rounding_mode="floor")
+        boxes = clip_boxes_to_image(box_coder.decode_single(deltas[anchor_idxs], anchors[anchor_idxs]), image_size)
+        labels = idxs % num_classes
+        if cfg.min_box_size > 0:
+            keep = remove_small_boxes(boxes, cfg.min_box_size)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        all_boxes.append(boxes)
+        all_scores.append(scores)
+        all_labels.append(labels)
+    return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+
+
+def _by_class(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices of the boxes laid out as a (classes, most boxes of a class) table, -1 where empty.
+
+    Returns (table, valid). Within a class the boxes keep their input order.
+    """
+    _, group = labels.unique(return_inverse=True)
+    counts = torch.bincount(group)
+    order = torch.argsort(group, stable=True)
+    sorted_group = group[order]
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(labels.numel(), device=labels.device) - starts[sorted_group]
+    table = torch.full((counts.numel(), int(counts.max())), -1, dtype=torch.int64, device=labels.device)
+    table[sorted_group, position] = order
+    return table, table >= 0
+
+
+def _row_iou(picked: Tensor, boxes: Tensor) -> Tensor:
+    """IoU of ``picked[g]`` (G, 4) with every box of its row ``boxes[g]`` (G, M, 4) -> (G, M).
+
+    A zero-area pair (IoU 0/0) counts as no overlap."""
+    p = picked[:, None, :]
+    wh = (torch.minimum(p[..., 2:], boxes[..., 2:]) - torch.maximum(p[..., :2], boxes[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    area_p = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])
+    return (inter / (area + area_p - inter)).nan_to_num(0.0)
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float,
+             max_keep: int | None = None, min_score: float = SOFT_NMS_MIN_SCORE) -> tuple[Tensor, Tensor]:
+    """Gaussian Soft-NMS per class: pick the best box, decay the others by exp(-IoU^2 / sigma), repeat
+    until every remaining score is below ``min_score`` (the authors' ``cpu_soft_nms``, method 2).
+
+    Every class runs at once, one pick per class per iteration, so the loop is as long as the
+    longest class's pick sequence. Returns (indices, decayed scores), sorted by decayed score (pick
+    order within a class). Since picked scores only decrease, the top ``max_keep`` overall are
+    among each class's first ``max_keep`` picks: with ``max_keep`` the loop stops there.
+    """
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0)
+    table, valid = _by_class(labels)
+    rows = torch.arange(table.shape[0], device=boxes.device)
+    table_boxes = boxes[table.clamp(min=0)]
+    current = torch.where(valid, scores[table.clamp(min=0)], torch.full_like(table, -1, dtype=scores.dtype))
+    keep, kept_scores = [], []
+    for _ in range(table.shape[1] if max_keep is None else min(max_keep, table.shape[1])):
+        best_score, best = current.max(dim=1)
+        active = best_score >= min_score
+        if not bool(active.any()):
+            break
+        keep.append(table[rows[active], best[active]])
+        kept_scores.append(best_score[active])
+        current[rows, best] = -1.0  # picked (or, for an inactive class, already below min_score)
+        iou = _row_iou(table_boxes[rows, best], table_boxes)
+        current = torch.where(current >= 0, current * torch.exp(-(iou * iou) / sigma), current)
+    keep_t, kept_t = torch.cat(keep), torch.cat(kept_scores)
+    order = torch.argsort(kept_t, descending=True, stable=True)[:max_keep]
+    return keep_t[order], kept_t[order]
+
+
+def box_voting(kept_boxes: Tensor, kept_scores: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor,
+               labels: Tensor, iou_thresh: float, num_neighbors: int = 4) -> tuple[Tensor, Tensor]:
+    """The authors' box voting (``_bbox_voting`` of ``merge_proposal_layer.py``) -> (boxes, scores).
+
+    ``kept_*`` are the suppression's survivors in pick order (highest first per class), ``boxes`` etc.
+    all candidates before suppression. Candidates identical to a kept box of their class never vote.
+    Going through the kept boxes in order, a kept box claims every still unclaimed same-class
+    candidate with IoU >= ``iou_thresh``; the ``num_neighbors`` highest-scoring of those vote: the
+    box becomes the score-weighted mean of itself and them, the score (its score + theirs) /
+    (num_neighbors + 1), always divided by num_neighbors + 1. A kept box that claims nothing keeps
+    its box and score. A candidate goes to the first kept box that reaches it, so "claimed before"
+    needs no loop: the claimer of each candidate is the first kept box of its class over the threshold.
+    """
+    if kept_boxes.numel() == 0 or num_neighbors == 0:
+        return kept_boxes, kept_scores
+    same_class = kept_labels[:, None] == labels[None, :]
+    duplicate = ((kept_boxes[:, None, :] == boxes[None, :, :]).all(dim=2) & same_class).any(dim=0)
+    reach = (box_iou(kept_boxes, boxes).nan_to_num(0.0) >= iou_thresh) & same_class & ~duplicate[None, :]
+    # Candidate j is claimed by the first kept box that reaches it (argmax returns the first True).
+    reached = reach.any(dim=0)
+    claimer = reach.to(torch.uint8).argmax(dim=0)
+    claims = torch.zeros_like(reach)
+    claims[claimer[reached], torch.where(reached)[0]] = True
+    neighbor_scores = torch.where(claims, scores[None, :], torch.full_like(reach, -1.0, dtype=scores.dtype))
+    k = min(num_neighbors, boxes.shape[0])
+    top_scores, top = neighbor_scores.topk(k, dim=1)
+    used = top_scores >= 0
+    weights = torch.where(used, top_scores, torch.zeros_like(top_scores))
+    weight_sum = kept_scores + weights.sum(dim=1)
+    voted_boxes = (kept_scores[:, None] * kept_boxes + (weights[:, :, None] * boxes[top]).sum(dim=1)) \
+        / weight_sum.clamp(min=torch.finfo(weight_sum.dtype).tiny)[:, None]
+    voted_scores = weight_sum / (num_neighbors + 1)
+    has = used.any(dim=1)
+    return torch.where(has[:, None], voted_boxes, kept_boxes), torch.where(has, voted_scores, kept_scores)
+
+
+def suppress(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: InferenceConfig) -> dict[str, Tensor]:
+    """NMS or Soft-NMS across levels, optional box voting, then scores >= ``final_score_thresh``, at most
+    ``detections_per_img`` by score."""
+    voting = cfg.box_voting_iou is not None
+    if cfg.nms == "soft_nms":
+        # Voting re-scores, so the final top-k needs every pick, not only the first detections_per_img.
+        keep, kept_scores = soft_nms(boxes, scores, labels, cfg.soft_nms_sigma,
+                                     max_keep=None if voting else cfg.detections_per_img)
+    else:
+        keep = batched_nms(boxes, scores, labels, cfg.nms_iou)
+        if not voting:
+            keep = keep[: cfg.detections_per_img]
+        kept_scores = scores[keep]
+    kept_boxes, kept_labels = boxes[keep], labels[keep]
+    if voting:
+        assert cfg.box_voting_iou is not None
+        kept_boxes, kept_scores = box_voting(kept_boxes, kept_scores, kept_labels, boxes, scores, labels,
+                                             cfg.box_voting_iou, cfg.box_voting_neighbors)
+    final = torch.where(kept_scores >= cfg.final_score_thresh)[0]
+    final = final[torch.argsort(kept_scores[final], descending=True, stable=True)][: cfg.detections_per_img]
+    return {"boxes": kept_boxes[final], "scores": kept_scores[final], "labels": kept_labels[final]}
+
+
+def batch_candidates(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: list[Tensor],
+    num_anchors_per_level: list[int],
+    image_sizes: list[tuple[int, int]],
+    box_coder: det_utils.BoxCoder,
+    cfg: InferenceConfig,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Batch of head outputs -> per-image (boxes, scores, labels) before suppression, in the resized
+    image's coordinates. Test-time augmentation pools these over views before one ``suppress``."""
+    out = []
+    for logits, deltas, anchors_i, size in zip(cls_logits, box_deltas, anchors, image_sizes):
+        out.append(select_candidates(
+            list(logits.split(num_anchors_per_level)),
+            list(deltas.split(num_anchors_per_level)),
+            list(anchors_i.split(num_anchors_per_level)),
+            size,
+            box_coder,
+            cfg,
+        ))
+    return out
+
+
+def postprocess(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: list[Tensor],
+    num_anchors_per_level: list[int],
+    image_sizes: list[tuple[int, int]],
+    box_coder: det_utils.BoxCoder,
+    cfg: InferenceConfig,
+) -> list[dict[str, Tensor]]:
+    """Batch of head outputs -> per-image detections in the resized image's coordinates."""
+    candidates = batch_candidates(cls_logits, box_deltas, anchors, num_anchors_per_level, image_sizes, box_coder, cfg)
+    return [suppress(boxes, scores, labels, cfg) for boxes, scores, labels in candidates]
+
+
+def build_box_coder() -> det_utils.BoxCoder:
+    """RetinaNet's box coder (unit weights): one for the loss, decoding and export alike."""
+    return det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+
+@dataclass
+class DenseOutputs:
+    """What decoding needs: the head's test-time outputs over all anchors, the anchors, and the image sizes.
+
+    The one decode path: :meth:`HARNet.dense_outputs` makes it from a batch (``forward``, test-time
+    augmentation), export from the exported network's outputs; both decode it with these two methods.
+    """
+
+    cls_logits: Tensor  # (N, sum HWA, K)
+    box_deltas: Tensor  # (N, sum HWA, 4)
+    anchors: list[Tensor]  # per image, (sum HWA, 4)
+    num_anchors_per_level: list[int]
+    image_sizes: list[tuple[int, int]]  # resized (h, w) inside the padded batch
+
+    def candidates(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per image (boxes, scores, labels) before suppression: see :func:`batch_candidates`."""
+        return batch_candidates(self.cls_logits, self.box_deltas, self.anchors, self.num_anchors_per_level,
+                                self.image_sizes, box_coder, cfg)
+
+    def detections(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[dict[str, Tensor]]:
+        """Per image detections in the resized image's coordinates: see :func:`postprocess`."""
+        return postprocess(self.cls_logits, self.box_deltas, self.anchors, self.num_anchors_per_level,
+                           self.image_sizes, box_coder, cfg)

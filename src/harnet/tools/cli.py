@@ -1,0 +1,385 @@
+"""``harnet`` command line: demo, data, train, eval, predict, export, explain, bench, ablate, info.
+
+Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
+with status 2 (usage/config) or 1 (runtime: bad data, NaN loss, unwritable output); ``--debug`` shows
+the full traceback instead. Ctrl-C exits with 130 (128 + SIGINT, the shell convention) after training
+saved a checkpoint. Anything else is a bug: one line, status 1, and a hint to rerun with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harnet.config.io import ConfigError
+from harnet.engine.checkpoint import CheckpointError, upgrade_saved_model_config
+from harnet.utils.errors import one_line
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work (e.g. an input path that does not exist): status 2."""
+
+if TYPE_CHECKING:
+    from harnet.engine.tta import TTAConfig
+
+
+def _experiment_path(value: str) -> Path:
+    """``--config`` takes a YAML path or the name of a built-in config (e.g. ``demo``)."""
+    from harnet.config.experiment import builtin_config
+
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return builtin_config(value)
+
+
+def _tta(args: argparse.Namespace) -> TTAConfig | None:
+    """``--tta`` (flip + the paper's two scales), ``--tta-scales``/``--tta-no-flip`` -> a TTAConfig, else None."""
+    from harnet.engine.tta import PAPER_SCALES, TTAConfig
+
+    if not (args.tta or args.tta_scales is not None or args.tta_no_flip):
+        return None
+    try:
+        return TTAConfig(scales=tuple(args.tta_scales or PAPER_SCALES), flip=not args.tta_no_flip)
+    except ValueError as e:
+        raise ConfigError(f"--tta-scales: {e}") from None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from harnet.tools.demo import run_demo
+
+    run_demo(Path(args.out), threads=args.threads)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.dataset == "shapes":
+        from harnet.data.shapes import generate_shapes
+
+        info = generate_shapes(Path(args.out), num_images=args.images, size=args.size, seed=args.seed,
+                               difficulty=args.difficulty)
+    else:
+        from harnet.data.trees import convert_trees
+
+        info = convert_trees(Path(args.out), wheel=args.wheel, tile=args.tile)
+    print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harnet.config.experiment import load_experiment
+    from harnet.engine.distributed import launched_as_main
+    from harnet.engine.trainer import train
+
+    overrides = [*args.set, *(["data.skip_bad=true"] if args.skip_bad else []),
+                 *(["train.skip_nonfinite=true"] if args.skip_nonfinite else [])]
+    if args.backbone_weights is not None:  # "none" -> null: train the backbone from scratch
+        weights = None if args.backbone_weights.lower() in ("none", "null") else args.backbone_weights
+        overrides.append(f"model.backbone.weights={json.dumps(weights)}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        cfg = load_experiment(run_dir / "config.yaml", [*overrides, f"output_dir={run_dir}"],
+                              upgrade=upgrade_saved_model_config)
+    else:
+        if not args.config:
+            raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")
+        cfg = load_experiment(_experiment_path(args.config), overrides)
+    result = train(cfg, resume=bool(args.resume), progress=not args.no_progress, overwrite=args.overwrite)
+    if not launched_as_main():  # torchrun: rank 0 reports
+        return 0
+    if result.final is not None:
+        print(result.final.table())
+    if result.skipped_nonfinite:
+        print(f"skipped {result.skipped_nonfinite} batches with a non-finite loss")
+    print(f"run folder: {result.run_dir}  (best AP {result.best_ap:.4f})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harnet.engine.inference import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.split, data=args.data, overrides=args.set,
+                                 skip_bad=args.skip_bad, device=args.device, tta=_tta(args), out=args.out)
+    print(report.result.table())
+    if report.issues:
+        print(f"harnet: {report.issues}", file=sys.stderr)
+    print(f"metrics: {report.out / 'metrics.json'}  detections (COCO results format): {report.out / 'detections.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from harnet.engine.predictor import Detector
+    from harnet.tools.predict import expand_inputs, predict_files
+
+    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, tta=_tta(args))
+    try:
+        paths = expand_inputs(args.images)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    report = predict_files(detector, paths, Path(args.out), args.score)
+    print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+    for line in report.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    return 1 if report.skipped and not report.images else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harnet.engine import checkpoint
+    from harnet.tools.export import export_model
+
+    ckpt = checkpoint.load(args.checkpoint)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"model{suffix}"
+    result = export_model(checkpoint.build_model(ckpt), out, args.format, ckpt["class_names"], ckpt["category_ids"],  # type: ignore[arg-type]
+                          exporter=args.exporter, size=tuple(args.size) if args.size else None)
+    check = ("not checked (pip install onnxruntime to check)" if result.max_abs_diff is None
+             else f"max |exported - PyTorch| = {result.max_abs_diff:.2e} on a check batch")
+    print(f"exported {result.path}  metadata {result.metadata_path}  ({check})")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from harnet.tools.explain import explain_file
+
+    point = (float(args.point[0]), float(args.point[1])) if args.point else None
+    result, files = explain_file(args.checkpoint, args.image, args.out, point, args.device)
+    print(f"{len(files)} files -> {args.out}")
+    for line in result.skipped:
+        print(f"skipped {line}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from harnet.config.model import BackboneConfig, HARNetConfig
+    from harnet.modeling.harnet import build_harnet
+    from harnet.utils.complexity import count_flops, count_parameters
+
+    cfg = HARNetConfig.preset(args.preset, num_classes=args.num_classes,
+                              backbone=BackboneConfig(args.backbone))  # type: ignore[arg-type]
+    model = build_harnet(cfg).eval()
+    params = count_parameters(model)
+    gflops = count_flops(model, args.size)
+    print(f"preset {args.preset}  backbone {args.backbone}  classes {args.num_classes}")
+    for name, count in params.items():
+        print(f"  params {name:<10} {count / 1e6:8.2f} M")
+    print(f"  GFLOPs at {args.size}x{args.size}: {gflops:.1f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harnet.engine.device import resolve_device
+    from harnet.tools.bench import run_benchmark
+
+    device = resolve_device(args.device)
+    result = run_benchmark(args.backbone, tuple(args.sizes), args.repeats, args.warmup, args.train_size,
+                           str(device), args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr),
+                           amp=not args.no_amp, memory=not args.no_memory)
+    table = result.markdown()
+    print(f"device {result.device} {result.device_name}, {result.threads} threads, backbone {result.backbone}, "
+          f"median of {result.repeats}\n{table}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=1))
+        out.with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from harnet.engine.device import resolve_device
+    from harnet.tools.ablation import custom_row, run_ablation, summarize, write_report
+
+    try:
+        extra = [custom_row(name, overrides) for name, *overrides in args.row]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    config = _experiment_path(args.config)
+    if not config.is_file():
+        raise ConfigError(f"{config}: config file not found")
+    out = Path(args.out or f"runs/ablate/{config.stem}")
+    seeds = list(range(args.seeds))
+    device = str(resolve_device(args.device))
+    log = lambda message: print(f"[ablate] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    if not args.report_only:
+        try:
+            run_ablation(config, out, seeds, args.rows, args.set, args.jobs, device, args.threads, log, extra)
+        except KeyboardInterrupt:
+            log("stopped; finished runs are kept and the rest resume on the next call")
+    # The report takes seconds; a stop request arriving now (a scheduler's SIGTERM after the trainings
+    # were stopped) would otherwise lose the whole table.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        summary = summarize(out, seeds, args.rows, device, args.latency_repeats, extra)
+        summary |= {"config": str(config), "overrides": list(args.set), "command": " ".join(sys.argv)}
+        write_report(out, summary, f"{config.stem}: ablation over {len(seeds)} seeds")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print((out / "results.md").read_text())
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'ap_vs_step.png'}")
+    return 0
+
+
+def _add_tta_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: horizontal flip and two scales, merged by Soft-NMS + box voting")
+    p.add_argument("--tta-scales", type=float, nargs="+", metavar="S",
+                   help="TTA scales as multiples of the test size (implies --tta; default 1.0 1.25)")
+    p.add_argument("--tta-no-flip", action="store_true", help="TTA without the flipped views (implies --tta)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harnet.config.model import PRESETS
+    from harnet.tools.ablation import ROW_NAMES
+
+    p = argparse.ArgumentParser(prog="harnet", description="HAR-Net object detection")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="generate shapes, train the hybrid model, evaluate, predict")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: measured best)")
+    d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="generate or convert datasets")
+    dsub = data.add_subparsers(dest="dataset", required=True)
+    s = dsub.add_parser("shapes", help="the built-in synthetic shapes dataset (COCO format)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--images", type=int, default=300)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--difficulty", choices=["easy", "hard"], default="easy")
+    s.set_defaults(func=cmd_data)
+    t = dsub.add_parser("trees", help="real aerial tree crowns from the deepforest wheel (COCO format)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--wheel", default=None, help="local deepforest .whl (default: pip download it)")
+    t.add_argument("--tile", type=int, default=400)
+    t.set_defaults(func=cmd_data)
+
+    tr = sub.add_parser("train", help="train from a YAML config")
+    tr.add_argument("--config", help="YAML file or built-in config name")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder")
+    tr.add_argument("--backbone-weights", metavar="imagenet|FILE|none",
+                    help="pretrained backbone: 'imagenet', a local state_dict, or 'none' (sets model.backbone.weights)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start a new run even if output_dir holds one: that run's files are deleted first")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--skip-bad", action="store_true",
+                    help="skip bad images/annotations (listed in RUN/skipped.txt) instead of stopping")
+    tr.add_argument("--skip-nonfinite", action="store_true",
+                    help="skip batches with a NaN/inf loss (counted) instead of stopping")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="COCO AP of a checkpoint or run folder")
+    ev.add_argument("checkpoint", metavar="RUN_OR_CKPT")
+    ev.add_argument("--data", help="experiment YAML whose data section to use (default: the run's own)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ev.add_argument("--split", choices=["train", "val"], default="val")
+    ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
+    ev.add_argument("--device", default="auto")
+    _add_tta_args(ev)
+    ev.add_argument("--skip-bad", action="store_true",
+                    help="skip bad images/annotations (listed in OUT/skipped.txt) instead of stopping")
+    ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="detect objects in image files, folders or globs")
+    pr.add_argument("checkpoint", metavar="CKPT")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", default="predictions")
+    pr.add_argument("--score", type=float, default=0.3)
+    pr.add_argument("--device", default="auto")
+    _add_tta_args(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="export the network to ONNX or TorchScript (+ metadata JSON)")
+    ex.add_argument("checkpoint", metavar="RUN_OR_CKPT")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt beside the checkpoint)")
+    ex.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                    help="ONNX exporter: torch.onnx's TorchScript-based one (fast) or torch.export (torch >= 2.6)")
+    ex.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="example input size to trace at (shapes stay dynamic; default: the test size)")
+    ex.set_defaults(func=cmd_export)
+
+    xp = sub.add_parser("explain", help="figures of the spatial masks, deformable sampling points, SE weights")
+    xp.add_argument("checkpoint", metavar="RUN_OR_CKPT")
+    xp.add_argument("image")
+    xp.add_argument("--out", required=True, help="output folder")
+    xp.add_argument("--point", type=float, nargs=2, metavar=("X", "Y"),
+                    help="where to read the sampling points (default: the best detection's centre)")
+    xp.add_argument("--device", default="auto")
+    xp.set_defaults(func=cmd_explain)
+
+    b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet")
+    b.add_argument("--backbone", default="resnet50")
+    b.add_argument("--sizes", type=int, nargs="+", default=[320, 512, 800])
+    b.add_argument("--repeats", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--train-size", type=int, default=512, help="image size of the training-step timing")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--no-amp", action="store_true", help="on CUDA, skip the fp16-autocast rows")
+    b.add_argument("--no-memory", action="store_true", help="on CPU, skip the peak-memory processes")
+    b.add_argument("--out", help="write results JSON here (and a .md table beside it)")
+    b.set_defaults(func=cmd_bench)
+
+    ab = sub.add_parser("ablate", help="train + evaluate every ablation row over seeds; tables and a plot")
+    ab.add_argument("--config", required=True, help="experiment YAML or built-in name (e.g. shapes_hard)")
+    ab.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every row")
+    ab.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=None,
+                    help="built-in rows (default: all, or none when --row is given)")
+    ab.add_argument("--row", nargs="+", action="append", default=[], metavar="NAME_OR_KEY=VALUE",
+                    help="a custom row: NAME then its overrides, e.g. --row residual_mask model.preset=hybrid "
+                         "model.spatial.mode=residual ({seed} and {out} are replaced per run)")
+    ab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    ab.add_argument("--jobs", type=int, default=1, help="trainings at once (several small runs share a GPU)")
+    ab.add_argument("--threads", type=int, default=None, help="torch CPU threads per training")
+    ab.add_argument("--device", default="auto")
+    ab.add_argument("--out", help="default: runs/ablate/CONFIG_NAME")
+    ab.add_argument("--latency-repeats", type=int, default=10)
+    ab.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
+    ab.set_defaults(func=cmd_ablate)
+
+    info = sub.add_parser("info", help="parameter count and FLOPs of a preset")
+    info.add_argument("--preset", choices=PRESETS, default="hybrid")
+    info.add_argument("--backbone", default="resnet50")
+    info.add_argument("--num-classes", type=int, default=80)
+    info.add_argument("--size", type=int, default=512)
+    info.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, CheckpointError, UsageError) as e:
+        if args.debug:
+            raise
+        print(f"harnet: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"harnet: error: {one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"harnet: {one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not a user error: still one line, the traceback is one flag away
+        if args.debug:
+            raise
+        print(f"harnet: error: {type(e).__name__}: {one_line(e)} (unexpected; rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

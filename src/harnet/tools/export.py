@@ -1,0 +1,319 @@
+"""Export the network to ONNX or TorchScript, and the pre/post-processing a deployer runs around it.
+
+What is exported is the network only: a normalised, zero-padded batch ``(N, 3, H, W)`` (any N, H,
+W) -> ``cls_logits`` ``(N, A, K)`` and ``box_deltas`` ``(N, A, 4)``, the hybrid's two prediction sets
+already averaged, exactly what :meth:`HARNet.forward` decodes. Every attention is inside, the
+aligned attention's deformable conv included (ONNX ``DeformConv``, opset 19; onnxruntime >= 1.25
+runs it on the CPU). Resizing, anchors, top-k, Soft-NMS and box voting stay outside: they are
+data-dependent loops that exporters handle badly, and keeping them in Python means the deployed
+model decodes with the same code as training-time evaluation. :func:`preprocess` and
+:func:`postprocess_raw` are that code; a JSON file written beside the export holds everything they
+need (class names, transform, anchors, inference settings), so a deployer needs only that file,
+the exported model and ``harnet``::
+
+    batch = preprocess(images, config)                        # list of CHW float RGB in [0, 1]
+    logits, deltas = session.run(None, {"images": batch.images.numpy()})
+    detections = postprocess_raw(logits, deltas, batch, config)  # boxes in input-image pixels
+
+:func:`onnx_predict` does exactly this.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+
+from harnet.config.io import from_dict
+from harnet.config.model import HARNetConfig, to_dict
+from harnet.modeling.anchors import build_anchor_generator
+from harnet.modeling.harnet import HARNet, build_transform, merge_prediction_sets
+from harnet.modeling.postprocess import DenseOutputs, build_box_coder
+from harnet.modeling.pyramid import LEVEL_STRIDES, level_shapes
+
+ONNX_OPSET = 19  # the first opset with DeformConv
+INPUT_NAMES = ["images"]
+OUTPUT_NAMES = ["cls_logits", "box_deltas"]
+Format = Literal["onnx", "torchscript"]
+Exporter = Literal["torchscript", "dynamo"]
+
+
+class RawNetwork(nn.Module):
+    """``HARNet.forward_raw`` with the test-time merge of prediction sets: the exported graph."""
+
+    def __init__(self, model: HARNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return merge_prediction_sets(self.model.forward_raw(images))
+
+
+@dataclass
+class Batch:
+    """What the exported network eats, plus the sizes post-processing needs."""
+
+    images: Tensor  # (N, 3, H, W) normalised, zero-padded bottom/right to a multiple of size_divisible
+    image_sizes: list[tuple[int, int]]  # (h, w) of each resized image inside the padded batch
+    original_sizes: list[tuple[int, int]]  # (h, w) of each input image
+
+
+def preprocess(images: Sequence[Tensor], config: HARNetConfig) -> Batch:
+    """Float CHW RGB images in [0, 1] -> the exported network's input (the model's own transform)."""
+    originals = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    image_list, _ = build_transform(config.transform, training=False)(list(images))
+    return Batch(image_list.tensors, [tuple(s) for s in image_list.image_sizes], originals)  # type: ignore[misc]
+
+
+def postprocess_raw(
+    cls_logits: Tensor | np.ndarray,
+    box_deltas: Tensor | np.ndarray,
+    batch: Batch,
+    config: HARNetConfig,
+) -> list[dict[str, Tensor]]:
+    """The exported network's outputs -> ``[{"boxes", "scores", "labels"}]`` in input-image pixels,
+    with the model's anchors, top-k, NMS or Soft-NMS and box voting (``config.inference``)."""
+    cls_logits, box_deltas = torch.as_tensor(cls_logits), torch.as_tensor(box_deltas)
+    n, height, width = batch.images.shape[0], batch.images.shape[-2], batch.images.shape[-1]
+    shapes = level_shapes(height, width)
+    num_anchors = config.anchors.num_anchors
+    per_level = [h * w * num_anchors for h, w in shapes]
+    if cls_logits.shape[:2] != (n, sum(per_level)) or box_deltas.shape[:2] != (n, sum(per_level)):
+        raise ValueError(
+            f"outputs {tuple(cls_logits.shape)} / {tuple(box_deltas.shape)} do not fit a {n}x3x{height}x{width} "
+            f"batch: expected (N={n}, anchors={sum(per_level)}, ...); was the batch made by preprocess()?"
+        )
+    # The anchor generator reads only the shapes of the batch and of the feature maps.
+    placeholders = [cls_logits.new_empty(0, 0, h, w) for h, w in shapes]
+    anchors = build_anchor_generator(config.anchors)(
+        ImageList(cls_logits.new_empty(n, 0, height, width), batch.image_sizes), placeholders
+    )
+    dense = DenseOutputs(cls_logits, box_deltas, anchors, per_level, batch.image_sizes)
+    detections = dense.detections(build_box_coder(), config.inference)
+    transform = build_transform(config.transform, training=False)
+    return transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
+
+
+# --- exporters ---------------------------------------------------------------------------------
+
+
+def _deform_conv_symbolic() -> Any:
+    """``torchvision::deform_conv2d`` -> ONNX ``DeformConv`` for the TorchScript-based exporter
+    (torchvision registers no symbolic for it). Offsets share torchvision's layout: per offset group,
+    per kernel tap, (dy, dx)."""
+    from torch.onnx import symbolic_helper as sh
+
+    @sh.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+    def deform_conv2d(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,  # type: ignore[no-untyped-def]
+                      dilation_h, dilation_w, groups, offset_groups, use_mask):
+        inputs = [input, weight, offset, bias] + ([mask] if use_mask else [])
+        return g.op("DeformConv", *inputs, strides_i=[stride_h, stride_w], pads_i=[pad_h, pad_w, pad_h, pad_w],
+                    dilations_i=[dilation_h, dilation_w], group_i=groups, offset_group_i=offset_groups)
+
+    return deform_conv2d
+
+
+def _deform_conv_onnxscript() -> Any:
+    """The same mapping for the dynamo (torch.export) exporter, written in onnxscript. The aligned
+    attention's DeformConv2d is v1 (no modulation mask), so ``mask`` is not passed on."""
+    from onnxscript import opset19 as op
+
+    def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int,  # type: ignore[no-untyped-def]
+                      pad_w: int, dilation_h: int, dilation_w: int, groups: int, offset_groups: int,
+                      use_mask: bool):
+        return op.DeformConv(input, weight, offset, bias, strides=[stride_h, stride_w],
+                             pads=[pad_h, pad_w, pad_h, pad_w], dilations=[dilation_h, dilation_w],
+                             group=groups, offset_group=offset_groups)
+
+    return deform_conv2d
+
+
+def _example_input(config: HARNetConfig, size: tuple[int, int] | None, extra: int = 0) -> Tensor:
+    d = config.transform.size_divisible
+    if size is None:
+        side = -(-config.transform.min_size[-1] // d) * d
+        size = (side, side)
+    h, w = (-(-s // d) * d for s in size)
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1 + extra, 3, h + extra * d, w + 2 * extra * d, generator=g)
+
+
+def export_onnx(model: HARNet, path: Path, exporter: Exporter = "torchscript",
+                size: tuple[int, int] | None = None) -> None:
+    """Write ``model`` as ONNX (opset 19) with dynamic batch, height and width."""
+    try:
+        import onnx  # noqa: F401  (both exporters need it)
+    except ImportError:
+        raise RuntimeError("ONNX export needs the onnx package: pip install 'harnet[export]'") from None
+    net = RawNetwork(model).eval()
+    example = _example_input(model.config, size)
+    params = inspect.signature(torch.onnx.export).parameters
+    if exporter == "dynamo":
+        if "custom_translation_table" not in params:
+            raise RuntimeError(f"--exporter dynamo needs torch >= 2.6 (this is {torch.__version__}); "
+                               "use --exporter torchscript")
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise RuntimeError("--exporter dynamo needs onnxscript: pip install 'harnet[export]'") from None
+        # torch.export specialises dimensions of size 1: trace with a batch of 2 and sizes where
+        # even P7 (stride 128) has two cells.
+        d = model.config.transform.size_divisible
+        side = max(example.shape[-1], example.shape[-2], -(-129 // d) * d)
+        example = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+        dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=32, max=8192),
+                3: torch.export.Dim("width", min=32, max=8192)}
+        program = torch.onnx.export(
+            net, (example,), dynamo=True, opset_version=ONNX_OPSET, input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES, dynamic_shapes=(dims,),
+            custom_translation_table={torch.ops.torchvision.deform_conv2d.default: _deform_conv_onnxscript()},
+        )
+        assert program is not None  # dynamo=True always returns the program
+        program.save(str(path))
+        return
+    torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", _deform_conv_symbolic(), ONNX_OPSET)
+    kwargs: dict[str, Any] = {"dynamo": False} if "dynamo" in params else {}
+    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+    dynamic |= {name: {0: "batch", 1: "anchors"} for name in OUTPUT_NAMES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+        torch.onnx.export(net, (example,), str(path), opset_version=ONNX_OPSET, input_names=INPUT_NAMES,
+                          output_names=OUTPUT_NAMES, dynamic_axes=dynamic, **kwargs)
+
+
+def export_torchscript(model: HARNet, path: Path, size: tuple[int, int] | None = None,
+                       extra_files: dict[str, str] | None = None) -> None:
+    """Trace the network and save it. Shapes stay dynamic: the tracer records size arithmetic, it
+    does not freeze it (``export_model`` checks the saved file on a differently shaped batch). Load
+    with ``torch.jit.load`` after ``import torchvision`` (which registers ``deform_conv2d``)."""
+    net = RawNetwork(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python ints, jit deprecation notices
+        traced = torch.jit.trace(net, _example_input(model.config, size), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files=extra_files or {})
+
+
+# --- metadata ----------------------------------------------------------------------------------
+
+
+def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[int], fmt: Format,
+             exporter: str) -> dict[str, Any]:
+    """Everything :func:`preprocess` / :func:`postprocess_raw` need, as plain JSON."""
+    t = model.config.transform
+    return {
+        "format": fmt,
+        "exporter": exporter,
+        "opset": ONNX_OPSET if fmt == "onnx" else None,
+        "torch": torch.__version__,
+        "inputs": {"images": "float32 (N, 3, H, W): RGB in [0, 1], resized so the short side is "
+                             f"{t.min_size[-1]} and the long side at most {t.max_size}, normalised "
+                             f"(x - {list(t.image_mean)}) / {list(t.image_std)}, zero-padded bottom/right "
+                             f"to a multiple of {t.size_divisible}"},
+        "outputs": {"cls_logits": "float32 (N, A, num_classes) logits (sigmoid -> scores)",
+                    "box_deltas": "float32 (N, A, 4) (dx, dy, dw, dh) against the anchors, weights 1"},
+        "anchor_order": "levels P3..P7 (strides 8..128); within a level row-major (y, x), then the "
+                        "level's anchors ratio-major, scale-minor",
+        "level_strides": list(LEVEL_STRIDES),
+        "class_names": list(class_names),
+        "category_ids": [int(c) for c in category_ids],
+        "model": to_dict(model.config),
+    }
+
+
+def metadata_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+@dataclass
+class ExportedModel:
+    """An export's metadata, loaded back: the config for pre/post-processing and the class names."""
+
+    config: HARNetConfig
+    class_names: list[str]
+    category_ids: list[int]
+    info: dict[str, Any]
+
+
+def load_metadata(path: str | Path) -> ExportedModel:
+    """Read ``<model file>.json`` (pass the model file or the JSON itself)."""
+    path = Path(path)
+    meta = path if path.suffix == ".json" else metadata_path(path)
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta}: export metadata not found (written by harnet export beside the model)")
+    info = json.loads(meta.read_text())
+    config = from_dict(HARNetConfig, info["model"], "model")
+    return ExportedModel(config, list(info["class_names"]), list(info["category_ids"]), info)
+
+
+# --- one call ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata_path: Path
+    max_abs_diff: float | None  # exported vs PyTorch outputs on a check batch; None if not checked
+
+
+def export_model(model: HARNet, path: str | Path, fmt: Format, class_names: Sequence[str],
+                 category_ids: Sequence[int], exporter: Exporter = "torchscript",
+                 size: tuple[int, int] | None = None, verify: bool = True) -> ExportResult:
+    """Export ``model`` (moved to the CPU) to ``path`` plus ``<path>.json``; by default run the export on
+    a differently sized batch and report its largest difference from PyTorch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    meta = metadata(model, class_names, category_ids, fmt, exporter if fmt == "onnx" else "torch.jit.trace")
+    text = json.dumps(meta, indent=1)
+    if fmt == "onnx":
+        export_onnx(model, path, exporter, size)
+    elif fmt == "torchscript":
+        export_torchscript(model, path, size, extra_files={"harnet.json": text})
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+    metadata_path(path).write_text(text + "\n")
+    diff = _verify(model, path, fmt) if verify else None
+    return ExportResult(path, metadata_path(path), diff)
+
+
+@torch.no_grad()
+def _verify(model: HARNet, path: Path, fmt: Format) -> float | None:
+    """Largest |exported - PyTorch| over both outputs on a batch unlike the export example."""
+    example = _example_input(model.config, None, extra=1)
+    expected = RawNetwork(model).eval()(example)
+    if fmt == "torchscript":
+        # Without the profiling executor's optimisation passes, which take seconds on a first call.
+        with warnings.catch_warnings(), torch.jit.optimized_execution(False):
+            warnings.simplefilter("ignore")
+            got = [t.numpy() for t in torch.jit.load(str(path))(example)]
+    else:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return None  # exporting does not need onnxruntime; checking does
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {INPUT_NAMES[0]: example.numpy()})
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+
+
+def onnx_predict(path: str | Path, images: Sequence[Tensor], session: Any = None) -> list[dict[str, Tensor]]:
+    """Reference deployment: detections of an exported ONNX model with onnxruntime on the CPU and
+    harnet's pre/post-processing. ``images``: float CHW RGB in [0, 1]."""
+    exported = load_metadata(path)
+    if session is None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = preprocess(images, exported.config)
+    logits, deltas = session.run(None, {INPUT_NAMES[0]: batch.images.numpy()})
+    return postprocess_raw(logits, deltas, batch, exported.config)

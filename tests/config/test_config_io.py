@@ -1,0 +1,105 @@
+"""Config loading: every key and type checked, overrides parsed as YAML, presets applied."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harnet.config.experiment import ExperimentConfig, builtin_config, load_experiment
+from harnet.config.io import ConfigError, from_dict, load_yaml, merge, parse_overrides
+from harnet.config.model import HARNetConfig, to_dict
+
+
+def test_round_trip_of_every_preset() -> None:
+    for name in ("retinanet", "spatial", "channel", "aligned", "hybrid"):
+        cfg = HARNetConfig.preset(name)
+        assert from_dict(HARNetConfig, to_dict(cfg)) == cfg
+
+
+def test_overrides_are_typed_yaml() -> None:
+    tree = parse_overrides(["train.lr=0.01", "model.spatial.enabled=true", "model.transform.min_size=[256, 320]"])
+    cfg = ExperimentConfig.from_dict(tree)
+    assert cfg.train.lr == 0.01 and cfg.model.spatial.enabled
+    assert cfg.model.transform.min_size == (256, 320)
+
+
+def test_scalar_for_tuple_and_int_for_float() -> None:
+    cfg = load_experiment(None, ["model.transform.min_size=512", "train.lr=1"])
+    assert cfg.model.transform.min_size == (512,) and isinstance(cfg.train.lr, float)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.spatal.enabled=true", "unknown config key 'model.spatal'"),
+        ("train.lr=fast", "train.lr: expected float"),
+        ("model.backbone.name=vgg", "model.backbone.name: 'vgg' is not one of"),
+        ("train.batch_size=2.5", "train.batch_size: expected int"),
+        ("model.preset=nope", "unknown preset 'nope'"),
+        ("novalue", "must look like key=value"),
+        ("train.ema_decay=1.0", "train.ema_decay: must be in [0, 1)"),
+        ("train.backbone_lr_mult=-1", "train.backbone_lr_mult: must be >= 0"),
+        ("train.norm_weight_decay=-0.1", "train.norm_weight_decay: must be >= 0"),
+        ("train.amp_dtype=fp8", "train.amp_dtype: 'fp8' is not one of"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(None, [override])
+
+
+def test_preset_then_explicit_keys() -> None:
+    cfg = load_experiment(None, ["model.preset=hybrid", "model.spatial.enabled=false"])
+    assert cfg.model.channel.enabled and cfg.model.aligned.enabled and not cfg.model.spatial.enabled
+
+
+def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        load_yaml(tmp_path / "missing.yaml")
+    code = tmp_path / "code.yaml"
+    code.write_text("model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="code.yaml"):
+        load_yaml(code)
+
+
+def test_merge_is_recursive() -> None:
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_shipped_configs_load() -> None:
+    for name in ("demo", "shapes_hard", "trees", "coco_r50_1x", "coco_r101_1x"):
+        load_experiment(builtin_config(name))
+    with pytest.raises(ConfigError, match="no built-in config 'nope'"):
+        builtin_config("nope")
+
+
+def test_base_merges_the_file_over_its_base(tmp_path: Path) -> None:
+    (tmp_path / "common.yaml").write_text("output_dir: runs/a\nmodel: {preset: hybrid, num_classes: 5}\n"
+                                          "train: {lr: 0.02, max_steps: 7}\n")
+    (tmp_path / "child.yaml").write_text("base: common\nmodel: {num_classes: 3}\ntrain: {lr: 0.01}\n")
+    cfg = load_experiment(tmp_path / "child.yaml")
+    assert (cfg.model.num_classes, cfg.train.lr, cfg.train.max_steps) == (3, 0.01, 7)
+    assert cfg.model.preset_name == "hybrid" and cfg.output_dir == "runs/a"
+
+
+def test_base_names_a_builtin_config_and_r101_is_r50_plus_its_changes() -> None:
+    r50, r101 = load_experiment(builtin_config("coco_r50_1x")), load_experiment(builtin_config("coco_r101_1x"))
+    assert r101.model.backbone.name == "resnet101" and r101.model.spatial.mode == "residual"
+    assert r101.data == r50.data and r101.model.loss == r50.model.loss
+    assert "base:" in builtin_config("coco_r101_1x").read_text()
+
+
+def test_base_errors_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: base: b leads back|b\.yaml: base: a leads back"):
+        load_experiment(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: no_such_config\n")
+    with pytest.raises(ConfigError, match="no built-in config 'no_such_config'"):
+        load_experiment(tmp_path / "c.yaml")

@@ -1,0 +1,214 @@
+"""Post-processing: Gaussian Soft-NMS and box voting against hand-computed values; NMS = torchvision's."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import batched_nms, box_iou
+
+from harnet.config.model import InferenceConfig
+from harnet.modeling.postprocess import SOFT_NMS_MIN_SCORE, box_voting, select_candidates, soft_nms, suppress
+
+SIGMA = 0.5
+
+
+def random_detections(
+    n: int, seed: int, extent: float, min_side: float, spread: float, num_labels: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded random candidates: boxes with sides in [min_side, min_side + spread), scores, labels."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * extent
+    boxes = torch.cat([xy, xy + min_side + torch.rand(n, 2, generator=g) * spread], dim=1)
+    return boxes, torch.rand(n, generator=g), torch.randint(0, num_labels, (n,), generator=g)
+# Class 0: A, B (IoU(A, B) = 50/150 = 1/3), C (IoU(A, C) = 80/100 = 0.8, IoU(B, C) = 30/150 = 0.2).
+# Class 1: D, the same box as A, which must not be decayed by A.
+BOXES = torch.tensor(
+    [[0.0, 0.0, 10.0, 10.0], [0.0, 5.0, 10.0, 15.0], [0.0, 0.0, 10.0, 8.0], [0.0, 0.0, 10.0, 10.0]]
+)
+SCORES = torch.tensor([0.9, 0.8, 0.7, 0.85])
+LABELS = torch.tensor([0, 0, 0, 1])
+
+
+def test_soft_nms_matches_hand_computation() -> None:
+    """Picks A, D, B, C with scores 0.9, 0.85, 0.8 e^{-(1/3)^2/s}, 0.7 e^{-0.8^2/s} e^{-0.2^2/s}."""
+    iou = box_iou(BOXES, BOXES)
+    torch.testing.assert_close(iou[0, 1], torch.tensor(1 / 3))
+    torch.testing.assert_close(iou[0, 2], torch.tensor(0.8))
+    torch.testing.assert_close(iou[1, 2], torch.tensor(0.2))
+    keep, scores = soft_nms(BOXES, SCORES, LABELS, SIGMA, max_keep=10)
+    b = 0.8 * math.exp(-((1 / 3) ** 2) / SIGMA)  # decayed once, by A
+    c = 0.7 * math.exp(-(0.8**2) / SIGMA) * math.exp(-(0.2**2) / SIGMA)  # by A, then by B
+    assert keep.tolist() == [0, 3, 1, 2]
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.85, b, c]))
+    assert abs(b - 0.640592) < 1e-5 and abs(c - 0.179666) < 1e-5  # the numbers by hand
+
+
+def test_soft_nms_classes_do_not_interact() -> None:
+    """Running all classes together = running each class alone (same picks, same decayed scores)."""
+    boxes, scores, labels = random_detections(30, seed=0, extent=40, min_side=5, spread=20, num_labels=3)
+    keep, kept = soft_nms(boxes, scores, labels, SIGMA, max_keep=100)
+    together = dict(zip(keep.tolist(), kept.tolist()))
+    alone: dict[int, float] = {}
+    for k in range(3):
+        idx = torch.where(labels == k)[0]
+        keep_k, kept_k = soft_nms(boxes[idx], scores[idx], labels[idx], SIGMA, max_keep=100)
+        alone.update(zip(idx[keep_k].tolist(), kept_k.tolist()))
+    assert together.keys() == alone.keys()
+    for i in together:
+        assert math.isclose(together[i], alone[i], rel_tol=1e-6)
+    assert kept.tolist() == sorted(kept.tolist(), reverse=True)  # global pick order is by score
+
+
+def test_soft_nms_max_keep_and_min_score() -> None:
+    """At most ``max_keep`` picks (the best ones); boxes decayed below the floor are dropped."""
+    keep, scores = soft_nms(BOXES, SCORES, LABELS, SIGMA, max_keep=2)
+    assert keep.tolist() == [0, 3] and scores.tolist() == SCORES[[0, 3]].tolist()
+    same = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 3)
+    keep, scores = soft_nms(same, torch.tensor([0.9, 0.5, 0.4]), torch.zeros(3, dtype=torch.int64), 0.1, 10)
+    # IoU 1 with sigma 0.1 decays by e^-10 = 4.5e-5 per pick: 0.5 -> 2.3e-5 < SOFT_NMS_MIN_SCORE.
+    assert keep.tolist() == [0]
+    assert 0.5 * math.exp(-10) < SOFT_NMS_MIN_SCORE
+    empty_keep, empty_scores = soft_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64),
+                                        SIGMA, 10)
+    assert empty_keep.numel() == 0 and empty_scores.numel() == 0
+
+
+def reference_box_voting(kept_boxes: list[list[float]], kept_scores: list[float], kept_labels: list[int],
+                         boxes: list[list[float]], scores: list[float], labels: list[int],
+                         thresh: float, neighbors: int = 4) -> tuple[list[list[float]], list[float]]:
+    """Box voting written literally from the authors' description, one kept box at a time (plain Python).
+
+    Per class, in kept order: the candidates identical to a kept box are never used; a kept box takes
+    every unused candidate with IoU >= thresh (marking them used), the best ``neighbors`` of them by
+    score vote: box = score-weighted mean of it and them, score = (its + theirs) / (neighbors + 1).
+    """
+    def iou(a: list[float], b: list[float]) -> float:
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union > 0 else 0.0
+
+    used = [0] * len(boxes)
+    for kb, kl in zip(kept_boxes, kept_labels):
+        for j, (b, lab) in enumerate(zip(boxes, labels)):
+            if lab == kl and b == kb:
+                used[j] = -1
+    out_boxes, out_scores = [], []
+    for kb, ks, kl in zip(kept_boxes, kept_scores, kept_labels):
+        claimed = [j for j in range(len(boxes)) if labels[j] == kl and used[j] == 0 and iou(kb, boxes[j]) >= thresh]
+        for j in claimed:
+            used[j] = 1
+        if not claimed:
+            out_boxes.append(list(kb))
+            out_scores.append(ks)
+            continue
+        best = sorted(claimed, key=lambda j: -scores[j])[:neighbors]
+        s = [ks] + [scores[j] for j in best]
+        b = [kb] + [boxes[j] for j in best]
+        out_scores.append(sum(s) / (neighbors + 1))
+        out_boxes.append([sum(si * bi[c] for si, bi in zip(s, b)) / sum(s) for c in range(4)])
+    return out_boxes, out_scores
+
+
+def test_box_voting_by_hand() -> None:
+    """One kept box, one voting neighbour: box = weighted mean, score = (0.9 + 0.6) / 5."""
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    candidates = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # itself (an exact duplicate of a kept box): never votes
+            [1.0, 1.0, 11.0, 11.0],  # IoU 81/119 = 0.68 >= 0.6, score 0.6: votes
+            [0.0, 0.0, 10.0, 20.0],  # IoU 0.5 < 0.6: no vote
+            [1.0, 1.0, 11.0, 11.0],  # overlapping but class 1: no vote
+        ]
+    )
+    scores = torch.tensor([0.9, 0.6, 0.5, 0.8])
+    labels = torch.tensor([0, 0, 0, 1])
+    voted, voted_scores = box_voting(kept, torch.tensor([0.9]), torch.tensor([0]), candidates, scores, labels, 0.6)
+    torch.testing.assert_close(voted, torch.tensor([[0.4, 0.4, 10.4, 10.4]]))
+    torch.testing.assert_close(voted_scores, torch.tensor([1.5 / 5]))
+
+
+def test_box_voting_equals_the_literal_reference() -> None:
+    """``_bbox_voting`` of the authors' ``merge_proposal_layer.py``: random boxes in 3 classes, ties and
+    exact duplicates of kept boxes included, kept boxes from Soft-NMS (which keeps most candidates, so
+    few can vote) and from hard NMS (many can); equal to 1e-6."""
+    for seed in range(6):
+        boxes, scores, labels = random_detections(120, seed=seed, extent=30, min_side=8, spread=10, num_labels=3)
+        boxes = boxes.round()  # coarse coordinates: many exact duplicates and equal IoUs
+        scores = (scores * 10).round() / 10 + 0.05  # many tied scores
+        boxes[60:70] = boxes[:10]  # exact duplicates
+        if seed % 2:
+            keep = batched_nms(boxes, scores, labels, 0.5)
+            kept_scores = scores[keep]
+        else:
+            keep, kept_scores = soft_nms(boxes, scores, labels, SIGMA)
+        got_boxes, got_scores = box_voting(boxes[keep], kept_scores, labels[keep], boxes, scores, labels, 0.6)
+        ref_boxes, ref_scores = reference_box_voting(
+            boxes[keep].tolist(), kept_scores.tolist(), labels[keep].tolist(), boxes.tolist(), scores.tolist(),
+            labels.tolist(), 0.6)
+        torch.testing.assert_close(got_boxes, torch.tensor(ref_boxes), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got_scores, torch.tensor(ref_scores), atol=1e-6, rtol=1e-6)
+        assert bool((got_scores != kept_scores).any()) or not seed % 2  # voting re-scored some
+
+
+def test_default_nms_path_equals_torchvision_batched_nms() -> None:
+    """suppress() with the default config = batched_nms at 0.5, truncated to detections_per_img."""
+    boxes, scores, labels = random_detections(300, seed=1, extent=100, min_side=4, spread=40, num_labels=4)
+    cfg = InferenceConfig(detections_per_img=20)
+    out = suppress(boxes, scores, labels, cfg)
+    keep = batched_nms(boxes, scores, labels, 0.5)[:20]
+    assert torch.equal(out["boxes"], boxes[keep])
+    assert torch.equal(out["scores"], scores[keep])
+    assert torch.equal(out["labels"], labels[keep])
+
+
+def test_suppress_soft_nms_with_voting() -> None:
+    """The paper's test recipe: Soft-NMS, voting (re-scoring), then score >= 0.05, at most 100, by score.
+
+    Soft-NMS keeps every box above 1e-3, and a kept box never votes (exact duplicate of a kept box), so
+    only what Soft-NMS removed can vote: here E, a near copy of A at score 0.002, decayed below 1e-3 by A.
+    """
+    boxes = torch.cat([BOXES, torch.tensor([[0.0, 0.0, 10.0, 9.5]])])
+    scores, labels = torch.cat([SCORES, torch.tensor([0.002])]), torch.cat([LABELS, torch.tensor([0])])
+    cfg = InferenceConfig(nms="soft_nms", soft_nms_sigma=SIGMA, box_voting_iou=0.6, final_score_thresh=0.05)
+    out = suppress(boxes, scores, labels, cfg)
+    keep, kept = soft_nms(boxes, scores, labels, SIGMA)
+    assert 4 not in keep.tolist()
+    voted, voted_scores = box_voting(boxes[keep], kept, labels[keep], boxes, scores, labels, 0.6)
+    order = torch.argsort(voted_scores, descending=True)
+    torch.testing.assert_close(out["scores"], voted_scores[order])
+    torch.testing.assert_close(out["boxes"], voted[order])
+    # A absorbs E: score (0.9 + 0.002) / 5, box their weighted mean; D (class 1) keeps box and score, ranks first.
+    assert out["labels"].tolist()[0] == 1 and float(out["scores"][0]) == pytest.approx(0.85)
+    a = int(torch.where((out["scores"] - 0.902 / 5).abs() < 1e-6)[0][0])
+    torch.testing.assert_close(out["boxes"][a], (0.9 * boxes[0] + 0.002 * boxes[4]) / 0.902)
+    # Scores below final_score_thresh are dropped after voting; at most detections_per_img remain.
+    few = suppress(boxes, scores, labels, replace(cfg, final_score_thresh=0.5, detections_per_img=1))
+    assert few["scores"].tolist() == pytest.approx([0.85])
+
+
+def test_min_box_size_drops_small_candidates() -> None:
+    """The authors drop boxes under 8 px at test time (``inference.min_box_size``)."""
+    logits = torch.full((4, 1), 5.0)
+    deltas = torch.zeros(4, 4)
+    anchors = torch.tensor([[0, 0, 4, 4], [0, 0, 20, 20], [0, 0, 7.9, 30], [10, 10, 18, 18]], dtype=torch.float)
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    boxes, _, _ = select_candidates([logits], [deltas], [anchors], (64, 64), coder, InferenceConfig(min_box_size=8))
+    assert sorted(boxes.tolist()) == anchors[[1, 3]].tolist()
+    boxes, _, _ = select_candidates([logits], [deltas], [anchors], (64, 64), coder, InferenceConfig())
+    assert boxes.shape[0] == 4
+
+
+def test_zero_area_boxes_stay_finite_through_soft_nms_and_voting() -> None:
+    """Boxes clipped flat at the image border have IoU 0/0 with each other; no NaN may leak out."""
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [64.0, 5.0, 64.0, 20.0], [64.0, 5.0, 64.0, 20.0]])
+    scores, labels = torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 0])
+    cfg = InferenceConfig(nms="soft_nms", box_voting_iou=0.6)
+    out = suppress(boxes, scores, labels, cfg)
+    assert len(out["scores"]) == 3
+    assert bool(torch.isfinite(out["boxes"]).all()) and bool(torch.isfinite(out["scores"]).all())
+    torch.testing.assert_close(out["boxes"][1:], boxes[1:])

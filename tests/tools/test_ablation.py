@@ -1,0 +1,99 @@
+"""``harnet ablate``: rows x seeds as resumable runs, then a mean ± std table, JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harnet.tools.ablation import ROW_NAMES, _train_command, markdown, plan, run_ablation, summarize, write_report
+from harnet.tools.cli import main
+from tests_support import tiny_overrides
+
+ROWS = ["torchvision_retinanet", "retinanet", "hybrid"]
+
+
+def test_plan_is_seed_major_and_covers_the_paper_rows(tmp_path: Path) -> None:
+    specs = plan(tmp_path, [0, 1])
+    assert [s.seed for s in specs] == [0] * len(ROW_NAMES) + [1] * len(ROW_NAMES)
+    assert {"retinanet", "spatial", "channel", "aligned", "hybrid", "torchvision_retinanet",
+            "hybrid_no_spatial", "hybrid_no_channel", "hybrid_no_aligned", "hybrid_no_dual"} == set(ROW_NAMES)
+    assert specs[0].run_dir == tmp_path / specs[0].row.name / "seed0"
+
+
+def test_a_stopped_run_resumes_and_one_without_a_checkpoint_starts_over(tmp_path: Path) -> None:
+    """Run folders are never reused silently: ablate resumes its own runs (last.pt) and restarts, with
+    --overwrite, those stopped before their first checkpoint (config.yaml but nothing to resume)."""
+    spec = plan(tmp_path, [0], ["hybrid"])[0]
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "config.yaml").write_text("{}")
+    command = _train_command(spec, tmp_path / "c.yaml", [], "cpu", None)
+    assert "--overwrite" in command and "--resume" not in command
+    (spec.run_dir / "last.pt").write_bytes(b"")
+    assert _train_command(spec, tmp_path / "c.yaml", [], "cpu", None)[-2:] == ["--resume", str(spec.run_dir)]
+
+
+@pytest.mark.slow
+def test_ablation_runs_resumes_and_reports(shapes_root: Path, tmp_path: Path) -> None:
+    overrides = [*tiny_overrides(shapes_root, tmp_path / "unused"), "model.loss.box_loss=l1", "train.max_steps=2",
+                 "train.eval_every=1", "model.head.group_norm=true", "model.channel.gn_groups=8",
+                 "model.head.num_convs=4"]
+    config = tmp_path / "tiny.yaml"
+    config.write_text("train: {threads: 1}\n")
+    out = tmp_path / "ablate"
+    done = run_ablation(config, out, seeds=[0], rows=ROWS, overrides=overrides, jobs=2, device="cpu",
+                        log=lambda m: None)
+    assert sorted(d["row"] for d in done) == sorted(ROWS)
+    assert all(d["steps"] == 2 and [s for s, _ in d["curve"]] == [1, 2] for d in done)
+    # Finished runs are not redone: done.json (and the run's log) stay untouched.
+    stamp = (out / "hybrid" / "seed0" / "done.json").stat().st_mtime_ns
+    again = run_ablation(config, out, seeds=[0], rows=ROWS, overrides=overrides, device="cpu", log=lambda m: None)
+    assert len(again) == 3 and (out / "hybrid" / "seed0" / "done.json").stat().st_mtime_ns == stamp
+
+    summary = summarize(out, [0], ROWS, latency_repeats=1)
+    by_name = {e["name"]: e for e in summary["rows"]}
+    assert by_name["retinanet"]["params_m"] == pytest.approx(by_name["torchvision_retinanet"]["params_m"])
+    assert by_name["hybrid"]["gflops"] > by_name["retinanet"]["gflops"]
+    table = markdown(summary)
+    assert "| hybrid |" in table and "hybrid vs retinanet" in table and "± 0.0" in table
+    write_report(out, summary, "tiny")
+    assert (out / "ap_vs_step.png").stat().st_size > 1000
+    assert json.loads((out / "results.json").read_text())["rows"][0]["name"] == "torchvision_retinanet"
+
+
+def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
+    """--report-only rebuilds the report from done.json files and trains nothing."""
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {backbone: {name: resnet18}, fpn: {channels: 16}, channel: {gn_groups: 8},"
+                      " aligned: {mid_channels: 16, gn_groups: 8}, transform: {min_size: [64], max_size: 64}}\n")
+    for row, ap in (("retinanet", 0.10), ("hybrid", 0.15)):
+        run = tmp_path / "out" / row / "seed0"
+        run.mkdir(parents=True)
+        preset = "retinanet" if row == "retinanet" else "hybrid"
+        (run / "config.yaml").write_text(config.read_text().replace("model: {", f"model: {{preset: {preset}, ")
+                                         .replace("fpn:", "num_classes: 3, fpn:"))
+        stats = {k: ap for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+        (run / "done.json").write_text(json.dumps({"row": row, "seed": 0, "stats": stats,
+                                                   "curve": [[5, ap]], "steps": 5}))
+    argv = ["ablate", "--config", str(config), "--seeds", "1", "--rows", "retinanet", "hybrid", "--report-only",
+            "--out", str(tmp_path / "out"), "--latency-repeats", "1", "--device", "cpu"]
+    assert main(argv) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| hybrid | 15.0 ± 0.0" in text and "+5.0" in text and "misses the +2.0 target" not in text
+
+
+def test_custom_rows_are_planned_after_the_chosen_rows_with_seed_and_out_filled_in(tmp_path: Path) -> None:
+    """``--row NAME KEY=VALUE ...``: a named variant (or the second phase of two-phase training) beside the
+    paper's rows; ``{seed}``/``{out}`` become the run's seed and the ablation folder."""
+    from harnet.tools.ablation import _train_command, custom_row
+
+    two_phase = custom_row("two_phase", ["model.preset=hybrid", "train.init_from={out}/retinanet/seed{seed}"])
+    specs = plan(tmp_path, [0, 1], ["retinanet"], [two_phase])
+    assert [(s.row.name, s.seed) for s in specs] == [("retinanet", 0), ("two_phase", 0), ("retinanet", 1),
+                                                     ("two_phase", 1)]
+    assert [s.row.name for s in plan(tmp_path, [0], None, [two_phase])] == ["two_phase"]
+    command = _train_command(specs[3], tmp_path / "c.yaml", [], "cpu", None)
+    assert f"train.init_from={tmp_path}/retinanet/seed1" in command
+    with pytest.raises(ValueError, match="new name"):
+        custom_row("hybrid", ["model.preset=hybrid"])

@@ -1,0 +1,136 @@
+"""Export: ONNX (onnxruntime on the CPU) and TorchScript give PyTorch's raw outputs, and our
+post-processing of them gives PyTorch's detections; with every attention on, deformable conv included."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from harnet.engine import checkpoint
+from harnet.modeling.harnet import HARNet
+from harnet.tools.cli import main
+from harnet.tools.export import (
+    RawNetwork,
+    export_model,
+    level_shapes,
+    load_metadata,
+    onnx_predict,
+    postprocess_raw,
+    preprocess,
+)
+from tests_support import TINY, random_checkpoint
+
+# Every attention: hybrid (spatial, channel, dual prediction) with aligned attention on C4 and C5,
+# and the paper's test recipe (Soft-NMS, box voting) in the post-processing.
+ALL_ATTENTIONS = [*TINY, "model.num_classes=6", "model.aligned.stages=[c4, c5]",
+                  "model.inference={nms: soft_nms, box_voting_iou: 0.6}"]
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("export") / "model.pt", ALL_ATTENTIONS)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt_path: Path) -> HARNet:
+    return checkpoint.build_model(checkpoint.load(ckpt_path)).eval()
+
+
+def _images() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 64, 80, generator=g), torch.rand(3, 50, 70, generator=g)]
+
+
+def _assert_same_detections(got: list[dict[str, torch.Tensor]], expected: list[dict[str, torch.Tensor]]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert len(b["scores"]) > 10  # the comparison means something
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=0)
+
+
+def test_level_shapes_match_the_feature_maps(model: HARNet) -> None:
+    with torch.no_grad():
+        for h, w in [(64, 64), (96, 160), (32, 224)]:
+            features = model.features(torch.zeros(1, 3, h, w))
+            assert level_shapes(h, w) == [tuple(f.shape[-2:]) for f in features]
+
+
+@pytest.mark.slow
+def test_raw_outputs_plus_postprocess_raw_equal_the_model(model: HARNet) -> None:
+    """The documented deployment path, all in PyTorch: preprocess -> network -> postprocess_raw."""
+    images = _images()
+    batch = preprocess(images, model.config)
+    with torch.no_grad():
+        logits, deltas = RawNetwork(model)(batch.images)
+        expected = model(images)
+    _assert_same_detections(postprocess_raw(logits, deltas, batch, model.config), expected)
+    with pytest.raises(ValueError, match="do not fit"):
+        postprocess_raw(logits[:, :-6], deltas[:, :-6], batch, model.config)
+
+
+@pytest.mark.slow
+def test_onnx_runtime_equals_pytorch(ckpt_path: Path, model: HARNet, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(ckpt_path), "--format", "onnx", "--out", str(out)]) == 0
+    assert "max |exported - PyTorch|" in capsys.readouterr().out
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "DeformConv" in ops
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    # Dynamic batch, height and width: none of these is the export example's shape.
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 128, 128)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            expected = RawNetwork(model)(x)
+        got = session.run(None, {"images": x.numpy()})
+        for g, e in zip(got, expected):
+            assert g.shape == tuple(e.shape)
+            assert float((torch.from_numpy(g) - e).abs().max()) < 1e-4
+    images = _images()
+    with torch.no_grad():
+        expected_dets = model(images)
+    _assert_same_detections(onnx_predict(out, images, session), expected_dets)
+    meta = load_metadata(out)
+    assert meta.config == model.config and meta.class_names == ["class0", "class1", "class2", "class3",
+                                                                "class4", "class5"]
+    assert json.loads((tmp_path / "model.onnx.json").read_text())["opset"] == 19
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit's deprecation notice
+def test_torchscript_equals_pytorch(model: HARNet, tmp_path: Path) -> None:
+    out = tmp_path / "model.torchscript.pt"
+    result = export_model(model, out, "torchscript", ["a"] * 6, list(range(1, 7)))
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4
+    extra = {"harnet.json": ""}
+    traced = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["harnet.json"])["model"]["aligned"]["stages"] == ["c4", "c5"]
+    images = _images()
+    batch = preprocess(images, model.config)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        logits, deltas = traced(batch.images)
+        expected = model(images)
+    _assert_same_detections(postprocess_raw(logits, deltas, batch, model.config), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("HARNET_TEST_DYNAMO"), reason="1-2 min on 2 CPU cores; set HARNET_TEST_DYNAMO=1")
+def test_dynamo_exporter(model: HARNet, tmp_path: Path) -> None:
+    """torch.export-based ONNX (needs torch >= 2.6 and onnxscript, which the test extra leaves out)."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    result = export_model(model, tmp_path / "model.onnx", "onnx", ["a"] * 6, list(range(1, 7)), exporter="dynamo")
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4
+
+
+def test_export_of_a_missing_checkpoint_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "/nonexistent.pt"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
