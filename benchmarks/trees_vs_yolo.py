@@ -1,6 +1,9 @@
 """harnet's hybrid (ImageNet-pretrained EfficientNet-Lite0, config ``trees``) vs ultralytics YOLO11n trained
 from scratch, for the same CPU wall-clock budget on the real aerial trees tiles (issue #12).
 
+    python3 -m venv /tmp/yolo-venv && /tmp/yolo-venv/bin/pip install torch torchvision ultralytics pycocotools
+    python benchmarks/trees_vs_yolo.py --data data/trees --minutes 8 --threads 1
+
 Why it is built this way:
 
 * Both trainings run at the same time, each in its own subprocess with ``OMP_NUM_THREADS`` and torch threads
