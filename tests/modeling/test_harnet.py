@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 import torch
 
-import harnet.modeling.postprocess as postprocess_module
 from harnet.config.model import PRESETS, BackboneConfig, HARNetConfig
 from harnet.modeling.attention.aligned import DeformableBottleneck
 from harnet.modeling.attention.channel import CrossLevelGroupNorm, CrossLevelSE
 from harnet.modeling.attention.spatial import SpatialAttention
 from harnet.modeling.harnet import HARNet
+from harnet.modeling.postprocess import DenseOutputs
 
 NUM_CLASSES = 3
 
@@ -78,14 +78,14 @@ def test_eval_returns_boxes_in_input_image_pixels(preset: str, monkeypatch: pyte
     model.config.inference.score_thresh = 0.0
     model.eval()
     resized: list[tuple[list[torch.Tensor], list[tuple[int, int]]]] = []
-    original = postprocess_module.postprocess
+    original = DenseOutputs.detections
 
-    def spy(*args: Any) -> list[dict[str, torch.Tensor]]:
-        dets = original(*args)
-        resized.append(([d["boxes"].clone() for d in dets], args[4]))
+    def spy(self: DenseOutputs, *args: Any) -> list[dict[str, torch.Tensor]]:
+        dets = original(self, *args)
+        resized.append(([d["boxes"].clone() for d in dets], self.image_sizes))
         return dets
 
-    monkeypatch.setattr(postprocess_module, "postprocess", spy)
+    monkeypatch.setattr(DenseOutputs, "detections", spy)
     g = torch.Generator().manual_seed(2)
     images = [torch.rand(3, 40, 100, generator=g), torch.rand(3, 90, 60, generator=g)]
     with torch.no_grad():

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import torch
 
-import harnet.modeling.postprocess as postprocess_module
 from harnet.config.model import BackboneConfig, HARNetConfig, HeadConfig
 from harnet.modeling.harnet import HARNet, build_head
+from harnet.modeling.postprocess import DenseOutputs
 
 SIZES = ((8, 8), (4, 4), (2, 2), (1, 1), (1, 1))
 NUM_CLASSES = 3
@@ -168,18 +168,18 @@ def test_hybrid_train_loss_weights_each_set_by_half(monkeypatch: pytest.MonkeyPa
 
 
 def test_hybrid_eval_averages_logits_and_deltas(monkeypatch: pytest.MonkeyPatch) -> None:
-    """postprocess receives the mean of the two sets' logits and the mean of their deltas."""
+    """Decoding receives the mean of the two sets' logits and the mean of their deltas."""
     model = _model().eval()
     head_out: list[Any] = []
     model.head.register_forward_hook(lambda _m, _a, out: head_out.append(out))
     received: dict[str, torch.Tensor] = {}
-    original = postprocess_module.postprocess
+    original = DenseOutputs.detections
 
-    def spy(cls_logits: torch.Tensor, box_deltas: torch.Tensor, *args: Any) -> Any:
-        received.update(cls_logits=cls_logits, box_deltas=box_deltas)
-        return original(cls_logits, box_deltas, *args)
+    def spy(self: DenseOutputs, *args: Any) -> Any:
+        received.update(cls_logits=self.cls_logits, box_deltas=self.box_deltas)
+        return original(self, *args)
 
-    monkeypatch.setattr(postprocess_module, "postprocess", spy)
+    monkeypatch.setattr(DenseOutputs, "detections", spy)
     with torch.no_grad():
         detections = model(_images())
     (s1, s2) = head_out[0]

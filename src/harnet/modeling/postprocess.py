@@ -167,44 +167,6 @@ def suppress(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: InferenceConfig
     return {"boxes": kept_boxes[final], "scores": kept_scores[final], "labels": kept_labels[final]}
 
 
-def batch_candidates(
-    cls_logits: Tensor,
-    box_deltas: Tensor,
-    anchors: list[Tensor],
-    num_anchors_per_level: list[int],
-    image_sizes: list[tuple[int, int]],
-    box_coder: det_utils.BoxCoder,
-    cfg: InferenceConfig,
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Batch of head outputs -> per-image (boxes, scores, labels) before suppression, in the resized
-    image's coordinates. Test-time augmentation pools these over views before one ``suppress``."""
-    out = []
-    for logits, deltas, anchors_i, size in zip(cls_logits, box_deltas, anchors, image_sizes):
-        out.append(select_candidates(
-            list(logits.split(num_anchors_per_level)),
-            list(deltas.split(num_anchors_per_level)),
-            list(anchors_i.split(num_anchors_per_level)),
-            size,
-            box_coder,
-            cfg,
-        ))
-    return out
-
-
-def postprocess(
-    cls_logits: Tensor,
-    box_deltas: Tensor,
-    anchors: list[Tensor],
-    num_anchors_per_level: list[int],
-    image_sizes: list[tuple[int, int]],
-    box_coder: det_utils.BoxCoder,
-    cfg: InferenceConfig,
-) -> list[dict[str, Tensor]]:
-    """Batch of head outputs -> per-image detections in the resized image's coordinates."""
-    candidates = batch_candidates(cls_logits, box_deltas, anchors, num_anchors_per_level, image_sizes, box_coder, cfg)
-    return [suppress(boxes, scores, labels, cfg) for boxes, scores, labels in candidates]
-
-
 def build_box_coder() -> det_utils.BoxCoder:
     """RetinaNet's box coder (unit weights): one for the loss, decoding and export alike."""
     return det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
@@ -225,11 +187,16 @@ class DenseOutputs:
     image_sizes: list[tuple[int, int]]  # resized (h, w) inside the padded batch
 
     def candidates(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Per image (boxes, scores, labels) before suppression: see :func:`batch_candidates`."""
-        return batch_candidates(self.cls_logits, self.box_deltas, self.anchors, self.num_anchors_per_level,
-                                self.image_sizes, box_coder, cfg)
+        """Per image (boxes, scores, labels) before suppression, in the resized image's coordinates
+        (:func:`select_candidates` on each image's levels). Test-time augmentation pools these over views
+        before one :func:`suppress`."""
+        per_level = self.num_anchors_per_level
+        return [
+            select_candidates(list(logits.split(per_level)), list(deltas.split(per_level)),
+                              list(anchors.split(per_level)), size, box_coder, cfg)
+            for logits, deltas, anchors, size in zip(self.cls_logits, self.box_deltas, self.anchors, self.image_sizes)
+        ]
 
     def detections(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[dict[str, Tensor]]:
-        """Per image detections in the resized image's coordinates: see :func:`postprocess`."""
-        return postprocess(self.cls_logits, self.box_deltas, self.anchors, self.num_anchors_per_level,
-                           self.image_sizes, box_coder, cfg)
+        """Per image detections in the resized image's coordinates: candidates, then :func:`suppress`."""
+        return [suppress(boxes, scores, labels, cfg) for boxes, scores, labels in self.candidates(box_coder, cfg)]
