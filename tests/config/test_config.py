@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
-from harnet.config.model import PRESETS, HARNetConfig, InferenceConfig, prior_bias, to_dict
+from harnet.config.model import PRESETS, HARNetConfig, InferenceConfig, to_dict
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -70,8 +69,3 @@ def test_to_dict_is_json_serialisable() -> None:
     assert back["anchors"]["strides"] == [8, 16, 32, 64, 128]
     assert set(back) >= {"backbone", "fpn", "anchors", "head", "loss", "inference", "transform"}
 
-
-def test_prior_bias() -> None:
-    """Classification bias -log((1 - 0.01) / 0.01) = -4.595 (sigmoid gives the prior back)."""
-    assert prior_bias(0.01) == pytest.approx(-4.59512, abs=1e-5)
-    assert 1 / (1 + math.exp(-prior_bias(0.2))) == pytest.approx(0.2)

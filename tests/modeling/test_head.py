@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from harnet.config.model import BackboneConfig, HARNetConfig, HeadConfig
 from harnet.modeling.harnet import HARNet, build_head
+from harnet.modeling.head import prior_bias
 from harnet.modeling.postprocess import DenseOutputs
 
 SIZES = ((8, 8), (4, 4), (2, 2), (1, 1), (1, 1))
@@ -214,3 +216,9 @@ def test_set2_norm_option_normalises_the_extra_conv_like_the_towers() -> None:
     flat = torch.cat([x.flatten() for x in cls2])
     assert bool((flat >= 0).all()) and 0.2 < float(flat.mean()) < 1.0  # normalised then ReLU'd
     assert len(head(features)) == 2
+
+
+def test_prior_bias() -> None:
+    """Classification bias -log((1 - 0.01) / 0.01) = -4.595 (sigmoid gives the prior back)."""
+    assert prior_bias(0.01) == pytest.approx(-4.59512, abs=1e-5)
+    assert 1 / (1 + math.exp(-prior_bias(0.2))) == pytest.approx(0.2)

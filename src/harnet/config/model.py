@@ -7,7 +7,6 @@ paper's ablation rows; everything else is an ordinary field assignment.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
@@ -256,11 +255,6 @@ class HARNetConfig:
         return next((name for name, switches in PRESET_SWITCHES.items() if switches == flags), "custom")
 
 
-def prior_bias(probability: float) -> float:
-    """Classification bias so that every anchor starts at ``probability`` foreground."""
-    return -math.log((1 - probability) / probability)
-
-
 def to_dict(obj: Any) -> Any:
     """Dataclass -> plain dict/list/scalars (YAML- and JSON-safe, tuples become lists)."""
     if is_dataclass(obj) and not isinstance(obj, type):
@@ -283,7 +277,6 @@ __all__ = [
     "LossConfig",
     "SpatialAttentionConfig",
     "TransformConfig",
-    "prior_bias",
     "replace",
     "to_dict",
 ]

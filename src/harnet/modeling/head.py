@@ -28,6 +28,11 @@ TowerNorm = LevelNormName
 ConvInit = Literal["normal", "msra"]
 
 
+def prior_bias(probability: float) -> float:
+    """Classification bias so that every anchor starts at ``probability`` foreground."""
+    return -math.log((1 - probability) / probability)
+
+
 def init_conv(conv: nn.Conv2d, init: ConvInit) -> None:
     """RetinaNet's gaussian std 0.01, or msra (He, fan-in, as Caffe's ``msra`` filler); zero bias."""
     if init == "msra":
@@ -82,7 +87,7 @@ class Predictor(nn.Module):
         self.bbox_reg = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
         for conv in (self.cls_logits, self.bbox_reg):
             init_conv(conv, conv_init)
-        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability))
+        nn.init.constant_(self.cls_logits.bias, prior_bias(prior_probability))
 
     @staticmethod
     def _flatten(levels: list[Tensor], width: int) -> Tensor:
