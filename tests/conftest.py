@@ -12,6 +12,14 @@ from harnet.tools.cli import main
 from tests_support import tiny_args, tiny_overrides
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own empty folder: a relative path (a config's default ``output_dir`` such as
+    ``runs/demo/run``, ``data/shapes``) never reads or writes the checkout, where a user's own
+    ``harnet demo`` run would otherwise make a test see "folder already holds a run"."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
