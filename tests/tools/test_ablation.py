@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from harnet.tools.ablation import ROW_NAMES, _train_command, markdown, plan, run_ablation, summarize, write_report
+from harnet.tools.ablation import (
+    _ENDED_UNFINISHED,
+    ROW_NAMES,
+    _train_command,
+    _wait_for,
+    custom_row,
+    markdown,
+    plan,
+    run_ablation,
+    summarize,
+    write_report,
+)
 from harnet.tools.cli import main
 from tests_support import tiny_overrides
 
@@ -43,8 +54,11 @@ def test_ablation_runs_resumes_and_reports(shapes_root: Path, tmp_path: Path) ->
     config.write_text("train: {threads: 1}\n")
     out = tmp_path / "ablate"
     done = run_ablation(config, out, seeds=[0], rows=ROWS, overrides=overrides, jobs=2, device="cpu",
-                        log=lambda m: None)
+                        log=lambda m: None, soft_nms=True)
     assert sorted(d["row"] for d in done) == sorted(ROWS)
+    # The authors' test recipe scored each HAR-Net run (torchvision's RetinaNet has hard NMS only).
+    assert (out / "hybrid" / "seed0" / "soft_nms" / "metrics.json").is_file()
+    assert not (out / "torchvision_retinanet" / "seed0" / "soft_nms").exists()
     assert all(d["steps"] == 2 and [s for s, _ in d["curve"]] == [1, 2] for d in done)
     # Finished runs are not redone: done.json (and the run's log) stay untouched.
     stamp = (out / "hybrid" / "seed0" / "done.json").stat().st_mtime_ns
@@ -57,6 +71,7 @@ def test_ablation_runs_resumes_and_reports(shapes_root: Path, tmp_path: Path) ->
     assert by_name["hybrid"]["gflops"] > by_name["retinanet"]["gflops"]
     table = markdown(summary)
     assert "| hybrid |" in table and "hybrid vs retinanet" in table and "± 0.0" in table
+    assert by_name["hybrid"]["soft_nms_AP"]["seeds"] == 1 and "AP Soft-NMS + voting" in table
     write_report(out, summary, "tiny")
     assert (out / "ap_vs_step.png").stat().st_size > 1000
     assert json.loads((out / "results.json").read_text())["rows"][0]["name"] == "torchvision_retinanet"
@@ -67,7 +82,7 @@ def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("model: {backbone: {name: resnet18}, fpn: {channels: 16}, channel: {gn_groups: 8},"
                       " aligned: {mid_channels: 16, gn_groups: 8}, transform: {min_size: [64], max_size: 64}}\n")
-    for row, ap in (("retinanet", 0.10), ("hybrid", 0.15)):
+    for row, ap in (("retinanet", 0.10), ("hybrid", 0.15), ("hybrid_control", 0.12)):
         run = tmp_path / "out" / row / "seed0"
         run.mkdir(parents=True)
         preset = "retinanet" if row == "retinanet" else "hybrid"
@@ -76,24 +91,48 @@ def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
         stats = {k: ap for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
         (run / "done.json").write_text(json.dumps({"row": row, "seed": 0, "stats": stats,
                                                    "curve": [[5, ap]], "steps": 5}))
+        (run / "soft_nms").mkdir()
+        (run / "soft_nms" / "metrics.json").write_text(json.dumps({"stats": {"AP": ap + 0.01}}))
     argv = ["ablate", "--config", str(config), "--seeds", "1", "--rows", "retinanet", "hybrid", "--report-only",
+            "--row", "hybrid_control", "model.preset=hybrid",
             "--out", str(tmp_path / "out"), "--latency-repeats", "1", "--device", "cpu"]
     assert main(argv) == 0
     text = (tmp_path / "out" / "results.md").read_text()
     assert "| hybrid | 15.0 ± 0.0" in text and "+5.0" in text and "misses the +2.0 target" not in text
+    assert "| 16.0 ± 0.0 (1) | +5.0 |" in text and "with Soft-NMS + voting +5.0" in text
+    assert "- hybrid vs hybrid_control: +3.0 AP" in text
 
 
 def test_custom_rows_are_planned_after_the_chosen_rows_with_seed_and_out_filled_in(tmp_path: Path) -> None:
     """``--row NAME KEY=VALUE ...``: a named variant (or the second phase of two-phase training) beside the
     paper's rows; ``{seed}``/``{out}`` become the run's seed and the ablation folder."""
-    from harnet.tools.ablation import _train_command, custom_row
-
+    control = custom_row("control", ["model.preset=retinanet"])
     two_phase = custom_row("two_phase", ["model.preset=hybrid", "train.init_from={out}/retinanet/seed{seed}"])
-    specs = plan(tmp_path, [0, 1], ["retinanet"], [two_phase])
-    assert [(s.row.name, s.seed) for s in specs] == [("retinanet", 0), ("two_phase", 0), ("retinanet", 1),
-                                                     ("two_phase", 1)]
+    specs = plan(tmp_path, [0, 1], ["retinanet"], [two_phase, control])
+    # A run that starts from another comes after every independent one (it would hold a job slot waiting).
+    assert [(s.row.name, s.seed) for s in specs] == [("retinanet", 0), ("control", 0), ("retinanet", 1),
+                                                     ("control", 1), ("two_phase", 0), ("two_phase", 1)]
+    assert specs[5].after == tmp_path / "retinanet" / "seed1" and specs[0].after is None
     assert [s.row.name for s in plan(tmp_path, [0], None, [two_phase])] == ["two_phase"]
-    command = _train_command(specs[3], tmp_path / "c.yaml", [], "cpu", None)
+    command = _train_command(specs[5], tmp_path / "c.yaml", [], "cpu", None)
     assert f"train.init_from={tmp_path}/retinanet/seed1" in command
     with pytest.raises(ValueError, match="new name"):
         custom_row("hybrid", ["model.preset=hybrid"])
+
+
+def test_a_run_waits_for_the_run_it_starts_from_and_skips_when_that_cannot_finish(tmp_path: Path) -> None:
+    two_phase = custom_row("two_phase", ["train.init_from={out}/retinanet/seed{seed}"])
+    retinanet, second = plan(tmp_path, [0], ["retinanet"], [two_phase])
+    said: list[str] = []
+    # Not part of this ablation and not finished: it would wait forever, so it is skipped, saying why.
+    assert not _wait_for(second, frozenset({second.run_dir}), said.append)
+    assert "starts from" in said[-1] and str(retinanet.run_dir) in said[-1]
+    planned = frozenset({retinanet.run_dir, second.run_dir})
+    _ENDED_UNFINISHED.add(retinanet.run_dir)  # failed or stopped in this call
+    try:
+        assert not _wait_for(second, planned, said.append)
+    finally:
+        _ENDED_UNFINISHED.clear()
+    retinanet.run_dir.mkdir(parents=True)
+    (retinanet.run_dir / "done.json").write_text("{}")
+    assert _wait_for(second, planned, said.append) and _wait_for(retinanet, planned, said.append)

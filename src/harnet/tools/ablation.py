@@ -5,7 +5,13 @@ attention alone, the hybrid, and the hybrid minus each attention. Every (row, se
 ``harnet train`` run in its own process and folder (``OUT/ROW/seedS``) with the same data,
 schedule and seed set; a run that finished (``done.json``) is never redone, and one that was
 stopped is resumed from its ``last.pt``. So the whole ablation can be killed and restarted at will,
-and ``--jobs N`` runs N trainings at once (several small runs share one GPU well).
+and ``--jobs N`` runs N trainings at once (several small runs share one GPU well). A row that starts
+from another row's run (``train.init_from={out}/retinanet/seed{seed}``: the paper's two-phase recipe)
+is queued after every independent run and waits for the one it needs.
+
+``soft_nms=True`` (``--soft-nms``) also scores every finished HAR-Net run with the authors' test recipe
+(Gaussian Soft-NMS + box voting, :data:`AUTHORS_TEST_RECIPE`) in ``RUN/soft_nms``, right after its
+training, so that both recipes are reported for the same weights (torchvision's RetinaNet has hard NMS only).
 
 The report (``results.json``, ``results.md``, ``ap_vs_step.png``) gives mean ± sample std over
 seeds of the COCO metrics (×100, as papers print them), parameters, GFLOPs and batch-1 latency,
@@ -44,6 +50,11 @@ from harnet.utils.complexity import count_flops
 
 METRICS = STAT_NAMES[:6]  # AP, AP50, AP75, APs, APm, APl
 BASELINE = "retinanet"
+# The authors' test recipe (the ``hybrid`` preset's inference defaults), applied to a run's saved config.
+AUTHORS_TEST_RECIPE = ("model.inference.nms=soft_nms", "model.inference.soft_nms_sigma=0.5",
+                       "model.inference.box_voting_iou=0.6", "model.inference.final_score_thresh=0.05")
+SOFT_NMS_DIR = "soft_nms"
+_DEPENDENCY = re.compile(r"\{out\}/([A-Za-z0-9][A-Za-z0-9_.-]*)/seed\{seed\}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class RunSpec:
     row: AblationRow
     seed: int
     run_dir: Path
+    after: Path | None = None  # the run this one starts from (``{out}/ROW/seed{seed}`` in its overrides)
 
 
 def custom_row(name: str, overrides: Sequence[str]) -> AblationRow:
@@ -95,9 +107,19 @@ def select_rows(rows: Sequence[str] | None, extra: Sequence[AblationRow] = ()) -
 
 def plan(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None,
          extra: Sequence[AblationRow] = ()) -> list[RunSpec]:
-    """Seed-major order: if the ablation is stopped early, every row has the same seeds done."""
-    chosen = select_rows(rows, extra)
-    return [RunSpec(r, s, out / r.name / f"seed{s}") for s in seeds for r in chosen]
+    """Seed-major order: if the ablation is stopped early, every row has the same seeds done. Runs that
+    start from another run come after all the others, so that waiting for it never holds a job slot
+    that an independent run could use."""
+    specs = [RunSpec(r, s, out / r.name / f"seed{s}", _dependency(r, s, out)) for s in seeds
+             for r in select_rows(rows, extra)]
+    return sorted(specs, key=lambda spec: spec.after is not None)
+
+
+def _dependency(row: AblationRow, seed: int, out: Path) -> Path | None:
+    for override in row.overrides:
+        if match := _DEPENDENCY.search(override):
+            return out / match.group(1) / f"seed{seed}"
+    return None
 
 
 def _train_command(spec: RunSpec, config: Path, overrides: Sequence[str], device: str,
@@ -142,6 +164,7 @@ def _finish(spec: RunSpec, seconds: float) -> dict[str, Any]:
 
 _RUNNING: set[subprocess.Popen[bytes]] = set()
 _STOPPING = threading.Event()
+_ENDED_UNFINISHED: set[Path] = set()  # runs of this call that failed or were stopped: their dependants skip
 
 
 def _stop_children(signum: int, frame: Any) -> None:
@@ -156,34 +179,73 @@ def _stop_children(signum: int, frame: Any) -> None:
 
 
 def _run_one(spec: RunSpec, config: Path, overrides: Sequence[str], device: str, threads: int | None,
-             log: Callable[[str], None]) -> dict[str, Any] | None:
+             log: Callable[[str], None], planned: frozenset[Path] = frozenset(),
+             soft_nms: bool = False) -> dict[str, Any] | None:
     done_path = spec.run_dir / "done.json"
     if done_path.is_file():
-        return json.loads(done_path.read_text())
-    if _STOPPING.is_set():
-        return None
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
-    command = _train_command(spec, config, overrides, device, threads)
+        done = json.loads(done_path.read_text())
+    else:
+        if not _wait_for(spec, planned, log):
+            return None
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        command = _train_command(spec, config, overrides, device, threads)
+        start = time.perf_counter()
+        code = _call(command, spec.run_dir / "train.log", threads)
+        seconds = time.perf_counter() - start
+        if code != 0:
+            _ENDED_UNFINISHED.add(spec.run_dir)
+            if _STOPPING.is_set():
+                log(f"{spec.row.name} seed {spec.seed}: stopped (resumes next time)")
+                return None
+            lines = (spec.run_dir / "train.log").read_text(errors="replace").strip().splitlines()
+            log(f"{spec.row.name} seed {spec.seed}: FAILED (exit {code}): {lines[-1] if lines else ''}")
+            return None
+        done = _finish(spec, seconds)
+        log(f"{spec.row.name} seed {spec.seed}: AP {100 * (done['stats']['AP'] or 0):.1f} ({seconds:.0f} s)")
+    if soft_nms:
+        _score_soft_nms(spec, device, log)
+    return done
+
+
+def _wait_for(spec: RunSpec, planned: frozenset[Path], log: Callable[[str], None]) -> bool:
+    """False when the run must not start: the ablation is stopping, or the run it starts from will
+    never finish (not part of this ablation, failed or stopped)."""
+    while not _STOPPING.is_set():
+        if spec.after is None or (spec.after / "done.json").is_file():
+            return True
+        if spec.after not in planned or spec.after in _ENDED_UNFINISHED:
+            log(f"{spec.row.name} seed {spec.seed}: skipped: it starts from {spec.after}, which has not finished")
+            _ENDED_UNFINISHED.add(spec.run_dir)
+            return False
+        time.sleep(1.0)
+    return False
+
+
+def _call(command: list[str], log_file: Path, threads: int | None) -> int:
+    """Run one child process (stopped with the ablation), its output appended to ``log_file``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    start = time.perf_counter()
-    with (spec.run_dir / "train.log").open("a") as out:
+    with log_file.open("a") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         _RUNNING.add(process)
         code = process.wait()
         _RUNNING.discard(process)
-    seconds = time.perf_counter() - start
-    if code != 0:
-        if _STOPPING.is_set():
-            log(f"{spec.row.name} seed {spec.seed}: stopped (resumes next time)")
-            return None
-        lines = (spec.run_dir / "train.log").read_text(errors="replace").strip().splitlines()
-        log(f"{spec.row.name} seed {spec.seed}: FAILED (exit {code}): {lines[-1] if lines else ''}")
-        return None
-    done = _finish(spec, seconds)
-    log(f"{spec.row.name} seed {spec.seed}: AP {100 * (done['stats']['AP'] or 0):.1f} ({seconds:.0f} s)")
-    return done
+    return code
+
+
+def _score_soft_nms(spec: RunSpec, device: str, log: Callable[[str], None]) -> None:
+    """``harnet eval`` of the finished run with :data:`AUTHORS_TEST_RECIPE`, once (kept in ``RUN/soft_nms``)."""
+    out = spec.run_dir / SOFT_NMS_DIR
+    saved = yaml.safe_load((spec.run_dir / "config.yaml").read_text())
+    if (out / "metrics.json").is_file() or saved.get("detector", "harnet") != "harnet" or _STOPPING.is_set():
+        return
+    command = [sys.executable, "-m", "harnet", "eval", str(spec.run_dir), "--device", device, "--out", str(out)]
+    for item in AUTHORS_TEST_RECIPE:
+        command += ["--set", item]
+    out.mkdir(parents=True, exist_ok=True)
+    if _call(command, spec.run_dir / f"{SOFT_NMS_DIR}.log", None) != 0 and not _STOPPING.is_set():
+        log(f"{spec.row.name} seed {spec.seed}: Soft-NMS scoring FAILED (see {spec.run_dir / SOFT_NMS_DIR}.log)")
 
 
 def run_ablation(
@@ -197,6 +259,7 @@ def run_ablation(
     threads: int | None = None,
     log: Callable[[str], None] = print,
     extra: Sequence[AblationRow] = (),
+    soft_nms: bool = False,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every (row, seed) not yet done; returns the finished runs' summaries."""
     data = load_experiment(config, list(overrides)).data
@@ -205,10 +268,13 @@ def run_ablation(
     specs = plan(out, seeds, rows, extra)
     log(f"{len(specs)} runs ({len(specs) // max(len(seeds), 1)} rows x {len(seeds)} seeds) -> {out}, {jobs} at a time")
     _STOPPING.clear()
+    _ENDED_UNFINISHED.clear()
+    planned = frozenset(spec.run_dir for spec in specs)
     previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGTERM, signal.SIGINT)}
     pool = ThreadPoolExecutor(max_workers=max(jobs, 1))
     try:
-        futures = [pool.submit(_run_one, s, config, overrides, device, threads, log) for s in specs]
+        futures = [pool.submit(_run_one, s, config, overrides, device, threads, log, planned, soft_nms)
+                   for s in specs]
         results = [f.result() for f in futures]
     finally:
         pool.shutdown(wait=not _STOPPING.is_set(), cancel_futures=True)
@@ -248,6 +314,11 @@ def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None
                 values = [100 * v for r in runs if (v := r["stats"].get(key)) is not None and v >= 0]
                 entry.setdefault("mean", {})[key], entry.setdefault("std", {})[key] = (
                     _mean_std(values) if values else (None, None))
+            soft = [100 * json.loads(path.read_text())["stats"]["AP"] for r in runs
+                     if (path := out / spec_row.name / f"seed{r['seed']}" / SOFT_NMS_DIR / "metrics.json").is_file()]
+            if soft:
+                mean, std = _mean_std(soft)
+                entry["soft_nms_AP"] = {"mean": mean, "std": std, "seeds": len(soft)}
             cost, model, size = _cost(out / spec_row.name / f"seed{runs[0]['seed']}", dev, latency_repeats)
             entry.update(cost)
             models[spec_row.name] = (model, size)
@@ -267,26 +338,39 @@ def _fmt(entry: dict[str, Any], key: str) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    """The paper-style table, then the checks the ablation is meant to answer."""
+    """The paper-style table, then the checks the ablation is meant to answer. AP under the authors' test
+    recipe (Soft-NMS + voting) gets its own column when any run was scored with it."""
     rows = [e for e in summary["rows"] if e["runs"]]
     base = next((e for e in rows if e["name"] == BASELINE), None)
-    head = "| model | " + " | ".join(METRICS) + " | Δ AP | params (M) | GFLOPs | latency ms | seeds |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 6)]
+    soft = any("soft_nms_AP" in e for e in rows)
+    head = "| model | " + " | ".join(METRICS) + " | Δ AP |"
+    head += " AP Soft-NMS + voting | Δ |" if soft else ""
+    lines = [head + " params (M) | GFLOPs | latency ms | seeds |", "|" + "---|" * (len(METRICS) + 6 + 2 * soft)]
     for e in rows:
-        delta = "-" if base is None else f"{e['mean']['AP'] - base['mean']['AP']:+.1f}"
-        cost = f"{e['params_m']:.2f} | {e['gflops']:.1f} | {e['latency_ms']:.1f}"
-        lines.append(f"| {e['name']} | " + " | ".join(_fmt(e, k) for k in METRICS)
-                     + f" | {delta} | {cost} | {len(e['runs'])} |")
+        cells = [_fmt(e, k) for k in METRICS] + [_delta(e, base, "AP")]
+        if soft:
+            cells += [_soft_fmt(e), _delta(e, base, "soft_nms_AP")]
+        cells += [f"{e['params_m']:.2f}", f"{e['gflops']:.1f}", f"{e['latency_ms']:.1f}", str(len(e["runs"]))]
+        lines.append(f"| {e['name']} | " + " | ".join(cells) + " |")
     lines.append(f"\nmean ± sample std over seeds {summary['seeds']}; latency: batch 1 on {summary['latency_device']}.")
+    if soft:
+        lines.append("Soft-NMS + voting: the same weights scored with the authors' test recipe "
+                     "(Gaussian Soft-NMS σ 0.5, box voting IoU 0.6, final score 0.05); its seed count in brackets.")
     if base is not None:
         lines.append("\nChecks:")
+        by_name = {e["name"]: e for e in rows}
         for e in rows:
             if e["name"] == BASELINE:
                 continue
+            if control := by_name.get(e["name"] + "_control"):  # a recipe against its same-budget control
+                lines.append(f"- {e['name']} vs {control['name']}: {_delta(e, control, 'AP')} AP")
             delta = e["mean"]["AP"] - base["mean"]["AP"]
             if e["name"] == "hybrid":
                 verdict = "meets" if delta >= 2.0 else "misses"
-                lines.append(f"- hybrid vs retinanet: {delta:+.1f} AP ({verdict} the +2.0 target)")
+                line = f"- hybrid vs retinanet: {delta:+.1f} AP ({verdict} the +2.0 target)"
+                if "soft_nms_AP" in e and "soft_nms_AP" in base:
+                    line += f"; with Soft-NMS + voting {_delta(e, base, 'soft_nms_AP')}"
+                lines.append(line)
             elif e["name"] == "torchvision_retinanet":
                 ok = -delta >= -max(e["std"]["AP"], base["std"]["AP"])
                 lines.append(f"- retinanet vs torchvision's: {-delta:+.1f} AP "
@@ -296,6 +380,20 @@ def markdown(summary: dict[str, Any]) -> str:
                 lines.append(f"- {e['name']}: {delta:+.1f} AP vs retinanet "
                              f"({'not below it by more than its std' if ok else 'BELOW by more than its std'})")
     return "\n".join(lines)
+
+
+def _ap(entry: dict[str, Any], key: str) -> float | None:
+    return entry["mean"]["AP"] if key == "AP" else entry.get(key, {}).get("mean")
+
+
+def _delta(entry: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
+    mine, theirs = _ap(entry, key), None if base is None else _ap(base, key)
+    return "-" if mine is None or theirs is None else f"{mine - theirs:+.1f}"
+
+
+def _soft_fmt(entry: dict[str, Any]) -> str:
+    soft = entry.get("soft_nms_AP")
+    return "-" if soft is None else f"{soft['mean']:.1f} ± {soft['std']:.1f} ({soft['seeds']})"
 
 
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:

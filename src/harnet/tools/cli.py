@@ -208,7 +208,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     log = lambda message: print(f"[ablate] {message}", file=sys.stderr, flush=True)  # noqa: E731
     if not args.report_only:
         try:
-            run_ablation(config, out, seeds, args.rows, args.set, args.jobs, device, args.threads, log, extra)
+            run_ablation(config, out, seeds, args.rows, args.set, args.jobs, device, args.threads, log, extra,
+                         soft_nms=args.soft_nms)
         except KeyboardInterrupt:
             log("stopped; finished runs are kept and the rest resume on the next call")
     # The report takes seconds; a stop request arriving now (a scheduler's SIGTERM after the trainings
@@ -343,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--device", default="auto")
     ab.add_argument("--out", help="default: runs/ablate/CONFIG_NAME")
     ab.add_argument("--latency-repeats", type=int, default=10)
+    ab.add_argument("--soft-nms", action="store_true",
+                    help="also score each finished HAR-Net run with the authors' test recipe (Soft-NMS + box voting)")
     ab.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
     ab.set_defaults(func=cmd_ablate)
 
