@@ -82,7 +82,7 @@ def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("model: {backbone: {name: resnet18}, fpn: {channels: 16}, channel: {gn_groups: 8},"
                       " aligned: {mid_channels: 16, gn_groups: 8}, transform: {min_size: [64], max_size: 64}}\n")
-    for row, ap in (("retinanet", 0.10), ("hybrid", 0.15), ("hybrid_control", 0.12)):
+    for row, ap in (("retinanet", 0.10), ("hybrid", 0.15), ("hybrid_control", 0.12), ("two_phase", 0.13)):
         run = tmp_path / "out" / row / "seed0"
         run.mkdir(parents=True)
         preset = "retinanet" if row == "retinanet" else "hybrid"
@@ -95,12 +95,16 @@ def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
         (run / "soft_nms" / "metrics.json").write_text(json.dumps({"stats": {"AP": ap + 0.01}}))
     argv = ["ablate", "--config", str(config), "--seeds", "1", "--rows", "retinanet", "hybrid", "--report-only",
             "--row", "hybrid_control", "model.preset=hybrid",
+            "--row", "two_phase", "model.preset=hybrid", "train.init_from={out}/retinanet/seed{seed}",
             "--out", str(tmp_path / "out"), "--latency-repeats", "1", "--device", "cpu"]
     assert main(argv) == 0
     text = (tmp_path / "out" / "results.md").read_text()
     assert "| hybrid | 15.0 ± 0.0" in text and "+5.0" in text and "misses the +2.0 target" not in text
     assert "| 16.0 ± 0.0 (1) | +5.0 |" in text and "with Soft-NMS + voting +5.0" in text
     assert "- hybrid vs hybrid_control: +3.0 AP" in text
+    # A two-phase row is drawn from where the run it started from ended.
+    summary = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert summary["rows"][-1]["starts_from"] == {"row": "retinanet", "steps": 5}
 
 
 def test_custom_rows_are_planned_after_the_chosen_rows_with_seed_and_out_filled_in(tmp_path: Path) -> None:
@@ -136,3 +140,12 @@ def test_a_run_waits_for_the_run_it_starts_from_and_skips_when_that_cannot_finis
     retinanet.run_dir.mkdir(parents=True)
     (retinanet.run_dir / "done.json").write_text("{}")
     assert _wait_for(second, planned, said.append) and _wait_for(retinanet, planned, said.append)
+
+
+def test_a_child_stopped_by_the_signal_is_not_reported_as_failed() -> None:
+    """``timeout`` signals the whole process group: a training exits 130 (saved, resumable), an evaluation
+    dies of the signal, both possibly before the ablation itself has noticed it is stopping."""
+    from harnet.tools.ablation import _stopped
+
+    assert _stopped(130) and _stopped(-15) and _stopped(-9)
+    assert not _stopped(1) and not _stopped(2)

@@ -194,7 +194,7 @@ def _run_one(spec: RunSpec, config: Path, overrides: Sequence[str], device: str,
         seconds = time.perf_counter() - start
         if code != 0:
             _ENDED_UNFINISHED.add(spec.run_dir)
-            if _STOPPING.is_set():
+            if _stopped(code):
                 log(f"{spec.row.name} seed {spec.seed}: stopped (resumes next time)")
                 return None
             lines = (spec.run_dir / "train.log").read_text(errors="replace").strip().splitlines()
@@ -234,6 +234,13 @@ def _call(command: list[str], log_file: Path, threads: int | None) -> int:
     return code
 
 
+def _stopped(code: int) -> bool:
+    """Whether a child's exit means "stopped", not "failed": the ablation is stopping, or the child got the
+    stop signal itself (``timeout`` signals the whole process group, so a child can exit before this process
+    has set ``_STOPPING``): killed by a signal, or a training's interrupted-and-saved exit (130)."""
+    return _STOPPING.is_set() or code < 0 or code == 130
+
+
 def _score_soft_nms(spec: RunSpec, device: str, log: Callable[[str], None]) -> None:
     """``harnet eval`` of the finished run with :data:`AUTHORS_TEST_RECIPE`, once (kept in ``RUN/soft_nms``)."""
     out = spec.run_dir / SOFT_NMS_DIR
@@ -244,7 +251,7 @@ def _score_soft_nms(spec: RunSpec, device: str, log: Callable[[str], None]) -> N
     for item in AUTHORS_TEST_RECIPE:
         command += ["--set", item]
     out.mkdir(parents=True, exist_ok=True)
-    if _call(command, spec.run_dir / f"{SOFT_NMS_DIR}.log", None) != 0 and not _STOPPING.is_set():
+    if (code := _call(command, spec.run_dir / f"{SOFT_NMS_DIR}.log", None)) != 0 and not _stopped(code):
         log(f"{spec.row.name} seed {spec.seed}: Soft-NMS scoring FAILED (see {spec.run_dir / SOFT_NMS_DIR}.log)")
 
 
@@ -319,6 +326,9 @@ def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None
             if soft:
                 mean, std = _mean_std(soft)
                 entry["soft_nms_AP"] = {"mean": mean, "std": std, "seeds": len(soft)}
+            if (start := _dependency(spec_row, runs[0]["seed"], out)) and (start / "done.json").is_file():
+                entry["starts_from"] = {"row": start.parent.name,
+                                        "steps": json.loads((start / "done.json").read_text())["steps"]}
             cost, model, size = _cost(out / spec_row.name / f"seed{runs[0]['seed']}", dev, latency_repeats)
             entry.update(cost)
             models[spec_row.name] = (model, size)
@@ -397,7 +407,8 @@ def _soft_fmt(entry: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
-    """Val AP vs step per row: mean over seeds, shaded ± std."""
+    """Val AP vs step per row: mean over seeds, shaded ± std. A row that starts from another row's run
+    (two-phase) is drawn from where that run ended."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -413,8 +424,12 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
         mean = [statistics.fmean(v) for v in values]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
         style = "--" if e["name"] == "torchvision_retinanet" else "-"
-        (line,) = ax.plot(steps, mean, style, marker="o", markersize=3, label=e["name"])
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+        label, offset = e["name"], 0
+        if start := e.get("starts_from"):
+            label, offset = f"{e['name']} (from {start['row']} at step {start['steps']})", start["steps"]
+        x = [offset + s for s in steps]
+        (line,) = ax.plot(x, mean, style, marker="o", markersize=3, label=label)
+        ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.12)
     ax.set_xlabel("training step")
     ax.set_ylabel("val AP (COCO, x100)")
