@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from harnet.config.experiment import ExperimentConfig, load_experiment
+from harnet.config.model import HARNetConfig
 from harnet.data.build import shapes_split
 from harnet.engine.evaluation import STAT_NAMES
 from harnet.modeling.build import build_detector
@@ -50,9 +51,10 @@ from harnet.utils.complexity import count_flops
 
 METRICS = STAT_NAMES[:6]  # AP, AP50, AP75, APs, APm, APl
 BASELINE = "retinanet"
-# The authors' test recipe (the ``hybrid`` preset's inference defaults), applied to a run's saved config.
-AUTHORS_TEST_RECIPE = ("model.inference.nms=soft_nms", "model.inference.soft_nms_sigma=0.5",
-                       "model.inference.box_voting_iou=0.6", "model.inference.final_score_thresh=0.05")
+# The authors' test recipe (the ``hybrid`` preset's inference settings), applied to a run's saved config.
+_AUTHORS = HARNetConfig.preset("hybrid").inference
+AUTHORS_TEST_RECIPE = tuple(f"model.inference.{key}={getattr(_AUTHORS, key)}"
+                            for key in ("nms", "soft_nms_sigma", "box_voting_iou", "final_score_thresh"))
 SOFT_NMS_DIR = "soft_nms"
 _DEPENDENCY = re.compile(r"\{out\}/([A-Za-z0-9][A-Za-z0-9_.-]*)/seed\{seed\}")
 
@@ -365,7 +367,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines.append(f"\nmean ± sample std over seeds {summary['seeds']}; latency: batch 1 on {summary['latency_device']}.")
     if soft:
         lines.append("Soft-NMS + voting: the same weights scored with the authors' test recipe "
-                     "(Gaussian Soft-NMS σ 0.5, box voting IoU 0.6, final score 0.05); its seed count in brackets.")
+                     f"(Gaussian Soft-NMS σ {_AUTHORS.soft_nms_sigma}, box voting IoU {_AUTHORS.box_voting_iou}, "
+                     f"final score {_AUTHORS.final_score_thresh}); its seed count in brackets.")
     if base is not None:
         lines.append("\nChecks:")
         by_name = {e["name"]: e for e in rows}
