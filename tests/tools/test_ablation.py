@@ -96,12 +96,13 @@ def test_report_only_cli_on_finished_runs(tmp_path: Path) -> None:
     argv = ["ablate", "--config", str(config), "--seeds", "1", "--rows", "retinanet", "hybrid", "--report-only",
             "--row", "hybrid_control", "model.preset=hybrid",
             "--row", "two_phase", "model.preset=hybrid", "train.init_from={out}/retinanet/seed{seed}",
-            "--out", str(tmp_path / "out"), "--latency-repeats", "1", "--device", "cpu"]
+            "--out", str(tmp_path / "out"), "--latency-repeats", "0", "--device", "cpu"]
     assert main(argv) == 0
     text = (tmp_path / "out" / "results.md").read_text()
     assert "| hybrid | 15.0 ± 0.0" in text and "+5.0" in text and "misses the +2.0 target" not in text
     assert "| 16.0 ± 0.0 (1) | +5.0 |" in text and "with Soft-NMS + voting +5.0" in text
     assert "- hybrid vs hybrid_control: +3.0 AP" in text
+    assert "| 0.3 | - | 1 |" in text  # --latency-repeats 0: no latency measured
     # A two-phase row is drawn from where the run it started from ended.
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
     assert summary["rows"][-1]["starts_from"] == {"row": "retinanet", "steps": 5}

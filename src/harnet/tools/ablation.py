@@ -309,7 +309,8 @@ def _cost(run_dir: Path, device: torch.device, repeats: int) -> tuple[dict[str, 
 def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None, device: str = "cpu",
               latency_repeats: int = 10, extra: Sequence[AblationRow] = ()) -> dict[str, Any]:
     """Mean ± std per row from the finished runs, plus params/GFLOPs/latency measured here
-    (latency: batch 1 at the training size, median of ``latency_repeats``, rows interleaved)."""
+    (latency: batch 1 at the training size, median of ``latency_repeats``, rows interleaved; 0 skips it,
+    e.g. on a machine busy with other trainings, where it would mean nothing)."""
     dev = torch.device(device)
     summary: dict[str, Any] = {"seeds": list(seeds), "latency_device": str(dev), "rows": []}
     models: dict[str, tuple[torch.nn.Module, int]] = {}
@@ -337,7 +338,7 @@ def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None
         summary["rows"].append(entry)
     calls = {name: partial(model, [torch.rand(3, size, size, device=dev)]) for name, (model, size) in models.items()}
     with torch.inference_mode():
-        latencies = median_latency_ms(calls, dev, latency_repeats, warmup=2)
+        latencies = median_latency_ms(calls, dev, latency_repeats, warmup=2) if latency_repeats > 0 else {}
     for entry in summary["rows"]:
         if entry["name"] in latencies:
             entry["latency_ms"] = latencies[entry["name"]]
@@ -362,7 +363,8 @@ def markdown(summary: dict[str, Any]) -> str:
         cells = [_fmt(e, k) for k in METRICS] + [_delta(e, base, "AP")]
         if soft:
             cells += [_soft_fmt(e), _delta(e, base, "soft_nms_AP")]
-        cells += [f"{e['params_m']:.2f}", f"{e['gflops']:.1f}", f"{e['latency_ms']:.1f}", str(len(e["runs"]))]
+        latency = f"{e['latency_ms']:.1f}" if "latency_ms" in e else "-"
+        cells += [f"{e['params_m']:.2f}", f"{e['gflops']:.1f}", latency, str(len(e["runs"]))]
         lines.append(f"| {e['name']} | " + " | ".join(cells) + " |")
     lines.append(f"\nmean ± sample std over seeds {summary['seeds']}; latency: batch 1 on {summary['latency_device']}.")
     if soft:

@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--threads", type=int, default=None, help="torch CPU threads per training")
     ab.add_argument("--device", default="auto")
     ab.add_argument("--out", help="default: runs/ablate/CONFIG_NAME")
-    ab.add_argument("--latency-repeats", type=int, default=10)
+    ab.add_argument("--latency-repeats", type=int, default=10, help="batch-1 latency repeats per row (0: skip)")
     ab.add_argument("--soft-nms", action="store_true",
                     help="also score each finished HAR-Net run with the authors' test recipe (Soft-NMS + box voting)")
     ab.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
