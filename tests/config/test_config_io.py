@@ -43,6 +43,8 @@ def test_scalar_for_tuple_and_int_for_float() -> None:
         ("train.backbone_lr_mult=-1", "train.backbone_lr_mult: must be >= 0"),
         ("train.norm_weight_decay=-0.1", "train.norm_weight_decay: must be >= 0"),
         ("train.amp_dtype=fp8", "train.amp_dtype: 'fp8' is not one of"),
+        ("data.random_crop=0", "data.random_crop: must be >= 1"),
+        ("data.random_crop=25.5", "data.random_crop: expected int"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:
@@ -103,3 +105,4 @@ def test_base_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("base: no_such_config\n")
     with pytest.raises(ConfigError, match="no built-in config 'no_such_config'"):
         load_experiment(tmp_path / "c.yaml")
+
