@@ -55,8 +55,8 @@ def build_transforms(train: bool, hflip_prob: float = 0.5, photometric: Photomet
     steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
     if train:
         if random_crop is not None:
-            # Crops before the colour steps, which then touch only the pixels kept. Boxes come out shifted
-            # into the crop but not clipped: the two steps below clip them and drop the ones left empty.
+            # Crops before the colour steps, which then touch only the pixels kept. Boxes are shifted into
+            # the crop; the two steps below clip them to it and drop the ones left empty with their labels.
             steps.append(v2.RandomCrop(random_crop, pad_if_needed=True))
         if hflip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(p=hflip_prob))
