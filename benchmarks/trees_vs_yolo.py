@@ -1,8 +1,9 @@
-"""harnet's hybrid (ImageNet-pretrained EfficientNet-Lite0, config ``trees``) vs ultralytics YOLO11n trained
-from scratch, for the same CPU wall-clock budget on the real aerial trees tiles (issue #12).
+"""harnet's hybrid (ImageNet-pretrained EfficientNet-Lite0, config ``trees`` or ``--config``) vs ultralytics YOLO11n
+trained from scratch, for the same CPU wall-clock budget on the real aerial trees tiles (issue #12).
 
     python3 -m venv /tmp/yolo-venv && /tmp/yolo-venv/bin/pip install torch torchvision ultralytics pycocotools
     python benchmarks/trees_vs_yolo.py --data data/trees --minutes 8 --threads 1
+    python benchmarks/trees_vs_yolo.py --data data/trees --minutes 8 --threads 1 --config trees_cpu
 
 Why it is built this way:
 
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock training budget of each model")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each training")
+    p.add_argument("--config", default="trees", help="harnet's config (a built-in name or a YAML file)")
     p.add_argument("--data", default="data/trees", help="trees in COCO format (converted here if missing)")
     p.add_argument("--out", default="runs/trees_vs_yolo")
     p.add_argument("--results", default="docs/results/trees_vs_yolo.json", help="JSON; the .md goes beside it")
@@ -225,22 +227,23 @@ class CsvWatch:
         return sorted(by_step.items())
 
 
-def harnet_cmd(data: Path, out: Path, threads: int, sets: dict[str, Any], resume: bool) -> list[str]:
+def harnet_cmd(data: Path, out: Path, threads: int, sets: dict[str, Any], resume: bool,
+               config: str = "trees") -> list[str]:
     overrides = {**{f"data.{k}": str(v) for k, v in coco_paths(data).items()}, "output_dir": str(out),
                  "train.threads": threads, "train.log_every": 1, "train.checkpoint_every": 0, **sets}
     cmd = [sys.executable, "-m", "harnet", "train"]
-    cmd += ["--resume", str(out)] if resume else ["--config", "trees", "--overwrite"]
+    cmd += ["--resume", str(out)] if resume else ["--config", config, "--overwrite"]
     for k, v in overrides.items():
         cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}"]
     return [*cmd, "--no-progress"]
 
 
 def run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, env: dict[str, str],
-               loads: list[float]) -> dict[str, Any]:
+               loads: list[float], config: str = "trees") -> dict[str, Any]:
     """Probe, then resume with a max_steps that ends at ``deadline``; SIGTERM at the deadline if still training."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        return _run_harnet(data, out, threads, t0, deadline, env, loads, procs)
+        return _run_harnet(data, out, threads, t0, deadline, env, loads, procs, config)
     except BaseException:
         for p in procs:
             if p.poll() is None:
@@ -249,13 +252,13 @@ def run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, 
 
 
 def _run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, env: dict[str, str],
-                loads: list[float], procs: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+                loads: list[float], procs: list[subprocess.Popen[bytes]], config: str) -> dict[str, Any]:
     log = (out.parent / "harnet.log").open("w")
     watch = CsvWatch(out / "metrics.csv")
     probe = subprocess.Popen(harnet_cmd(data, out, threads, {"train.max_steps": 1_000_000,
                                                              "train.lr_steps": [1_000_000],
                                                              "train.warmup_steps": WARMUP_STEPS,
-                                                             "train.eval_every": PROBE_EVAL_STEP}, False),
+                                                             "train.eval_every": PROBE_EVAL_STEP}, False, config),
                              stdout=log, stderr=subprocess.STDOUT, env=env)
     procs.append(probe)
     while watch.last_step < PROBE_STEPS:
@@ -277,7 +280,7 @@ def _run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float,
     plan = plan_steps(done, deadline - time.time() - setup_s, step_s, eval_s)
     replans: list[dict[str, Any]] = []
     while True:
-        cmd = harnet_cmd(data, out, threads, plan, True)
+        cmd = harnet_cmd(data, out, threads, plan, True, config)
         main = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         procs.append(main)
         terminated = replanning = False
@@ -363,9 +366,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"of CPU each, {r['threads']} thread(s) each, both at once", "",
         "| model | init | trained (min) | steps / epochs | AP best | AP50 best | AP last | AP50 last |",
         "|---|---|---|---|---|---|---|---|",
-        f"| harnet hybrid (`trees`) | ImageNet EfficientNet-Lite0 | {h['wall_minutes']:.2f} | {h['steps']} steps "
-        f"(batch 4) | {pct(h['best']['AP'])} | {pct(h['best']['AP50'])} | {pct(h['last']['AP'])} | "
-        f"{pct(h['last']['AP50'])} |",
+        f"| harnet hybrid (`{r.get('config', 'trees')}`) | ImageNet EfficientNet-Lite0 | {h['wall_minutes']:.2f} | "
+        f"{h['steps']} steps (batch {r.get('batch_size', 4)}) | {pct(h['best']['AP'])} | {pct(h['best']['AP50'])} | "
+        f"{pct(h['last']['AP'])} | {pct(h['last']['AP50'])} |",
         f"| YOLO11n (`yolo11n.yaml`) | scratch | {y['wall_minutes']:.2f} | {y['epochs']} epochs, {y['iterations']} "
         f"iters (batch 8) | {pct(y['best']['AP'])} | {pct(y['best']['AP50'])} | {pct(y['last']['AP'])} | "
         f"{pct(y['last']['AP50'])} |", "",
@@ -389,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from harnet.config.experiment import builtin_config, load_experiment
+
+    config = Path(args.config) if args.config.endswith((".yaml", ".yml")) else builtin_config(args.config)
+    batch_size = load_experiment(config).train.batch_size
     data, out = Path(args.data), Path(args.out)
     ensure_trees(data)
     out.mkdir(parents=True, exist_ok=True)
@@ -417,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     with (out / "yolo.log").open("w") as ylog:
         yolo = subprocess.Popen(yolo_cmd, stdout=ylog, stderr=subprocess.STDOUT, env=yolo_env, cwd=yolo_out)
         try:
-            harnet = run_harnet(data, out / "harnet", args.threads, t0, deadline, thread_env(args.threads), loads)
+            harnet = run_harnet(data, out / "harnet", args.threads, t0, deadline, thread_env(args.threads), loads,
+                                args.config)
         except BaseException:
             yolo.terminate()
             raise
@@ -434,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         return a / b if b > 0 else None
 
     result: dict[str, Any] = {
-        "what": "harnet hybrid (config trees, ImageNet-pretrained EfficientNet-Lite0) vs ultralytics YOLO11n from "
-                "scratch, same CPU wall-clock budget, trained concurrently, pycocotools on the same val split",
+        "what": f"harnet hybrid (config {args.config}, ImageNet-pretrained EfficientNet-Lite0) vs ultralytics YOLO11n "
+                "from scratch, same CPU wall-clock budget, trained concurrently, pycocotools on the same val split",
+        "config": args.config, "batch_size": batch_size,
         "minutes": args.minutes, "threads": args.threads, "imgsz_yolo": IMGSZ, "num_train": num_train,
         "num_val": num_val, "harnet": harnet, "yolo": y,
         "ratio_best": ratio(harnet["best"]["AP"], y["best"]["AP"]),

@@ -43,6 +43,8 @@ def test_scalar_for_tuple_and_int_for_float() -> None:
         ("train.backbone_lr_mult=-1", "train.backbone_lr_mult: must be >= 0"),
         ("train.norm_weight_decay=-0.1", "train.norm_weight_decay: must be >= 0"),
         ("train.amp_dtype=fp8", "train.amp_dtype: 'fp8' is not one of"),
+        ("data.random_crop=0", "data.random_crop: must be >= 1"),
+        ("data.random_crop=25.5", "data.random_crop: expected int"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:
@@ -73,7 +75,7 @@ def test_merge_is_recursive() -> None:
 
 
 def test_shipped_configs_load() -> None:
-    for name in ("demo", "shapes_hard", "trees", "coco_r50_1x", "coco_r101_1x"):
+    for name in ("demo", "shapes_hard", "trees", "trees_cpu", "coco_r50_1x", "coco_r101_1x"):
         load_experiment(builtin_config(name))
     with pytest.raises(ConfigError, match="no built-in config 'nope'"):
         builtin_config("nope")
@@ -103,3 +105,23 @@ def test_base_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("base: no_such_config\n")
     with pytest.raises(ConfigError, match="no built-in config 'no_such_config'"):
         load_experiment(tmp_path / "c.yaml")
+
+
+def test_trees_cpu_is_the_trees_model_on_smaller_tiles_with_a_cheaper_step() -> None:
+    """trees_cpu keeps the trees model (hybrid, pretrained Lite0, frozen BN), data and optimizer, trains and
+    tests at one smaller size (the same scale both ways), freezes the body's two high-resolution stages and
+    fits its schedule in its steps."""
+    trees, cpu = load_experiment(builtin_config("trees")), load_experiment(builtin_config("trees_cpu"))
+    assert "base: trees" in builtin_config("trees_cpu").read_text()
+    assert cpu.model.preset_name == "hybrid" and cpu.model.backbone.name == "efficientnet_lite0"
+    assert (cpu.model.backbone.weights, cpu.model.backbone.norm) == ("imagenet", "frozen_bn")
+    assert cpu.model.backbone.trainable_layers == 3 < trees.model.backbone.trainable_layers
+    for section in ("fpn", "head", "loss", "anchors", "aligned", "spatial", "channel", "inference"):
+        assert getattr(cpu.model, section) == getattr(trees.model, section), section
+    t = cpu.model.transform
+    assert t.min_size == (t.max_size,) and t.max_size < trees.model.transform.max_size
+    assert t.test_min_size is None and t.test_max_size is None and t.image_mean == trees.model.transform.image_mean
+    assert cpu.data == trees.data and cpu.data.random_crop is None
+    assert (cpu.train.optimizer, cpu.train.lr, cpu.train.batch_size) == (trees.train.optimizer, trees.train.lr, 4)
+    assert cpu.train.warmup_steps < cpu.train.lr_steps[0] < cpu.train.lr_steps[-1] < cpu.train.max_steps
+    assert cpu.train.channels_last and not trees.train.channels_last

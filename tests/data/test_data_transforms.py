@@ -36,6 +36,43 @@ def test_boxes_leaving_the_image_are_clamped_or_dropped_with_their_labels() -> N
     assert out["boxes"].tolist() == [[2.0, 1.0, 6.0, 4.0], [15.0, 2.0, 20.0, 8.0]]
 
 
+def test_random_crop_cuts_image_and_boxes_alike_and_drops_boxes_outside_it() -> None:
+    """A crop of an image whose pixels encode their own (y, x): the crop's corner is read off its first
+    pixel, and every box comes out shifted by that corner and clipped to the crop, the ones outside it
+    dropped with their labels."""
+    ys, xs = torch.meshgrid(torch.arange(10.0), torch.arange(20.0), indexing="ij")
+    image = tv_tensors.Image(torch.stack([ys, xs, torch.zeros_like(ys)]) / 255)
+    boxes = [[0.0, 0.0, 20.0, 10.0], [1.0, 1.0, 3.0, 3.0], [17.0, 7.0, 19.0, 9.0], [6.0, 2.0, 14.0, 8.0]]
+    _, target = _sample(boxes, [0, 1, 2, 3])
+    corners, dropped = set(), 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out_image, out = build_transforms(train=True, hflip_prob=0.0, photometric=False, random_crop=6)(image, target)
+        assert out_image.shape == (3, 6, 6)
+        top, left = (round(float(v) * 255) for v in out_image[:2, 0, 0])
+        corners.add((top, left))
+        torch.testing.assert_close(out_image, image[:, top:top + 6, left:left + 6])
+        expected = [([max(x0 - left, 0), max(y0 - top, 0), min(x1 - left, 6), min(y1 - top, 6)], label)
+                    for (x0, y0, x1, y1), label in zip(boxes, [0, 1, 2, 3])]
+        expected = [(box, label) for box, label in expected if box[2] > box[0] and box[3] > box[1]]
+        assert out["boxes"].tolist() == [box for box, _ in expected]
+        assert out["labels"].tolist() == [label for _, label in expected]
+        dropped += len(expected) < len(boxes)
+    assert len(corners) > 5 and dropped > 0  # the crop moves, and some crops miss some boxes
+
+
+def test_random_crop_pads_an_image_smaller_than_the_crop() -> None:
+    """The whole image (and its box) survives inside a zero-padded crop of the asked size."""
+    image, target = _sample([[2.0, 1.0, 6.0, 4.0]], [1])
+    image = tv_tensors.Image(image + 1)  # no zero pixel, so the padding is where the zeros are
+    out_image, out = build_transforms(train=True, hflip_prob=0.0, photometric=False, random_crop=24)(image, target)
+    assert out_image.shape == (3, 24, 24)
+    rows, cols = out_image[0].nonzero().unbind(1)
+    top, left = int(rows.min()), int(cols.min())
+    torch.testing.assert_close(out_image[:, top:top + 10, left:left + 20], image)
+    assert out["boxes"].tolist() == [[2.0 + left, 1.0 + top, 6.0 + left, 4.0 + top]] and out["labels"].tolist() == [1]
+
+
 def test_eval_transform_keeps_everything() -> None:
     image, target = _sample([[2.0, 1.0, 6.0, 4.0]], [1])
     out_image, out = build_transforms(train=False)(image, target)

@@ -170,6 +170,22 @@ def test_test_max_size_limits_the_long_side_at_test_time_only() -> None:
     assert model.transform(image)[0].image_sizes == [(51, 256)]
 
 
+def test_test_min_size_sets_the_short_side_at_test_time_only() -> None:
+    """``transform.test_min_size``: crops trained at short side 32 are tested whole at 48 (scale 1 both
+    ways); training keeps ``min_size``, and test-time scales multiply it."""
+    from harnet.modeling.harnet import build_transform
+
+    cfg = _cfg("retinanet")
+    cfg.transform.min_size, cfg.transform.max_size, cfg.transform.test_min_size = (32,), 64, 48
+    model = HARNet(cfg)
+    model.eval()
+    assert model.test_transform([torch.rand(3, 48, 48)])[0].image_sizes == [(48, 48)]
+    model.train()
+    assert model.transform([torch.rand(3, 48, 48)])[0].image_sizes == [(32, 32)]
+    assert build_transform(cfg.transform, training=False, scale=0.5)([torch.rand(3, 48, 48)])[0].image_sizes == [
+        (24, 24)]
+
+
 def test_build_harnet_passes_parts_and_equals_harnet_of_the_config() -> None:
     """``build_harnet`` builds each part and passes it in; the same seed gives the same weights as ``HARNet(cfg)``."""
     from harnet.modeling.harnet import build_harnet

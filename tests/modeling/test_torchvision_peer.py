@@ -85,6 +85,7 @@ def test_peer_is_our_retinanet_preset() -> None:
     ({"loss__normalizer": "level"}, "loss.normalizer"),
     ({"inference__final_score_thresh": 0.05}, "inference.final_score_thresh"),
     ({"transform__test_max_size": 1200}, "transform.test_max_size"),
+    ({"transform__test_min_size": 600}, "transform.test_min_size"),
 ])
 def test_settings_torchvision_cannot_express_are_refused(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -51,6 +51,11 @@ class DataConfig:
     # the RGB channels half the time (harmless from scratch, wrong for an ImageNet body that knows colours);
     # "jitter": the same brightness/contrast/saturation/hue jitter without the permutation; false: none.
     photometric: bool | Literal["distort", "jitter"] = True
+    # Training only: a random crop of this many pixels square (padded with zeros where the image is smaller),
+    # before the model's resize. Boxes are clipped to the crop and those left empty dropped. Crops of tiles
+    # at min_size = the crop (scale 1) with transform.test_min_size = the tile keep the objects' pixel size
+    # and cost a fraction of a full-tile step (configs/trees_cpu.yaml). None: no crop.
+    random_crop: int | None = None
     num_workers: int = 0
     # Skip (and list in the run folder) bad images and annotations instead of stopping at the first;
     # also decodes every image up front to find truncated files. See harnet.data.issues.
@@ -60,6 +65,8 @@ class DataConfig:
         _at_least(self, "data", 0, "num_workers")
         if not 0.0 <= self.hflip_prob <= 1.0:
             raise ConfigError(f"data.hflip_prob: must be in [0, 1], got {self.hflip_prob}")
+        if self.random_crop is not None:
+            _at_least(self, "data", 1, "random_crop")
 
 
 @dataclass

@@ -41,17 +41,23 @@ def photometric_transform(photometric: Photometric) -> v2.Transform | None:
     raise ValueError(f"photometric: expected true, false, 'distort' or 'jitter', got {photometric!r}")
 
 
-def build_transforms(train: bool, hflip_prob: float = 0.5, photometric: Photometric = True) -> v2.Transform:
+def build_transforms(train: bool, hflip_prob: float = 0.5, photometric: Photometric = True,
+                     random_crop: int | None = None) -> v2.Transform:
     """Return the v2 transform to pass as a dataset's ``transforms``.
 
-    Training: horizontal flip and (optionally) colour augmentation (:func:`photometric_transform`), then
-    ``ClampBoundingBoxes`` and ``SanitizeBoundingBoxes``, so that whatever augmentation is added before them
+    Training: a ``random_crop`` x ``random_crop`` crop at a random place (zero-padded where the image is
+    smaller; None: none), horizontal flip and (optionally) colour augmentation (:func:`photometric_transform`),
+    then ``ClampBoundingBoxes`` and ``SanitizeBoundingBoxes``, so that whatever augmentation is added before them
     can never hand the loss a box outside the image or a box that has collapsed (their labels are dropped
     with them).
     Evaluation: only a dtype guarantee (float32 in [0, 1]), so predictions map 1:1 to original pixels.
     """
     steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
     if train:
+        if random_crop is not None:
+            # Crops before the colour steps, which then touch only the pixels kept. Boxes are shifted into
+            # the crop; the two steps below clip them to it and drop the ones left empty with their labels.
+            steps.append(v2.RandomCrop(random_crop, pad_if_needed=True))
         if hflip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(p=hflip_prob))
         if (colour := photometric_transform(photometric)) is not None:

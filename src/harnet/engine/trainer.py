@@ -219,7 +219,8 @@ class Trainer:
 
     def _loader(self) -> Iterator[tuple[list[Tensor], list[dict[str, Any]]]]:
         t, d = self.cfg.train, self.cfg.data
-        data = AugmentedDataset(self.train_set, build_transforms(True, d.hflip_prob, d.photometric), t.seed)
+        transforms = build_transforms(True, d.hflip_prob, d.photometric, d.random_crop)
+        data = AugmentedDataset(self.train_set, transforms, t.seed)
         # Distributed: every rank draws the same global batch and keeps its slice (train.batch_size is global).
         sampler = distributed.shard_batches(InfiniteBatchSampler(len(self.train_set), t.batch_size, t.seed, self.step),
                                             t.batch_size)

@@ -26,7 +26,8 @@ PAPER_SCALES = (1.0, 1.25)
 
 @dataclass
 class TTAConfig:
-    """``scales`` multiply the model's test size (``transform.min_size[-1]`` and the test ``max_size``).
+    """``scales`` multiply the model's test size (``transform.test_min_size``, else ``min_size[-1]``,
+    and the test ``max_size``).
 
     ``merge="soft_nms_vote"`` suppresses the pooled candidates with the paper's test recipe
     (Gaussian Soft-NMS with the model's sigma, then box voting at ``box_voting_iou``, then scores >=

@@ -28,13 +28,14 @@ from harnet.modeling.pyramid import NUM_LEVELS
 
 
 def build_transform(cfg: TransformConfig, training: bool, scale: float = 1.0) -> GeneralizedRCNNTransform:
-    """Resize + normalise + pad. Training draws a short side from ``min_size``; testing uses the last
-    one and ``test_max_size`` (else ``max_size``), both times ``scale`` (test-time augmentation)."""
+    """Resize + normalise + pad. Training draws a short side from ``min_size``; testing uses
+    ``test_min_size`` (else the last ``min_size``) and ``test_max_size`` (else ``max_size``), both times
+    ``scale`` (test-time augmentation)."""
     if training:
         min_size: int | tuple[int, ...] = cfg.min_size
         max_size = cfg.max_size
     else:
-        min_size = round(cfg.min_size[-1] * scale)
+        min_size = round((cfg.test_min_size or cfg.min_size[-1]) * scale)
         max_size = round((cfg.test_max_size or cfg.max_size) * scale)
     transform = GeneralizedRCNNTransform(min_size, max_size, list(cfg.image_mean), list(cfg.image_std),
                                          size_divisible=cfg.size_divisible)

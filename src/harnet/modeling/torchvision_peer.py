@@ -35,6 +35,7 @@ _FIXED = {
     "inference.min_box_size": 0.0,
     "loss.normalizer": "image",
     "transform.test_max_size": None,
+    "transform.test_min_size": None,
     "head.prior_probability": 0.01,
     "head.num_convs": 4,
 }
