@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harnet.config.io import from_dict
+from harnet.config.io import ConfigError, from_dict, merge
 from harnet.config.model import HARNetConfig, to_dict
 from harnet.modeling.build import build_detector
 
@@ -142,12 +142,26 @@ def training_weights_key(ckpt: dict[str, Any]) -> str:
     return TRAIN_MODEL_KEY if TRAIN_MODEL_KEY in ckpt else "model"
 
 
-def build_model(ckpt: dict[str, Any]) -> nn.Module:
+# The parts of a model config that the weights do not fix: what is done before and after the network.
+TEST_TIME_SECTIONS = ("inference", "transform")
+
+
+def build_model(ckpt: dict[str, Any], test_time: dict[str, Any] | None = None) -> nn.Module:
     """The checkpoint's detector (HAR-Net, or the torchvision peer) from its own config, with its weights.
+
+    ``test_time``: overrides of the model config's ``inference`` and ``transform`` sections (e.g. the
+    authors' Soft-NMS + voting on a run trained with hard NMS); any other model key would contradict the
+    weights, so it is refused rather than ignored.
 
     The pretrained backbone file (or ImageNet download) the run started from is not needed: the
     checkpoint holds every weight, so ``backbone.weights`` is cleared before building."""
-    cfg = model_config(ckpt)
+    saved = _saved_model_config(ckpt)
+    if test_time:
+        if other := sorted(set(test_time) - set(TEST_TIME_SECTIONS)):
+            raise ConfigError(f"model.{other[0]}: fixed by the checkpoint's weights; only model.inference.* and "
+                              "model.transform.* can change after training")
+        saved = merge(saved, test_time)
+    cfg = from_dict(HARNetConfig, saved, "model")
     cfg.backbone.weights = None
     model = build_detector(ckpt["config"].get("detector", "harnet"), cfg)
     _load_state(model, ckpt)

@@ -60,11 +60,18 @@ def evaluate_checkpoint(
     skip_bad: bool = False, device: str = "auto", tta: TTAConfig | None = None, out: str | Path | None = None,
 ) -> CheckpointEval:
     """COCO metrics of a checkpoint on ``split`` of its own data (or of the experiment ``data`` names), written to
-    ``out`` (default: ``eval_<split>`` beside the checkpoint) as metrics.json and detections.json."""
+    ``out`` (default: ``eval_<split>`` beside the checkpoint) as metrics.json and detections.json.
+
+    ``overrides`` (``KEY=VALUE``) change the data (``data.*``) and the test-time model settings
+    (``model.inference.*``, ``model.transform.*``); any other key is refused, never silently ignored."""
+    tree = parse_overrides(list(overrides))
+    if other := sorted(set(tree) - {"data", "model"}):
+        raise ConfigError(f"{other[0]}: not used by an evaluation; it takes data.*, model.inference.* and "
+                          "model.transform.*")
     ckpt = checkpoint.load(path)
-    model = checkpoint.build_model(ckpt)
+    model = checkpoint.build_model(ckpt, tree.get("model"))
     data_cfg = (load_experiment(data, list(overrides)) if data else
-                ExperimentConfig.from_dict(merge(ckpt["config"], parse_overrides(list(overrides))))).data
+                ExperimentConfig.from_dict(merge(ckpt["config"], tree))).data
     data_cfg.skip_bad = data_cfg.skip_bad or skip_bad
     dataset = build_dataset(data_cfg, split, class_names=ckpt["class_names"], classes_from=f"checkpoint {ckpt['path']}")
     if dataset.class_names != ckpt["class_names"]:
