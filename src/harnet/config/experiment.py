@@ -52,9 +52,9 @@ class DataConfig:
     # "jitter": the same brightness/contrast/saturation/hue jitter without the permutation; false: none.
     photometric: bool | Literal["distort", "jitter"] = True
     # Training only: a random crop of this many pixels square (padded with zeros where the image is smaller),
-    # before the model's resize. Boxes are clipped to the crop and those left empty dropped. Crops of tiles
-    # at min_size = the crop (scale 1) with transform.test_min_size = the tile keep the objects' pixel size
-    # and cost a fraction of a full-tile step (configs/trees_cpu.yaml). None: no crop.
+    # before the model's resize. Boxes are clipped to the crop and those left empty dropped. Crops of large
+    # images at min_size = the crop (scale 1) with transform.test_min_size = the image's own size keep the
+    # objects' pixel size at a fraction of a full image's step. None: no crop.
     random_crop: int | None = None
     num_workers: int = 0
     # Skip (and list in the run folder) bad images and annotations instead of stopping at the first;

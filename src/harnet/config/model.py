@@ -159,8 +159,8 @@ class TransformConfig:
     max_size: int = 1333
     # Long-side limit at test time (the authors test at short side 800, long side <= 1200); None: max_size.
     test_max_size: int | None = None
-    # Short side at test time; None: min_size[-1]. Training on random crops at min_size = the crop and testing
-    # whole images at their own size keeps the objects' scale (configs/trees_cpu.yaml).
+    # Short side at test time; None: min_size[-1]. Training on random crops (data.random_crop) at min_size =
+    # the crop and testing whole images at their own size keeps the objects' scale.
     test_min_size: int | None = None
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
