@@ -69,3 +69,14 @@ def test_to_dict_is_json_serialisable() -> None:
     assert back["anchors"]["strides"] == [8, 16, 32, 64, 128]
     assert set(back) >= {"backbone", "fpn", "anchors", "head", "loss", "inference", "transform"}
 
+
+
+def test_channel_norm_convs_defaults_to_every_conv_so_saved_configs_keep_their_wiring() -> None:
+    """A run saved before ``channel.norm_convs`` existed normalised all four convs: the missing key
+    (default None) rebuilds exactly that; a negative count is refused."""
+    from harnet.config.io import ConfigError, from_dict
+
+    saved = from_dict(HARNetConfig, {"channel": {"enabled": True, "gn_groups": 32}}, "model")
+    assert saved.channel.norm_convs is None
+    with pytest.raises((ConfigError, ValueError), match="channel.norm_convs"):
+        from_dict(HARNetConfig, {"channel": {"norm_convs": -1}}, "model")

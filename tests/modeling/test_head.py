@@ -218,6 +218,31 @@ def test_set2_norm_option_normalises_the_extra_conv_like_the_towers() -> None:
     assert len(head(features)) == 2
 
 
+def test_channel_preset_is_the_authors_channel_only_file() -> None:
+    """Their channel-only file: cross-level GN with 16 groups after tower convs 1-3; conv 4 keeps its bias
+    and goes straight to the ReLU. The hybrid normalises all four (32 groups)."""
+    from harnet.modeling.attention.channel import CrossLevelGroupNorm
+    from harnet.modeling.head import Tower
+
+    channel = HARNetConfig.preset("channel", num_classes=NUM_CLASSES)
+    assert (channel.channel.gn_groups, channel.channel.norm_convs) == (16, 3)
+    hybrid = HARNetConfig.preset("hybrid", num_classes=NUM_CLASSES)
+    assert (hybrid.channel.gn_groups, hybrid.channel.norm_convs) == (32, None)
+    channel.fpn.channels = 32
+    head = build_head(channel)
+    for tower in (head.cls_tower, head.box_tower):
+        assert len(tower.norms) == 3 and all(isinstance(n, CrossLevelGroupNorm) for n in tower.norms)
+        assert all(n.num_groups == 16 for n in tower.norms)
+        assert [conv.bias is not None for conv in tower.convs] == [False, False, False, True]
+    assert len(build_head(_hybrid()).cls_tower.norms) == 4
+    # Without a norm on a conv, its output is ReLU(conv(x)) exactly.
+    tower = Tower(8, 2, "gn", gn_groups=4, norm_convs=1)
+    x = [torch.randn(1, 8, 4, 4)]
+    with torch.no_grad():
+        first = tower.norms[0]([tower.convs[0](x[0])], relu=True)
+        torch.testing.assert_close(tower(x)[0], tower.convs[1](first[0]).relu())
+
+
 def test_prior_bias() -> None:
     """Classification bias -log((1 - 0.01) / 0.01) = -4.595 (sigmoid gives the prior back)."""
     assert prior_bias(0.01) == pytest.approx(-4.59512, abs=1e-5)

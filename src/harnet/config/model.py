@@ -187,9 +187,16 @@ class ChannelAttentionConfig:
 
     enabled: bool = False
     gn_groups: int = 32
+    # How many tower convs (from the first) the norm follows; None: all. The authors' channel-only file:
+    # 16 groups after convs 1-3 (the `channel` preset); their hybrid: 32 groups after all four.
+    norm_convs: int | None = None
     cross_level_gn: bool = True
     se: bool = True
     se_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        if self.norm_convs is not None and self.norm_convs < 0:
+            raise ValueError(f"channel.norm_convs: a number of tower convs (>= 0) or null, got {self.norm_convs}")
 
 
 @dataclass
@@ -234,13 +241,16 @@ class HARNetConfig:
         ``hybrid`` is the authors' hybrid model file: aligned attention on C4 and C5, msra-initialised
         head with the last tower norm at 0.1, and their test recipe (Gaussian Soft-NMS, sigma 0.5, box
         voting at IoU 0.6, final score >= 0.05). The single-attention presets keep RetinaNet's head
-        initialisation and hard NMS, as the authors' single-attention files do; ``aligned`` is C5 only
-        (their ``al2``; ``aligned.stages: [c4, c5]`` is their ``al3``).
+        initialisation and hard NMS, as the authors' single-attention files do; ``channel`` normalises
+        tower convs 1-3 with 16 groups (their channel-only file); ``aligned`` is C5 only (their ``al2``;
+        ``aligned.stages: [c4, c5]`` is their ``al3``).
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         cfg = cls(**overrides)
         cfg.spatial.enabled, cfg.channel.enabled, cfg.aligned.enabled, cfg.dual_prediction = PRESET_SWITCHES[name]
+        if name == "channel":
+            cfg.channel.gn_groups, cfg.channel.norm_convs = 16, 3
         if name == "hybrid":
             cfg.aligned.stages = ("c4", "c5")
             cfg.head.conv_init = "msra"

@@ -73,7 +73,8 @@ def build_head(cfg: HARNetConfig) -> HARNetHead:
     return HARNetHead(
         in_channels=ch, num_anchors=cfg.anchors.num_anchors, num_classes=cfg.num_classes,
         num_convs=cfg.head.num_convs, prior_probability=cfg.head.prior_probability, norm=norm,
-        gn_groups=channel.gn_groups, conv_init=cfg.head.conv_init, last_norm_scale=cfg.head.last_norm_scale,
+        gn_groups=channel.gn_groups, norm_convs=channel.norm_convs if channel.enabled else None,
+        conv_init=cfg.head.conv_init, last_norm_scale=cfg.head.last_norm_scale,
         spatial=spatial_module,
         cls_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,
         box_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,

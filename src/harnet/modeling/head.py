@@ -47,23 +47,24 @@ class Tower(nn.Module):
     """``num_convs`` x (3x3 conv -> norm -> ReLU), weights shared by all levels.
 
     ``norm`` is ``None`` (RetinaNet), ``"gn"`` (GroupNorm per level) or ``"cross_level_gn"``
-    (statistics over all levels at once). ``last_norm_scale`` is the initial scale of the last norm
-    (the authors' hybrid starts it at 0.1).
+    (statistics over all levels at once); ``norm_convs`` limits it to the first that many convs (the
+    authors' channel-only file normalises convs 1-3; the rest keep a bias and go straight to the ReLU).
+    ``last_norm_scale`` is the initial scale of the last norm (the authors' hybrid starts it at 0.1).
     """
 
     def __init__(self, channels: int, num_convs: int, norm: TowerNorm = None, gn_groups: int = 32,
-                 conv_init: ConvInit = "normal", last_norm_scale: float = 1.0) -> None:
+                 conv_init: ConvInit = "normal", last_norm_scale: float = 1.0, norm_convs: int | None = None) -> None:
         super().__init__()
         self.norm = norm  # its name; the modules come from build_level_norm
-        self.convs = nn.ModuleList(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None) for _ in range(num_convs)
-        )
         self.norms = nn.ModuleList()
-        for _ in range(num_convs):
+        for _ in range(num_convs if norm_convs is None else min(norm_convs, num_convs)):
             level_norm = build_level_norm(norm, channels, gn_groups)
             if level_norm is None:
                 break
             self.norms.append(level_norm)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=i >= len(self.norms)) for i in range(num_convs)
+        )
         for conv in self.convs:
             init_conv(conv, conv_init)
         if len(self.norms):
@@ -72,7 +73,7 @@ class Tower(nn.Module):
     def forward(self, levels: list[Tensor]) -> list[Tensor]:
         for i, conv in enumerate(self.convs):
             levels = [conv(x) for x in levels]
-            levels = self.norms[i](levels, relu=True) if len(self.norms) else [x.relu_() for x in levels]
+            levels = self.norms[i](levels, relu=True) if i < len(self.norms) else [x.relu_() for x in levels]
         return levels
 
 
@@ -122,6 +123,7 @@ class HARNetHead(nn.Module):
         prior_probability: float = 0.01,
         norm: TowerNorm = None,
         gn_groups: int = 32,
+        norm_convs: int | None = None,
         conv_init: ConvInit = "normal",
         last_norm_scale: float = 1.0,
         spatial: nn.Module | None = None,
@@ -133,8 +135,8 @@ class HARNetHead(nn.Module):
     ) -> None:
         super().__init__()
         ch = in_channels
-        self.cls_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale)
-        self.box_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale)
+        self.cls_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale, norm_convs)
+        self.box_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale, norm_convs)
         self.spatial = spatial
         self.cls_se, self.box_se = cls_se, box_se
         self.predictor = Predictor(ch, num_anchors, num_classes, prior_probability, conv_init)
