@@ -166,6 +166,11 @@ class TransformConfig:
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     size_divisible: int = 32
 
+    @property
+    def test_sizes(self) -> tuple[int, int]:
+        """(short side, long-side limit) at test time: the test settings, else the training ones."""
+        return self.test_min_size or self.min_size[-1], self.test_max_size or self.max_size
+
 
 @dataclass
 class SpatialAttentionConfig:

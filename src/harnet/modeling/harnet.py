@@ -35,8 +35,8 @@ def build_transform(cfg: TransformConfig, training: bool, scale: float = 1.0) ->
         min_size: int | tuple[int, ...] = cfg.min_size
         max_size = cfg.max_size
     else:
-        min_size = round((cfg.test_min_size or cfg.min_size[-1]) * scale)
-        max_size = round((cfg.test_max_size or cfg.max_size) * scale)
+        short, long = cfg.test_sizes
+        min_size, max_size = round(short * scale), round(long * scale)
     transform = GeneralizedRCNNTransform(min_size, max_size, list(cfg.image_mean), list(cfg.image_std),
                                          size_divisible=cfg.size_divisible)
     return transform.train(training)

@@ -140,7 +140,7 @@ def _deform_conv_onnxscript() -> Any:
 def _example_input(config: HARNetConfig, size: tuple[int, int] | None, extra: int = 0) -> Tensor:
     d = config.transform.size_divisible
     if size is None:
-        side = -(-(config.transform.test_min_size or config.transform.min_size[-1]) // d) * d
+        side = -(-config.transform.test_sizes[0] // d) * d
         size = (side, side)
     h, w = (-(-s // d) * d for s in size)
     g = torch.Generator().manual_seed(0)
@@ -209,14 +209,14 @@ def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[i
              exporter: str) -> dict[str, Any]:
     """Everything :func:`preprocess` / :func:`postprocess_raw` need, as plain JSON."""
     t = model.config.transform
+    short, long = t.test_sizes
     return {
         "format": fmt,
         "exporter": exporter,
         "opset": ONNX_OPSET if fmt == "onnx" else None,
         "torch": torch.__version__,
         "inputs": {"images": "float32 (N, 3, H, W): RGB in [0, 1], resized so the short side is "
-                             f"{t.test_min_size or t.min_size[-1]} and the long side at most "
-                             f"{t.test_max_size or t.max_size}, normalised "
+                             f"{short} and the long side at most {long}, normalised "
                              f"(x - {list(t.image_mean)}) / {list(t.image_std)}, zero-padded bottom/right "
                              f"to a multiple of {t.size_divisible}"},
         "outputs": {"cls_logits": "float32 (N, A, num_classes) logits (sigmoid -> scores)",
