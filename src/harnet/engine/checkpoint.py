@@ -117,8 +117,21 @@ def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-def model_config(ckpt: dict[str, Any]) -> HARNetConfig:
-    return from_dict(HARNetConfig, _saved_model_config(ckpt), "model")
+# The parts of a model config that the weights do not fix: what is done before and after the network.
+TEST_TIME_SECTIONS = ("inference", "transform")
+
+
+def model_config(ckpt: dict[str, Any], test_time: dict[str, Any] | None = None) -> HARNetConfig:
+    """The checkpoint's model config, with ``test_time`` overrides of its ``inference`` and ``transform``
+    sections (e.g. the authors' Soft-NMS + voting on a run trained with hard NMS); any other model key
+    would contradict the weights, so it is refused rather than ignored."""
+    saved = _saved_model_config(ckpt)
+    if test_time:
+        if other := sorted(set(test_time) - set(TEST_TIME_SECTIONS)):
+            raise ConfigError(f"model.{other[0]}: fixed by the checkpoint's weights; only model.inference.* and "
+                              "model.transform.* can change after training")
+        saved = merge(saved, test_time)
+    return from_dict(HARNetConfig, saved, "model")
 
 
 def load_model_weights(model: nn.Module, ckpt: dict[str, Any], config: HARNetConfig, key: str = "model") -> None:
@@ -142,26 +155,13 @@ def training_weights_key(ckpt: dict[str, Any]) -> str:
     return TRAIN_MODEL_KEY if TRAIN_MODEL_KEY in ckpt else "model"
 
 
-# The parts of a model config that the weights do not fix: what is done before and after the network.
-TEST_TIME_SECTIONS = ("inference", "transform")
-
-
 def build_model(ckpt: dict[str, Any], test_time: dict[str, Any] | None = None) -> nn.Module:
-    """The checkpoint's detector (HAR-Net, or the torchvision peer) from its own config, with its weights.
-
-    ``test_time``: overrides of the model config's ``inference`` and ``transform`` sections (e.g. the
-    authors' Soft-NMS + voting on a run trained with hard NMS); any other model key would contradict the
-    weights, so it is refused rather than ignored.
+    """The checkpoint's detector (HAR-Net, or the torchvision peer) from its own config (``test_time``: see
+    :func:`model_config`), with its weights.
 
     The pretrained backbone file (or ImageNet download) the run started from is not needed: the
     checkpoint holds every weight, so ``backbone.weights`` is cleared before building."""
-    saved = _saved_model_config(ckpt)
-    if test_time:
-        if other := sorted(set(test_time) - set(TEST_TIME_SECTIONS)):
-            raise ConfigError(f"model.{other[0]}: fixed by the checkpoint's weights; only model.inference.* and "
-                              "model.transform.* can change after training")
-        saved = merge(saved, test_time)
-    cfg = from_dict(HARNetConfig, saved, "model")
+    cfg = model_config(ckpt, test_time)
     cfg.backbone.weights = None
     model = build_detector(ckpt["config"].get("detector", "harnet"), cfg)
     _load_state(model, ckpt)
