@@ -45,6 +45,7 @@ def test_scalar_for_tuple_and_int_for_float() -> None:
         ("train.amp_dtype=fp8", "train.amp_dtype: 'fp8' is not one of"),
         ("data.random_crop=0", "data.random_crop: must be >= 1"),
         ("data.random_crop=25.5", "data.random_crop: expected int"),
+        ("data.rot90_prob=1.5", "data.rot90_prob: must be in [0, 1]"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:

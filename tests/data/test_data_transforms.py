@@ -29,6 +29,23 @@ def test_horizontal_flip_moves_boxes_with_the_image() -> None:
     assert isinstance(out["boxes"], tv_tensors.BoundingBoxes)
 
 
+def test_vertical_flip_moves_boxes_with_the_image() -> None:
+    image, target = _sample([[2.0, 1.0, 6.0, 4.0]], [3])
+    out_image, out = build_transforms(train=True, hflip_prob=0.0, photometric=False, vflip_prob=1.0)(image, target)
+    torch.testing.assert_close(out_image, image.flip(-2))
+    assert out["boxes"].tolist() == [[2.0, 6.0, 6.0, 9.0]]  # y -> H - y
+    assert out["labels"].tolist() == [3]
+
+
+def test_quarter_turn_turns_image_canvas_and_boxes_alike() -> None:
+    image, target = _sample([[2.0, 1.0, 6.0, 4.0]], [3])
+    out_image, out = build_transforms(train=True, hflip_prob=0.0, photometric=False, rot90_prob=1.0)(image, target)
+    torch.testing.assert_close(out_image, image.rot90(1, (-2, -1)))  # counter-clockwise: (x, y) -> (y, W - x)
+    assert out["boxes"].canvas_size == (20, 10)
+    assert out["boxes"].tolist() == [[1.0, 14.0, 4.0, 18.0]]
+    assert out["labels"].tolist() == [3]
+
+
 def test_boxes_leaving_the_image_are_clamped_or_dropped_with_their_labels() -> None:
     image, target = _sample([[2.0, 1.0, 6.0, 4.0], [25.0, 2.0, 30.0, 5.0], [15.0, 2.0, 26.0, 8.0]], [0, 1, 2])
     _, out = build_transforms(train=True, hflip_prob=0.0, photometric=True)(image, target)

@@ -47,6 +47,9 @@ class DataConfig:
     val_images: str = ""
     val_annotations: str = ""
     hflip_prob: float = 0.5
+    # Vertical flips and quarter turns: right for aerial and microscope images (no "up"), wrong for street scenes.
+    vflip_prob: float = 0.0
+    rot90_prob: float = 0.0
     # Colour augmentation. true (= "distort"): torchvision's RandomPhotometricDistort, which also permutes
     # the RGB channels half the time (harmless from scratch, wrong for an ImageNet body that knows colours);
     # "jitter": the same brightness/contrast/saturation/hue jitter without the permutation; false: none.
@@ -63,8 +66,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "data", 0, "num_workers")
-        if not 0.0 <= self.hflip_prob <= 1.0:
-            raise ConfigError(f"data.hflip_prob: must be in [0, 1], got {self.hflip_prob}")
+        for name in ("hflip_prob", "vflip_prob", "rot90_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.random_crop is not None:
             _at_least(self, "data", 1, "random_crop")
 

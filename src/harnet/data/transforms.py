@@ -42,11 +42,14 @@ def photometric_transform(photometric: Photometric) -> v2.Transform | None:
 
 
 def build_transforms(train: bool, hflip_prob: float = 0.5, photometric: Photometric = True,
-                     random_crop: int | None = None) -> v2.Transform:
+                     random_crop: int | None = None, vflip_prob: float = 0.0,
+                     rot90_prob: float = 0.0) -> v2.Transform:
     """Return the v2 transform to pass as a dataset's ``transforms``.
 
     Training: a ``random_crop`` x ``random_crop`` crop at a random place (zero-padded where the image is
-    smaller; None: none), horizontal flip and (optionally) colour augmentation (:func:`photometric_transform`),
+    smaller; None: none), horizontal flips, for views from above (where "up" is arbitrary) vertical flips
+    and quarter turns (with both flips: all eight symmetries of the square), and (optionally) colour
+    augmentation (:func:`photometric_transform`),
     then ``ClampBoundingBoxes`` and ``SanitizeBoundingBoxes``, so that whatever augmentation is added before them
     can never hand the loss a box outside the image or a box that has collapsed (their labels are dropped
     with them).
@@ -60,6 +63,11 @@ def build_transforms(train: bool, hflip_prob: float = 0.5, photometric: Photomet
             steps.append(v2.RandomCrop(random_crop, pad_if_needed=True))
         if hflip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(p=hflip_prob))
+        if vflip_prob > 0:
+            steps.append(v2.RandomVerticalFlip(p=vflip_prob))
+        if rot90_prob > 0:
+            # expand: the canvas turns with the image (H and W swap); a quarter turn maps boxes to boxes exactly.
+            steps.append(v2.RandomApply([v2.RandomRotation((90, 90), expand=True)], p=rot90_prob))
         if (colour := photometric_transform(photometric)) is not None:
             steps.append(colour)
         # The default labels_getter finds target["labels"] in an (image, target) pair.

@@ -219,7 +219,8 @@ class Trainer:
 
     def _loader(self) -> Iterator[tuple[list[Tensor], list[dict[str, Any]]]]:
         t, d = self.cfg.train, self.cfg.data
-        transforms = build_transforms(True, d.hflip_prob, d.photometric, d.random_crop)
+        transforms = build_transforms(True, hflip_prob=d.hflip_prob, vflip_prob=d.vflip_prob, rot90_prob=d.rot90_prob,
+                                      photometric=d.photometric, random_crop=d.random_crop)
         data = AugmentedDataset(self.train_set, transforms, t.seed)
         # Distributed: every rank draws the same global batch and keeps its slice (train.batch_size is global).
         sampler = distributed.shard_batches(InfiniteBatchSampler(len(self.train_set), t.batch_size, t.seed, self.step),
