@@ -20,7 +20,9 @@ Why it is built this way:
   plan. Should the resumed run still overrun, it gets SIGTERM at the budget and its
   ``last.pt`` is evaluated with ``harnet eval``.
 * Both are scored by pycocotools on the same val annotation file: harnet by its own COCO evaluation, YOLO by
-  predicting every val image (conf 0.001, IoU 0.6, 100 detections) into a COCO results file.
+  predicting every val image (conf 0.001, IoU 0.6, 100 detections) into a COCO results file. The final weights
+  of both are also scored with each one's own test-time augmentation (harnet ``eval --tta``, YOLO
+  ``augment=True``), reported beside the comparison, not in it.
 * ultralytics never touches the network: YOLO11n is built from ``yolo11n.yaml`` (no weights), with
   ``pretrained=False``, ``amp=False`` (the AMP check downloads yolo11n.pt), ``plots=False`` (plots fetch a
   font), ``YOLO_OFFLINE=1``, a private ``YOLO_CONFIG_DIR`` with ``sync`` off, and, where ``unshare -rn``
@@ -159,10 +161,14 @@ def yolo_worker(spec: dict[str, Any]) -> None:
     }
     for name in ("best", "last"):
         result[name] = coco_eval_yolo(YOLO(str(weights / f"{name}.pt")), spec, out / f"detections_{name}.json")
+    result["last_tta"] = coco_eval_yolo(YOLO(str(weights / "last.pt")), spec, out / "detections_last_tta.json",
+                                        augment=True)
     Path(spec["result"]).write_text(json.dumps(result, indent=1) + "\n")
 
 
-def coco_eval_yolo(model: Any, spec: dict[str, Any], detections: Path) -> dict[str, float]:
+def coco_eval_yolo(model: Any, spec: dict[str, Any], detections: Path, augment: bool = False) -> dict[str, float]:
+    """pycocotools AP of ``model`` on the val tiles; ``augment``: ultralytics' own test-time augmentation
+    (flips and scales 1 / 0.83 / 0.67)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -171,7 +177,7 @@ def coco_eval_yolo(model: Any, spec: dict[str, Any], detections: Path) -> dict[s
     dets = []
     for img in gt.loadImgs(sorted(gt.getImgIds())):
         r = model.predict(str(Path(spec["val_images"]) / img["file_name"]), imgsz=IMGSZ, conf=0.001, iou=0.6,
-                          max_det=100, device="cpu", verbose=False)[0]
+                          max_det=100, device="cpu", verbose=False, augment=augment)[0]
         for (x1, y1, x2, y2), s, c in zip(r.boxes.xyxy.tolist(), r.boxes.conf.tolist(), r.boxes.cls.tolist()):
             dets.append({"image_id": img["id"], "category_id": cat[int(c)], "bbox": [x1, y1, x2 - x1, y2 - y1],
                          "score": s})
@@ -322,6 +328,11 @@ def _run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float,
                         str(out.parent / "harnet_eval")], check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
         stats = json.loads((out.parent / "harnet_eval" / "metrics.json").read_text())["stats"]
         evals.append((steps, {k: v for k, v in stats.items() if v is not None}))
+    # The final weights again with test-time augmentation (flips and scales 1.0 / 1.25, merged by Soft-NMS +
+    # voting), to compare with YOLO's own (augment=True) on the same weights.
+    subprocess.run([sys.executable, "-m", "harnet", "eval", str(out / "last.pt"), "--tta", "--out",
+                    str(out.parent / "harnet_eval_tta")], check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    tta = json.loads((out.parent / "harnet_eval_tta" / "metrics.json").read_text())["stats"]
     log.close()
     best_step, best = max(evals, key=lambda e: e[1]["AP"])
     return {"wall_minutes": (end - t0) / 60, "steps": steps, "max_steps": max_steps, "terminated": terminated,
@@ -329,6 +340,7 @@ def _run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float,
             "schedule": plan, "resume_command": shlex.join(cmd), "exit_code": rc,
             "last": {"AP": evals[-1][1]["AP"], "AP50": evals[-1][1]["AP50"], "AP75": evals[-1][1].get("AP75")},
             "best": {"AP": best["AP"], "AP50": best["AP50"], "AP75": best.get("AP75"), "step": best_step},
+            "last_tta": {"AP": tta["AP"], "AP50": tta["AP50"], "AP75": tta.get("AP75")},
             "curve": [[s, v["AP"]] for s, v in evals]}
 
 
@@ -374,6 +386,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"{pct(y['last']['AP50'])} |", "",
         f"AP ratio harnet / YOLO (best): **{times(r['ratio_best'])}**, (last): {times(r['ratio_last'])}; target ≥ 2x: "
         f"**{'met' if r['target_met'] else 'missed'}**.", "",
+        "With test-time augmentation on both sides (the final weights; not the target's comparison): harnet "
+        f"`--tta` (flips, scales 1.0 / 1.25, Soft-NMS + voting) {pct(h['last_tta']['AP'])} AP "
+        f"({pct(h['last_tta']['AP50'])} AP50), YOLO `augment=True` (flips, scales 1 / 0.83 / 0.67) "
+        f"{pct(y['last_tta']['AP'])} ({pct(y['last_tta']['AP50'])}): {times(r['ratio_last_tta'])}.", "",
         f"COCO AP@[.5:.95] / AP50 in %, pycocotools on the same {r['num_val']} val tiles. Best: harnet's best "
         "evaluation / YOLO's best.pt (both picked on this val set); last: the final weights. Trained minutes: wall "
         "clock of each training process, setup and evaluations included (harnet: probe + resume). ultralytics' "
@@ -449,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_val": num_val, "harnet": harnet, "yolo": y,
         "ratio_best": ratio(harnet["best"]["AP"], y["best"]["AP"]),
         "ratio_last": ratio(harnet["last"]["AP"], y["last"]["AP"]),
+        "ratio_last_tta": ratio(harnet["last_tta"]["AP"], y["last_tta"]["AP"]),
         "load_before": load_before, "load_after": load_after,
         "load_during_mean": sum(loads) / len(loads) if loads else None, "cpus": os.cpu_count(),
         "yolo_network": "none (unshare -rn) + YOLO_OFFLINE=1" if netns else "YOLO_OFFLINE=1",
