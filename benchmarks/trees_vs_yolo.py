@@ -234,7 +234,7 @@ class CsvWatch:
 
 
 def harnet_cmd(data: Path, out: Path, threads: int, sets: dict[str, Any], resume: bool,
-               config: str = "trees") -> list[str]:
+               config: str) -> list[str]:
     overrides = {**{f"data.{k}": str(v) for k, v in coco_paths(data).items()}, "output_dir": str(out),
                  "train.threads": threads, "train.log_every": 1, "train.checkpoint_every": 0, **sets}
     cmd = [sys.executable, "-m", "harnet", "train"]
@@ -245,7 +245,7 @@ def harnet_cmd(data: Path, out: Path, threads: int, sets: dict[str, Any], resume
 
 
 def run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, env: dict[str, str],
-               loads: list[float], config: str = "trees") -> dict[str, Any]:
+               loads: list[float], config: str) -> dict[str, Any]:
     """Probe, then resume with a max_steps that ends at ``deadline``; SIGTERM at the deadline if still training."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -323,16 +323,18 @@ def _run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float,
         raise RuntimeError(f"harnet train exited with {rc}; see {log.name}")
     evals = watch.val()
     steps = _checkpoint_step(out)
+    def eval_last(folder: str, *flags: str) -> dict[str, float]:
+        """``harnet eval`` of last.pt into ``folder`` beside the run; its COCO stats."""
+        subprocess.run([sys.executable, "-m", "harnet", "eval", str(out / "last.pt"), *flags, "--out",
+                        str(out.parent / folder)], check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        stats = json.loads((out.parent / folder / "metrics.json").read_text())["stats"]
+        return {k: v for k, v in stats.items() if v is not None}
+
     if terminated or not evals or evals[-1][0] != steps:  # the last model was not evaluated: do it now
-        subprocess.run([sys.executable, "-m", "harnet", "eval", str(out / "last.pt"), "--out",
-                        str(out.parent / "harnet_eval")], check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-        stats = json.loads((out.parent / "harnet_eval" / "metrics.json").read_text())["stats"]
-        evals.append((steps, {k: v for k, v in stats.items() if v is not None}))
+        evals.append((steps, eval_last("harnet_eval")))
     # The final weights again with test-time augmentation (flips and scales 1.0 / 1.25, merged by Soft-NMS +
     # voting), to compare with YOLO's own (augment=True) on the same weights.
-    subprocess.run([sys.executable, "-m", "harnet", "eval", str(out / "last.pt"), "--tta", "--out",
-                    str(out.parent / "harnet_eval_tta")], check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-    tta = json.loads((out.parent / "harnet_eval_tta" / "metrics.json").read_text())["stats"]
+    tta = eval_last("harnet_eval_tta", "--tta")
     log.close()
     best_step, best = max(evals, key=lambda e: e[1]["AP"])
     return {"wall_minutes": (end - t0) / 60, "steps": steps, "max_steps": max_steps, "terminated": terminated,
@@ -408,10 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from harnet.config.experiment import builtin_config, load_experiment
+    from harnet.config.experiment import config_path, load_experiment
 
-    config = Path(args.config) if args.config.endswith((".yaml", ".yml")) else builtin_config(args.config)
-    batch_size = load_experiment(config).train.batch_size
+    batch_size = load_experiment(config_path(args.config)).train.batch_size
     data, out = Path(args.data), Path(args.out)
     ensure_trees(data)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harnet.config.experiment import ExperimentConfig, builtin_config, load_experiment
+from harnet.config.experiment import ExperimentConfig, builtin_config, config_path, load_experiment
 from harnet.config.io import ConfigError, from_dict, load_yaml, merge, parse_overrides
 from harnet.config.model import HARNetConfig, to_dict
 
@@ -73,6 +73,13 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_merge_is_recursive() -> None:
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_config_path_takes_a_yaml_path_or_a_builtin_name(tmp_path: Path) -> None:
+    assert config_path("demo") == builtin_config("demo")
+    assert config_path(str(tmp_path / "mine.yaml")) == tmp_path / "mine.yaml"  # need not exist yet
+    with pytest.raises(ConfigError, match="no built-in config 'nope'"):
+        config_path("nope")
 
 
 def test_shipped_configs_load() -> None:

@@ -200,6 +200,14 @@ def load_experiment_yaml(path: str | Path, _seen: frozenset[Path] = frozenset())
     return merge(load_experiment_yaml(base_path, seen), data)
 
 
+def config_path(value: str) -> Path:
+    """A ``--config`` value: a YAML path, or the name of a built-in config (e.g. ``demo``)."""
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return builtin_config(value)
+
+
 def builtin_config(name: str) -> Path:
     """Path of a config shipped with the package (``configs/<name>.yaml``)."""
     path = CONFIG_DIR / f"{name}.yaml"

@@ -27,16 +27,6 @@ if TYPE_CHECKING:
     from harnet.engine.tta import TTAConfig
 
 
-def _experiment_path(value: str) -> Path:
-    """``--config`` takes a YAML path or the name of a built-in config (e.g. ``demo``)."""
-    from harnet.config.experiment import builtin_config
-
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    return builtin_config(value)
-
-
 def _tta(args: argparse.Namespace) -> TTAConfig | None:
     """``--tta`` (flip + the paper's two scales), ``--tta-scales``/``--tta-no-flip`` -> a TTAConfig, else None."""
     from harnet.engine.tta import PAPER_SCALES, TTAConfig
@@ -71,7 +61,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harnet.config.experiment import load_experiment
+    from harnet.config.experiment import config_path, load_experiment
     from harnet.engine.distributed import launched_as_main
     from harnet.engine.trainer import train
 
@@ -89,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.config:
             raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")
-        cfg = load_experiment(_experiment_path(args.config), overrides)
+        cfg = load_experiment(config_path(args.config), overrides)
     result = train(cfg, resume=bool(args.resume), progress=not args.no_progress, overwrite=args.overwrite)
     if not launched_as_main():  # torchrun: rank 0 reports
         return 0
@@ -192,6 +182,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from harnet.config.experiment import config_path
     from harnet.engine.device import resolve_device
     from harnet.tools.ablation import custom_row, run_ablation, summarize, write_report
 
@@ -199,7 +190,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         extra = [custom_row(name, overrides) for name, *overrides in args.row]
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    config = _experiment_path(args.config)
+    config = config_path(args.config)
     if not config.is_file():
         raise ConfigError(f"{config}: config file not found")
     out = Path(args.out or f"runs/ablate/{config.stem}")
