@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harnet.config.io import ConfigError, from_dict, load_yaml, merge, parse_overrides
-from harnet.config.model import HARNetConfig, to_dict
+from harnet.config.model import HARNetConfig, resolve_model_dict, to_dict
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
+# Version 2: head.norm / head.norm_groups, channel.norm and channel.se placement, set 2 as its own module,
+# optimizer overrides by parameter name. CHANGELOG.md lists every version; harnet.engine.upgrade converts.
+CONFIG_VERSION = 2
 
 
 def _at_least(cfg: object, section: str, minimum: int, *names: str) -> None:
@@ -147,23 +150,24 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/exp"
+    # The schema this config is written in. A run saves it with its config, so that a later harnet knows
+    # which upgrade steps (harnet.engine.upgrade) bring the run's config and weights to its own schema.
+    config_version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        """Validate a nested dict; ``model.preset: NAME`` applies that preset's switches first and
-        the file's explicit model keys on top of them."""
-        model = dict(data.get("model") or {})
-        preset = model.pop("preset", None)
-        if preset is not None:
-            if not isinstance(preset, str):
-                raise ConfigError(f"model.preset: expected a preset name, got {preset!r}")
-            try:
-                model = merge(to_dict(HARNetConfig.preset(preset)), model)
-            except ValueError as e:
-                raise ConfigError(f"model.preset: {e}") from None
+        """Validate a nested dict; ``model.preset: NAME`` applies that preset first and the file's explicit
+        model keys on top of it, ``model.inference: NAME`` picks a test recipe (see ``resolve_model_dict``).
+        A dict written for an older ``config_version`` must be upgraded first (``harnet.engine.upgrade``)."""
+        version = data.get("config_version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"config_version: {version!r} is not this harnet's ({CONFIG_VERSION}); a run's own "
+                              "config is upgraded on load, a config file must be written for this version "
+                              "(see CHANGELOG.md)")
+        model = resolve_model_dict(dict(data.get("model") or {}))
         return from_dict(cls, {**data, "model": model})
 
 
@@ -172,11 +176,11 @@ def load_experiment(path: str | Path | None, overrides: list[str] | tuple[str, .
     """YAML file (or defaults when ``path`` is None; ``base:`` resolved, see :func:`load_experiment_yaml`)
     + ``--set`` overrides -> validated config.
 
-    ``upgrade`` rewrites the file's ``model`` section first (a run's own saved config from an older
-    version, see ``checkpoint.upgrade_saved_model_config``)."""
+    ``upgrade`` rewrites the file first (a run's own saved config from an older version: pass
+    ``harnet.engine.upgrade.upgrade_config``)."""
     data = load_experiment_yaml(path) if path is not None else {}
-    if upgrade is not None and isinstance(data.get("model"), dict):
-        data = {**data, "model": upgrade(data["model"])}
+    if upgrade is not None:
+        data = upgrade(data)
     data = merge(data, parse_overrides(overrides))
     return ExperimentConfig.from_dict(data)
 

@@ -1,26 +1,32 @@
 """Typed configuration of the HAR-Net detector.
 
 Every knob of the model lives here as a plain dataclass field, so that a YAML file, a ``--set``
-override and a Python call all describe the same object. ``HARNetConfig.preset(name)`` gives the
-paper's ablation rows; everything else is an ordinary field assignment.
+override and a Python call all describe the same object.
+
+Two kinds of named fragment sit on top of the fields, each a small YAML file shipped with the package:
+
+- *presets* (``configs/presets/NAME.yaml``): the architecture of one ablation row (``retinanet``, each
+  attention alone, ``hybrid``, the hybrid minus each part). A fragment may start from another with
+  ``base: NAME``, so ``hybrid_no_spatial`` is ``hybrid`` with exactly one switch changed.
+- *inference recipes* (``configs/inference/NAME.yaml``): what is done with the network's outputs at test
+  time (``default``: hard NMS; ``authors``: Gaussian Soft-NMS + box voting), independent of the preset.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
+from harnet.config.io import ConfigError, from_dict, load_yaml, merge
+
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "efficientnet_lite0"]
-# The one preset table: the paper's ablation rows and the switches each sets
-# (spatial, channel, aligned attention, dual prediction).
-PRESET_SWITCHES: dict[str, tuple[bool, bool, bool, bool]] = {
-    "retinanet": (False, False, False, False),
-    "spatial": (True, False, False, False),
-    "channel": (False, True, False, False),
-    "aligned": (False, False, True, False),
-    "hybrid": (True, True, True, True),
-}
-PRESETS = tuple(PRESET_SWITCHES)
+TowerNormName = Literal["none", "gn", "cross_level_gn"]
+FRAGMENT_DIR = Path(__file__).parent.parent / "configs"
+# The paper's rows (one attention at a time, then all three) and the hybrid minus each part, in table order.
+PRESETS = ("retinanet", "spatial", "channel", "aligned", "hybrid")
+HYBRID_MINUS = ("hybrid_no_spatial", "hybrid_no_channel", "hybrid_no_aligned", "hybrid_no_dual")
 
 
 @dataclass
@@ -92,26 +98,37 @@ class AnchorConfig:
 
 @dataclass
 class HeadConfig:
+    """The classification and box towers and their predictors, as RetinaNet has them.
+
+    ``norm`` is the towers' norm when channel attention is off: ``none`` (the paper's RetinaNet: std-0.01
+    init, no norm), ``gn`` (GroupNorm per level, mmdetection's RetinaNet-GN, which learns far better from
+    scratch) or ``cross_level_gn``. Channel attention brings its own norm (``channel.norm``), which
+    replaces this one: :func:`tower_norm` is the one rule.
+    """
+
     num_convs: int = 4
     prior_probability: float = 0.01
-    # Per-level GroupNorm in the towers (mmdetection's RetinaNet-GN). Without it the paper's head
-    # (std-0.01 init, no norm) barely learns from scratch; channel attention uses cross-level GN.
-    group_norm: bool = False
-    # Initialisation of the tower convs, the hybrid's extra set-2 convs and the predictors: "normal"
-    # (RetinaNet: gaussian std 0.01) or "msra" (He, fan-in: the authors' hybrid files). The
-    # classification prior bias is the same for both.
+    norm: TowerNormName = "none"
+    norm_groups: int = 32
+    # Initialisation of the tower convs, set 2's extra convs and the predictors: "normal" (RetinaNet:
+    # gaussian std 0.01) or "msra" (He, fan-in: the authors' hybrid files). The classification prior bias
+    # is the same for both.
     conv_init: Literal["normal", "msra"] = "normal"
     # Initial scale of the last tower conv's norm (the authors' hybrid: 0.1, ``fpn_conv3x3_P3_CA4/gn/scale``).
     last_norm_scale: float = 1.0
-    # Hybrid (dual_prediction): set 2's extra conv takes the spatially masked tower output, as in the
-    # authors' files (``featt/fpn_conv3x3_P3_CA4`` has ``bottom: fpn_P3_CA4/spatt``), so the mask feeds and
-    # is trained by both sets. False is the pre-0.2 harnet wiring (set 2 from the unmasked towers), kept
-    # only so that checkpoints made with it load and predict as they were trained.
+    # Set 2 (``dual_prediction``) takes the spatially masked tower output, as in the authors' files
+    # (``featt/fpn_conv3x3_P3_CA4`` has ``bottom: fpn_P3_CA4/spatt``), so the mask feeds and is trained by
+    # both sets. False feeds set 2 the unmasked towers (the wiring of config version 0, see CHANGELOG.md).
     set2_after_mask: bool = True
-    # Not in the authors' files: normalise set 2's extra conv like the towers (cross-level GN in the hybrid)
-    # before its ReLU. Without a norm its output starts about 10x smaller than the towers' and set 2 learns
-    # later than set 1; a named option with its own ablation row, off by default.
+    # Not in the authors' files: normalise set 2's extra conv like the towers before its ReLU. Without a
+    # norm its output starts about 10x smaller than the towers' and set 2 learns later than set 1.
     set2_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_convs < 1:
+            raise ConfigError(f"head.num_convs: must be >= 1, got {self.num_convs}")
+        if self.norm_groups < 1:
+            raise ConfigError(f"head.norm_groups: must be >= 1, got {self.norm_groups}")
 
 
 @dataclass
@@ -188,20 +205,27 @@ class SpatialAttentionConfig:
 
 @dataclass
 class ChannelAttentionConfig:
-    """Cross-level GroupNorm in the towers plus a cross-level squeeze-and-excitation."""
+    """Cross-level GroupNorm in the towers plus a cross-level squeeze-and-excitation.
+
+    When on, ``norm`` (with ``gn_groups`` groups, after the first ``norm_convs`` tower convs) replaces the
+    head's own norm. ``se`` places the squeeze-and-excitation: on the ``towers`` (the authors' channel-only
+    file), on ``set2`` (their hybrid: set 2's extra conv output is scaled, the towers are not) or ``none``.
+    """
 
     enabled: bool = False
+    norm: Literal["cross_level_gn", "gn"] = "cross_level_gn"
     gn_groups: int = 32
     # How many tower convs (from the first) the norm follows; None: all. The authors' channel-only file:
     # 16 groups after convs 1-3 (the `channel` preset); their hybrid: 32 groups after all four.
     norm_convs: int | None = None
-    cross_level_gn: bool = True
-    se: bool = True
+    se: Literal["towers", "set2", "none"] = "towers"
     se_hidden: int = 32
 
     def __post_init__(self) -> None:
         if self.norm_convs is not None and self.norm_convs < 0:
-            raise ValueError(f"channel.norm_convs: a number of tower convs (>= 0) or null, got {self.norm_convs}")
+            raise ConfigError(f"channel.norm_convs: a number of tower convs (>= 0) or null, got {self.norm_convs}")
+        if self.gn_groups < 1:
+            raise ConfigError(f"channel.gn_groups: must be >= 1, got {self.gn_groups}")
 
 
 @dataclass
@@ -216,7 +240,7 @@ class AlignedAttentionConfig:
     offset_lr_mult: float = 0.1
     out_scale_init: float = 0.1
     # The branch ends in a ReLU before the sum (``fpn_relu5_1c``, ``fpn_relu4_1c``): it can only add to
-    # C4/C5. False is the pre-0.2 harnet block (kept for loading its checkpoints).
+    # C4/C5. False ends it at the scale (the block of config version 0, see CHANGELOG.md).
     out_relu: bool = True
 
 
@@ -235,42 +259,101 @@ class HARNetConfig:
     spatial: SpatialAttentionConfig = field(default_factory=SpatialAttentionConfig)
     channel: ChannelAttentionConfig = field(default_factory=ChannelAttentionConfig)
     aligned: AlignedAttentionConfig = field(default_factory=AlignedAttentionConfig)
-    # Hybrid joint learning: a second prediction set (extra conv + SE) trained with the first,
-    # each loss weighted 0.5, logits and deltas averaged at test time.
+    # Hybrid joint learning: a second prediction set (extra conv, SE when ``channel.se: set2``, its own
+    # predictors) trained with the first, each loss weighted 0.5, logits and deltas averaged at test time.
     dual_prediction: bool = False
+
+    def __post_init__(self) -> None:
+        if self.channel.enabled and self.channel.se == "set2" and not self.dual_prediction:
+            raise ConfigError("channel.se: set2 scales the second prediction set, which needs dual_prediction: "
+                              "true (or channel.se: towers / none)")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> HARNetConfig:
-        """The paper's ablation rows: retinanet, spatial, channel, aligned, hybrid.
+        """The config of ablation row ``name`` (``configs/presets/NAME.yaml``) over ``overrides``.
 
-        ``hybrid`` is the authors' hybrid model file: aligned attention on C4 and C5, msra-initialised
-        head with the last tower norm at 0.1, and their test recipe (Gaussian Soft-NMS, sigma 0.5, box
-        voting at IoU 0.6, final score >= 0.05). The single-attention presets keep RetinaNet's head
-        initialisation and hard NMS, as the authors' single-attention files do; ``channel`` normalises
-        tower convs 1-3 with 16 groups (their channel-only file); ``aligned`` is C5 only (their ``al2``;
-        ``aligned.stages: [c4, c5]`` is their ``al3``).
+        ``hybrid`` is the authors' hybrid model file: aligned attention on C4 and C5, towers with cross-level
+        GN (32 groups) whose last scale starts at 0.1, msra init, and set 2 with the SE. The single-attention
+        presets keep RetinaNet's head initialisation, as the authors' single-attention files do; ``channel``
+        normalises tower convs 1-3 with 16 groups (their channel-only file); ``aligned`` is C5 only (their
+        ``al2``). The test recipe is not part of a preset: see :func:`inference_recipe`.
         """
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        cfg = cls(**overrides)
-        cfg.spatial.enabled, cfg.channel.enabled, cfg.aligned.enabled, cfg.dual_prediction = PRESET_SWITCHES[name]
-        if name == "channel":
-            cfg.channel.gn_groups, cfg.channel.norm_convs = 16, 3
-        if name == "hybrid":
-            cfg.aligned.stages = ("c4", "c5")
-            cfg.head.conv_init = "msra"
-            cfg.head.last_norm_scale = 0.1
-            cfg.inference.nms = "soft_nms"
-            cfg.inference.soft_nms_sigma = 0.5
-            cfg.inference.box_voting_iou = 0.6
-            cfg.inference.final_score_thresh = 0.05
-        return cfg
+        base = to_dict(cls(**overrides))
+        return from_dict(cls, merge(base, preset_fragment(name)), "model")
+
+    @property
+    def switches(self) -> tuple[bool, bool, bool, bool]:
+        """(spatial, channel, aligned, dual prediction): what tells the ablation rows apart."""
+        return self.spatial.enabled, self.channel.enabled, self.aligned.enabled, self.dual_prediction
 
     @property
     def preset_name(self) -> str:
-        """The preset this config matches, or ``custom``."""
-        flags = (self.spatial.enabled, self.channel.enabled, self.aligned.enabled, self.dual_prediction)
-        return next((name for name, switches in PRESET_SWITCHES.items() if switches == flags), "custom")
+        """The preset whose attention switches this config has, or ``custom``."""
+        return next((name for name in (*PRESETS, *HYBRID_MINUS) if preset_switches(name) == self.switches),
+                    "custom")
+
+
+def tower_norm(cfg: HARNetConfig) -> tuple[TowerNormName, int, int | None]:
+    """The towers' (norm, groups, number of normalised convs): channel attention's when it is on, else
+    the head's own (all convs)."""
+    if cfg.channel.enabled:
+        return cfg.channel.norm, cfg.channel.gn_groups, cfg.channel.norm_convs
+    return cfg.head.norm, cfg.head.norm_groups, None
+
+
+def _fragment(kind: str, name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``configs/KIND/NAME.yaml`` with its ``base:`` chain merged under it."""
+    path = FRAGMENT_DIR / kind / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (FRAGMENT_DIR / kind).glob("*.yaml")))
+        raise ConfigError(f"unknown {kind[:-1]} {name!r}; choose one of {known}")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if base in (*seen, name):
+        raise ConfigError(f"{path}: base: {base} leads back to this file")
+    return merge(_fragment(kind, base, (*seen, name)), data)
+
+
+@cache
+def _cached_fragment(kind: str, name: str) -> dict[str, Any]:
+    return _fragment(kind, name)
+
+
+def preset_fragment(name: str) -> dict[str, Any]:
+    """The model keys preset ``name`` sets (a fresh copy: callers may merge into it)."""
+    return merge({}, _cached_fragment("presets", name))
+
+
+def preset_switches(name: str) -> tuple[bool, bool, bool, bool]:
+    return HARNetConfig.preset(name).switches
+
+
+def inference_recipe(name: str) -> dict[str, Any]:
+    """The ``inference`` keys of test recipe ``name`` (``configs/inference/NAME.yaml``) over the defaults."""
+    return merge(to_dict(InferenceConfig()), _cached_fragment("inference", name))
+
+
+def resolve_model_dict(model: dict[str, Any]) -> dict[str, Any]:
+    """A ``model`` mapping with its names resolved: ``preset: NAME`` gives the preset's keys, the mapping's
+    own keys on top; ``inference: NAME`` is that whole recipe, ``inference: {recipe: NAME, ...}`` the
+    recipe with the mapping's other keys on top."""
+    model = dict(model)
+    preset = model.pop("preset", None)
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"model.preset: expected a preset name, got {preset!r}")
+        model = merge(preset_fragment(preset), model)
+    inference = model.get("inference")
+    if isinstance(inference, str):
+        model["inference"] = inference_recipe(inference)
+    elif isinstance(inference, dict) and "recipe" in inference:
+        rest = {k: v for k, v in inference.items() if k != "recipe"}
+        if not isinstance(inference["recipe"], str):
+            raise ConfigError(f"model.inference.recipe: expected a recipe name, got {inference['recipe']!r}")
+        model["inference"] = merge(inference_recipe(inference["recipe"]), rest)
+    return model
 
 
 def to_dict(obj: Any) -> Any:
@@ -283,6 +366,7 @@ def to_dict(obj: Any) -> Any:
 
 
 __all__ = [
+    "HYBRID_MINUS",
     "PRESETS",
     "AlignedAttentionConfig",
     "AnchorConfig",
@@ -295,6 +379,9 @@ __all__ = [
     "LossConfig",
     "SpatialAttentionConfig",
     "TransformConfig",
+    "inference_recipe",
     "replace",
+    "resolve_model_dict",
     "to_dict",
+    "tower_norm",
 ]

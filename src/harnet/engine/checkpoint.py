@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from harnet.config.io import ConfigError, from_dict, merge
-from harnet.config.model import HARNetConfig, to_dict
+from harnet.config.model import HARNetConfig, resolve_model_dict, to_dict
+from harnet.engine.upgrade import saved_version, upgrade_config, upgrade_state_dict
 from harnet.modeling.build import build_detector
 
 # The atomic writes live in harnet.utils.atomic (standard library only, used by every writer); the names stay
@@ -68,9 +69,23 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise CheckpointError(f"{path}: not a readable checkpoint (not a plain-tensor file: {detail})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path}: not a harnet checkpoint (no 'model'/'config' entries)")
     ckpt["path"] = str(path)
+    return upgrade(ckpt)
+
+
+def upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of any config version in this version's config and parameter names (see
+    :mod:`harnet.engine.upgrade`); :func:`load` applies it, so no other code sees an old checkpoint."""
+    try:
+        version = saved_version(ckpt["config"])
+        ckpt["config"] = upgrade_config(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: {e}") from None
+    for key in ("model", TRAIN_MODEL_KEY):
+        if isinstance(ckpt.get(key), dict):
+            ckpt[key] = upgrade_state_dict(ckpt[key], version)
     return ckpt
 
 
@@ -93,28 +108,7 @@ def _saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
     config = ckpt.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: not a harnet checkpoint (no model config)")
-    return upgrade_saved_model_config(config["model"])
-
-
-# What harnet did before it followed the authors' files exactly, for the fields added then. A resolved
-# model config saved by a run lists every field of its version, so one without ``aligned.out_relu`` was
-# made before: its weights were trained with set 2 before the mask, an aligned branch without the final
-# ReLU and torchvision's anchor strides, and they only predict correctly with that wiring.
-LEGACY_WIRING = {"head": {"set2_after_mask": False}, "aligned": {"out_relu": False}, "anchors": {"strides": None}}
-
-
-def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
-    """A run's saved model config with the legacy wiring made explicit when it predates those fields.
-
-    Applies only to configs a run wrote (checkpoints, a run folder's ``config.yaml``), never to a user's
-    YAML, where a missing key means the default."""
-    aligned = model.get("aligned")
-    if not isinstance(aligned, dict) or "out_relu" in aligned:
-        return model
-    upgraded = dict(model)
-    for section, values in LEGACY_WIRING.items():
-        upgraded[section] = {**(model.get(section) or {}), **values}  # type: ignore[dict-item]
-    return upgraded
+    return config["model"]
 
 
 # The parts of a model config that the weights do not fix: what is done before and after the network.
@@ -130,7 +124,7 @@ def model_config(ckpt: dict[str, Any], test_time: dict[str, Any] | None = None) 
         if other := sorted(set(test_time) - set(TEST_TIME_SECTIONS)):
             raise ConfigError(f"model.{other[0]}: fixed by the checkpoint's weights; only model.inference.* and "
                               "model.transform.* can change after training")
-        saved = merge(saved, test_time)
+        saved = merge(saved, resolve_model_dict(test_time))
     return from_dict(HARNetConfig, saved, "model")
 
 

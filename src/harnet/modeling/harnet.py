@@ -14,14 +14,14 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from harnet.config.model import AlignedAttentionConfig, HARNetConfig, TransformConfig
+from harnet.config.model import AlignedAttentionConfig, HARNetConfig, TransformConfig, tower_norm
 from harnet.modeling.anchors import build_anchor_generator
 from harnet.modeling.attention.aligned import DeformableBottleneck
 from harnet.modeling.attention.channel import CrossLevelSE
 from harnet.modeling.attention.spatial import SpatialAttention
 from harnet.modeling.backbone.resnet import build_backbone
 from harnet.modeling.fpn import build_fpn, pyramid_levels
-from harnet.modeling.head import HARNetHead, Prediction, TowerNorm
+from harnet.modeling.head import HARNetHead, Prediction, Predictor, SecondPredictionSet, Tower
 from harnet.modeling.losses import DetectionLoss
 from harnet.modeling.postprocess import DenseOutputs, build_box_coder
 from harnet.modeling.pyramid import NUM_LEVELS
@@ -56,30 +56,35 @@ def build_aligned_attention(cfg: AlignedAttentionConfig, channels: dict[str, int
 
 
 def build_head(cfg: HARNetConfig) -> HARNetHead:
-    """The head with the attentions ``cfg`` switches on (each attention module ``None`` when off)."""
-    ch, spatial, channel = cfg.fpn.channels, cfg.spatial, cfg.channel
-    norm: TowerNorm = None
-    if channel.enabled and channel.cross_level_gn:
-        norm = "cross_level_gn"
-    elif channel.enabled or cfg.head.group_norm:
-        norm = "gn"
+    """The head with the attentions ``cfg`` switches on (each attention module ``None`` when off).
+
+    The parts are built in a fixed order (spatial attention, SE, towers, predictors, set 2), so a seed
+    gives the same weights."""
+    ch, spatial, channel, head = cfg.fpn.channels, cfg.spatial, cfg.channel, cfg.head
+    norm, groups, norm_convs = tower_norm(cfg)
     spatial_module = None
     if spatial.enabled:
         spatial_module = SpatialAttention(
             ch, NUM_LEVELS, channels=spatial.channels, rates=spatial.rates, coarse_rates=spatial.coarse_rates,
             gn_groups=spatial.gn_groups if spatial.group_norm else None, mode=spatial.mode,
         )
-    use_se = channel.enabled and channel.se
-    return HARNetHead(
-        in_channels=ch, num_anchors=cfg.anchors.num_anchors, num_classes=cfg.num_classes,
-        num_convs=cfg.head.num_convs, prior_probability=cfg.head.prior_probability, norm=norm,
-        gn_groups=channel.gn_groups, norm_convs=channel.norm_convs if channel.enabled else None,
-        conv_init=cfg.head.conv_init, last_norm_scale=cfg.head.last_norm_scale,
-        spatial=spatial_module,
-        cls_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,
-        box_se=CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden) if use_se else None,
-        dual_prediction=cfg.dual_prediction, set2_after_mask=cfg.head.set2_after_mask, set2_norm=cfg.head.set2_norm,
-    )
+    se = None
+    if channel.enabled and channel.se != "none":
+        se = CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden), CrossLevelSE(ch, NUM_LEVELS, channel.se_hidden)
+
+    def tower() -> Tower:
+        return Tower(ch, head.num_convs, norm, groups, head.conv_init, head.last_norm_scale, norm_convs)
+
+    cls_tower, box_tower = tower(), tower()
+    predictor = Predictor(ch, cfg.anchors.num_anchors, cfg.num_classes, head.prior_probability, head.conv_init)
+    set2 = None
+    if cfg.dual_prediction:
+        set2 = SecondPredictionSet(ch, cfg.anchors.num_anchors, cfg.num_classes, head.prior_probability,
+                                   head.conv_init, extra_norm=(norm if norm != "none" else "gn") if head.set2_norm
+                                   else "none", gn_groups=groups)
+    return HARNetHead(cls_tower=cls_tower, box_tower=box_tower, predictor=predictor, spatial=spatial_module, se=se,
+                      se_on="set2" if channel.se == "set2" else "towers", set2=set2,
+                      set2_after_mask=head.set2_after_mask)
 
 
 class HARNet(nn.Module):

@@ -4,13 +4,14 @@ Without attention this is torchvision's RetinaNetHead: two towers of ``num_convs
 ReLU, then a conv to ``A*K`` class logits and one to ``A*4`` box deltas. The attentions change it
 in three places only:
 
-- channel attention normalises each tower conv with cross-level GN and scales the tower output by
-  a cross-level SE (one for the class branch, one for the box branch);
+- channel attention normalises the tower convs with cross-level GN (the towers' ``norm``) and scales
+  with a cross-level SE (one for the class branch, one for the box branch), placed on the towers'
+  outputs or on set 2's (``se_on``);
 - spatial attention multiplies both towers' outputs of a level by that level's mask;
-- ``dual_prediction`` (hybrid) adds a second prediction set. As in the authors' files, it branches
-  from the *masked* towers: masked tower -> one more shared 3x3 conv + ReLU (no norm) -> SE -> its
-  own predictors. The first set predicts from the masked towers directly. So the mask feeds both
-  sets and is trained by both losses.
+- the hybrid adds a second prediction set, :class:`SecondPredictionSet`. As in the authors' files it
+  branches from the *masked* towers: one more shared 3x3 conv + ReLU (no norm) -> SE -> its own
+  predictors. The first set predicts from the masked towers directly, so the mask feeds both sets and
+  is trained by both losses.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from torch import Tensor, nn
 from harnet.modeling.norm import LevelNormName, build_level_norm
 
 Prediction = tuple[Tensor, Tensor]  # (N, sum HWA, K) logits, (N, sum HWA, 4) deltas
-TowerNorm = LevelNormName
 ConvInit = Literal["normal", "msra"]
+SEPlacement = Literal["towers", "set2"]
 
 
 def prior_bias(probability: float) -> float:
@@ -46,13 +47,13 @@ def init_conv(conv: nn.Conv2d, init: ConvInit) -> None:
 class Tower(nn.Module):
     """``num_convs`` x (3x3 conv -> norm -> ReLU), weights shared by all levels.
 
-    ``norm`` is ``None`` (RetinaNet), ``"gn"`` (GroupNorm per level) or ``"cross_level_gn"``
+    ``norm`` is ``"none"`` (RetinaNet), ``"gn"`` (GroupNorm per level) or ``"cross_level_gn"``
     (statistics over all levels at once); ``norm_convs`` limits it to the first that many convs (the
     authors' channel-only file normalises convs 1-3; the rest keep a bias and go straight to the ReLU).
     ``last_norm_scale`` is the initial scale of the last norm (the authors' hybrid starts it at 0.1).
     """
 
-    def __init__(self, channels: int, num_convs: int, norm: TowerNorm = None, gn_groups: int = 32,
+    def __init__(self, channels: int, num_convs: int, norm: LevelNormName = "none", gn_groups: int = 32,
                  conv_init: ConvInit = "normal", last_norm_scale: float = 1.0, norm_convs: int | None = None) -> None:
         super().__init__()
         self.norm = norm  # its name; the modules come from build_level_norm
@@ -104,72 +105,80 @@ class Predictor(nn.Module):
         return logits, deltas
 
 
+class SecondPredictionSet(nn.Module):
+    """The hybrid's set 2: per branch one more 3x3 conv shared by the levels + ReLU, then its own
+    predictors. ``extra_norm`` (not the authors') normalises that conv like the towers: without a norm its
+    output starts about 10x smaller than the normalised towers' and set 2 learns later than set 1.
+    The SE that scales the extra conv's output belongs to the head (``se_on="set2"``)."""
+
+    def __init__(self, channels: int, num_anchors: int, num_classes: int, prior_probability: float = 0.01,
+                 conv_init: ConvInit = "normal", extra_norm: LevelNormName = "none", gn_groups: int = 32) -> None:
+        super().__init__()
+
+        def extra() -> nn.Module:
+            if extra_norm != "none":
+                return Tower(channels, 1, extra_norm, gn_groups, conv_init)
+            return nn.Conv2d(channels, channels, 3, padding=1)
+
+        self.cls_conv, self.box_conv = extra(), extra()
+        for conv in (self.cls_conv, self.box_conv):  # both built, then both initialised: a seed's weights
+            if isinstance(conv, nn.Conv2d):
+                init_conv(conv, conv_init)
+        self.predictor = Predictor(channels, num_anchors, num_classes, prior_probability, conv_init)
+
+    def extra(self, cls_feats: list[Tensor], box_feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The extra conv (+ norm) + ReLU of each branch."""
+        def run(module: nn.Module, levels: list[Tensor]) -> list[Tensor]:
+            return module(levels) if isinstance(module, Tower) else [module(x).relu_() for x in levels]
+
+        return run(self.cls_conv, cls_feats), run(self.box_conv, box_feats)
+
+
 class HARNetHead(nn.Module):
     """Both towers, the spatial/channel attentions and one or two prediction sets.
 
-    The attentions are passed in as modules (``None`` when off), so the head knows nothing of
-    harnet's config classes: ``spatial`` has ``masks(levels)`` and ``reweight(feats, masks)``;
-    ``cls_se``/``box_se`` map a list of levels to the re-weighted list. With ``dual_prediction`` the SE
-    modules scale set 2 (as in the authors' hybrid), otherwise the towers.
+    The parts are passed in (each attention ``None`` when off) and built by
+    :func:`harnet.modeling.harnet.build_head`, so the head knows nothing of harnet's config classes:
+    ``spatial`` has ``masks(levels)`` and ``reweight(feats, masks)``; ``cls_se``/``box_se`` map a list of
+    levels to the re-weighted list and scale the towers' outputs (``se_on="towers"``) or set 2's extra
+    conv outputs (``se_on="set2"``).
     """
 
     def __init__(
         self,
         *,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        num_convs: int = 4,
-        prior_probability: float = 0.01,
-        norm: TowerNorm = None,
-        gn_groups: int = 32,
-        norm_convs: int | None = None,
-        conv_init: ConvInit = "normal",
-        last_norm_scale: float = 1.0,
+        cls_tower: Tower,
+        box_tower: Tower,
+        predictor: Predictor,
         spatial: nn.Module | None = None,
-        cls_se: nn.Module | None = None,
-        box_se: nn.Module | None = None,
-        dual_prediction: bool = False,
+        se: tuple[nn.Module, nn.Module] | None = None,
+        se_on: SEPlacement = "towers",
+        set2: SecondPredictionSet | None = None,
         set2_after_mask: bool = True,
-        set2_norm: bool = False,
     ) -> None:
         super().__init__()
-        ch = in_channels
-        self.cls_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale, norm_convs)
-        self.box_tower = Tower(ch, num_convs, norm, gn_groups, conv_init, last_norm_scale, norm_convs)
+        if se is not None and se_on == "set2" and set2 is None:
+            raise ValueError("se_on='set2' needs a second prediction set")
+        # Registration order = parameter order, which optimizer states and checkpoints rely on.
+        self.cls_tower, self.box_tower = cls_tower, box_tower
         self.spatial = spatial
-        self.cls_se, self.box_se = cls_se, box_se
-        self.predictor = Predictor(ch, num_anchors, num_classes, prior_probability, conv_init)
-        self.dual = dual_prediction
+        self.cls_se, self.box_se = se if se is not None else (None, None)
+        self.se_on = se_on
+        self.predictor = predictor
+        self.set2 = set2
+        # False: set 2 from the unmasked towers (config version 0's wiring, kept so its weights predict).
         self.set2_after_mask = set2_after_mask
-        if self.dual:
-            # Set 2's extra 3x3 conv + ReLU, shared by the levels; with ``set2_norm`` (not the authors') a
-            # one-conv tower normalised like the towers instead.
-            self.cls_extra: nn.Module = Tower(ch, 1, norm or "gn", gn_groups, conv_init) if set2_norm \
-                else nn.Conv2d(ch, ch, 3, padding=1)
-            self.box_extra: nn.Module = Tower(ch, 1, norm or "gn", gn_groups, conv_init) if set2_norm \
-                else nn.Conv2d(ch, ch, 3, padding=1)
-            for conv in (self.cls_extra, self.box_extra):
-                if isinstance(conv, nn.Conv2d):
-                    init_conv(conv, conv_init)
-            self.predictor2 = Predictor(ch, num_anchors, num_classes, prior_probability, conv_init)
-
-    @staticmethod
-    def _extra(extra: nn.Module, levels: list[Tensor]) -> list[Tensor]:
-        return extra(levels) if isinstance(extra, Tower) else [extra(x).relu_() for x in levels]
 
     def _se(self, cls_feats: list[Tensor], box_feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        if self.cls_se is not None:
-            cls_feats = self.cls_se(cls_feats)
-        if self.box_se is not None:
-            box_feats = self.box_se(box_feats)
+        if self.cls_se is not None and self.box_se is not None:
+            return self.cls_se(cls_feats), self.box_se(box_feats)
         return cls_feats, box_feats
 
     def forward(self, features: list[Tensor]) -> list[Prediction]:
         """FPN levels -> one prediction set, or two for the hybrid (joint learning)."""
         cls_feats = self.cls_tower(features)
         box_feats = self.box_tower(features)
-        if not self.dual:
+        if self.se_on == "towers":
             cls_feats, box_feats = self._se(cls_feats, box_feats)
         unmasked = cls_feats, box_feats
         if self.spatial is not None:
@@ -177,8 +186,9 @@ class HARNetHead(nn.Module):
             cls_feats = self.spatial.reweight(cls_feats, masks)
             box_feats = self.spatial.reweight(box_feats, masks)
         sets = [self.predictor(cls_feats, box_feats)]
-        if self.dual:
-            cls_in, box_in = (cls_feats, box_feats) if self.set2_after_mask else unmasked
-            cls2, box2 = self._extra(self.cls_extra, cls_in), self._extra(self.box_extra, box_in)
-            sets.append(self.predictor2(*self._se(cls2, box2)))
+        if self.set2 is not None:
+            cls2, box2 = self.set2.extra(*((cls_feats, box_feats) if self.set2_after_mask else unmasked))
+            if self.se_on == "set2":
+                cls2, box2 = self._se(cls2, box2)
+            sets.append(self.set2.predictor(cls2, box2))
         return sets

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from harnet.modeling.attention.channel import CrossLevelGroupNorm
 
-LevelNormName = Literal["gn", "cross_level_gn"] | None
+LevelNormName = Literal["none", "gn", "cross_level_gn"]
 
 
 def fitting_groups(channels: int, preferred: int) -> int:
@@ -39,12 +39,12 @@ class LevelGroupNorm(nn.GroupNorm):
 
 
 def build_level_norm(name: LevelNormName, channels: int, groups: int) -> nn.Module | None:
-    """The norm of a head tower, over a list of levels: ``None`` (off, RetinaNet), ``"gn"`` (GroupNorm per
-    level) or ``"cross_level_gn"`` (statistics over all levels at once, the channel attention's)."""
-    if name is None:
+    """The norm of a head tower, over a list of levels: ``"none"`` (off, RetinaNet: returns None), ``"gn"``
+    (GroupNorm per level) or ``"cross_level_gn"`` (statistics over all levels at once, the channel attention's)."""
+    if name == "none":
         return None
     if name == "gn":
         return LevelGroupNorm(groups, channels)
     if name == "cross_level_gn":
         return CrossLevelGroupNorm(groups, channels)
-    raise ValueError(f"tower norm must be None, 'gn' or 'cross_level_gn', got {name!r}")
+    raise ValueError(f"tower norm must be 'none', 'gn' or 'cross_level_gn', got {name!r}")

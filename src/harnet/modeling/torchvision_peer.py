@@ -79,7 +79,9 @@ def build_torchvision_retinanet(cfg: HARNetConfig) -> RetinaNet:
                          + str({k: _FIXED.get(k, 1.0) for k in wrong}))
     backbone = BodyFPN(cfg)
     anchors = build_anchor_generator(cfg.anchors)
-    norm = partial(nn.GroupNorm, cfg.channel.gn_groups) if cfg.head.group_norm else None
+    if cfg.head.norm == "cross_level_gn":
+        raise ValueError("torchvision's RetinaNet has no cross-level GroupNorm; use model.head.norm: gn or none")
+    norm = partial(nn.GroupNorm, cfg.head.norm_groups) if cfg.head.norm == "gn" else None
     head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes,
                          norm_layer=norm)
     head.regression_head._loss_type = cfg.loss.box_loss

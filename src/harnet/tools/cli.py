@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harnet.config.io import ConfigError
-from harnet.engine.checkpoint import CheckpointError, upgrade_saved_model_config
+from harnet.engine.checkpoint import CheckpointError
+from harnet.engine.upgrade import upgrade_config
 from harnet.utils.errors import one_line
 
 
@@ -75,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume {run_dir}: not a run folder (no config.yaml)")
         cfg = load_experiment(run_dir / "config.yaml", [*overrides, f"output_dir={run_dir}"],
-                              upgrade=upgrade_saved_model_config)
+                              upgrade=upgrade_config)
     else:
         if not args.config:
             raise ConfigError("train needs --config FILE (or a built-in name such as 'demo') or --resume RUN_DIR")
