@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from harnet.config.model import PRESETS, HARNetConfig, InferenceConfig, to_dict
+from harnet.config.model import FRAGMENT_DIR, HYBRID_MINUS, PRESETS, HARNetConfig, InferenceConfig, to_dict
+from harnet.config.io import ConfigError, from_dict
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -19,16 +20,64 @@ def test_preset_name_round_trip(name: str) -> None:
 
 
 def test_preset_flags_and_custom() -> None:
-    """The ablation rows switch exactly their attention; any other mix is 'custom'."""
+    """The ablation rows switch exactly their attention; a mix no preset has is 'custom'."""
     assert HARNetConfig().preset_name == "retinanet"
     spatial = HARNetConfig.preset("spatial")
     assert (spatial.spatial.enabled, spatial.channel.enabled, spatial.aligned.enabled) == (True, False, False)
     hybrid = HARNetConfig.preset("hybrid")
     assert (hybrid.spatial.enabled, hybrid.channel.enabled, hybrid.aligned.enabled) == (True, True, True)
     hybrid.dual_prediction = False
-    assert hybrid.preset_name == "custom"
-    with pytest.raises(ValueError, match="unknown preset"):
+    assert hybrid.preset_name == "hybrid_no_dual"
+    mix = HARNetConfig.preset("spatial")
+    mix.dual_prediction = True
+    assert mix.preset_name == "custom"
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
         HARNetConfig.preset("nope")
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out.update(_leaves(value, path + ".") if isinstance(value, dict) else {path: value})
+    return out
+
+
+@pytest.mark.parametrize("name", HYBRID_MINUS)
+def test_each_hybrid_minus_row_changes_exactly_its_part(name: str) -> None:
+    """``hybrid_no_X`` differs from ``hybrid`` in X's keys only (``no_dual``: set 2, with the SE it holds)."""
+    hybrid, row = _leaves(to_dict(HARNetConfig.preset("hybrid"))), _leaves(to_dict(HARNetConfig.preset(name)))
+    changed = {key for key in hybrid if hybrid[key] != row[key]}
+    expected = {"hybrid_no_spatial": {"spatial.enabled"}, "hybrid_no_channel": {"channel.enabled"},
+                "hybrid_no_aligned": {"aligned.enabled"}, "hybrid_no_dual": {"dual_prediction", "channel.se"}}
+    assert changed == expected[name]
+
+
+def test_every_preset_file_is_listed() -> None:
+    """A preset file nobody lists would be invisible to ``harnet info`` and the ablation."""
+    files = {p.stem for p in (FRAGMENT_DIR / "presets").glob("*.yaml")}
+    assert files == {*PRESETS, *HYBRID_MINUS}
+
+
+def test_se_on_set2_needs_the_second_set() -> None:
+    with pytest.raises(ConfigError, match="channel.se: set2"):
+        from_dict(HARNetConfig, {"channel": {"enabled": True, "se": "set2"}}, "model")
+
+
+def test_inference_recipes_are_separate_from_presets() -> None:
+    """``inference: authors`` is the authors' test recipe whatever the preset; a mapping with ``recipe``
+    takes the recipe and its own keys on top."""
+    from harnet.config.model import resolve_model_dict
+
+    authors = from_dict(HARNetConfig, resolve_model_dict({"preset": "retinanet", "inference": "authors"}), "model")
+    i = authors.inference
+    assert (i.nms, i.soft_nms_sigma, i.box_voting_iou, i.box_voting_neighbors, i.final_score_thresh) == (
+        "soft_nms", 0.5, 0.6, 4, 0.05)
+    assert authors.preset_name == "retinanet"
+    mixed = resolve_model_dict({"inference": {"recipe": "authors", "min_box_size": 8}})["inference"]
+    assert mixed["nms"] == "soft_nms" and mixed["min_box_size"] == 8
+    with pytest.raises(ConfigError, match="unknown inference recipe 'nope'"):
+        resolve_model_dict({"inference": "nope"})
 
 
 def test_presets_do_not_share_mutable_state() -> None:
@@ -42,17 +91,17 @@ def test_presets_do_not_share_mutable_state() -> None:
 
 def test_hybrid_preset_is_the_authors_hybrid() -> None:
     """The authors' hybrid files: C4 (``fpn_conv4_1a``) and C5 blocks, msra head with the last tower GN at
-    0.1, and their test recipe (Gaussian Soft-NMS sigma 0.5, voting at 0.6, final score >= 0.05). The
-    other presets keep RetinaNet's NMS; ``aligned`` is C5 only (their ``al2``)."""
+    0.1, cross-level GN with 32 groups after every tower conv, the SE on set 2. No preset sets a test
+    recipe; ``aligned`` is C5 only (their ``al2``)."""
     h = HARNetConfig.preset("hybrid")
     assert h.aligned.stages == ("c4", "c5") and h.aligned.out_relu and h.head.set2_after_mask
     assert h.head.conv_init == "msra" and h.head.last_norm_scale == 0.1
-    i = h.inference
-    assert (i.nms, i.soft_nms_sigma, i.box_voting_iou, i.box_voting_neighbors, i.final_score_thresh) == (
-        "soft_nms", 0.5, 0.6, 4, 0.05)
-    for name in ("retinanet", "spatial", "channel", "aligned"):
+    assert (h.channel.norm, h.channel.gn_groups, h.channel.norm_convs, h.channel.se) == (
+        "cross_level_gn", 32, None, "set2")
+    for name in (*PRESETS, *HYBRID_MINUS):
         cfg = HARNetConfig.preset(name)
-        assert cfg.inference == InferenceConfig() and cfg.head.conv_init == "normal"
+        assert cfg.inference == InferenceConfig()
+        assert cfg.head.conv_init == ("msra" if name.startswith("hybrid") else "normal")
     assert HARNetConfig.preset("aligned").aligned.stages == ("c5",)
 
 

@@ -118,7 +118,7 @@ def test_base_errors_name_the_file(tmp_path: Path) -> None:
 def test_trees_cpu_is_the_trees_model_on_smaller_tiles_with_a_cheaper_step() -> None:
     """trees_cpu keeps the trees model (hybrid, pretrained Lite0, frozen BN), data and optimizer, trains and
     tests at one smaller size (the same scale both ways), freezes the body's two high-resolution stages and
-    fits its schedule in its steps; it tests with the authors' recipe (the hybrid preset's Soft-NMS + voting)
+    fits its schedule in its steps; it tests with the authors' recipe (``inference: authors``)
     where the ablation's trees keeps hard NMS."""
     trees, cpu = load_experiment(builtin_config("trees")), load_experiment(builtin_config("trees_cpu"))
     assert "base: trees" in builtin_config("trees_cpu").read_text()
@@ -127,7 +127,7 @@ def test_trees_cpu_is_the_trees_model_on_smaller_tiles_with_a_cheaper_step() -> 
     assert cpu.model.backbone.trainable_layers == 3 < trees.model.backbone.trainable_layers
     for section in ("fpn", "head", "loss", "anchors", "aligned", "spatial", "channel"):
         assert getattr(cpu.model, section) == getattr(trees.model, section), section
-    assert cpu.model.inference == HARNetConfig.preset("hybrid").inference and trees.model.inference.nms == "nms"
+    assert cpu.model.inference.nms == "soft_nms" and trees.model.inference.nms == "nms"
     t = cpu.model.transform
     assert t.min_size == (t.max_size,) and t.max_size < trees.model.transform.max_size
     assert t.test_min_size is None and t.test_max_size is None and t.image_mean == trees.model.transform.image_mean

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harnet.config.model import HARNetConfig
 from harnet.engine import checkpoint
+from harnet.modeling.harnet import HARNet
 
 
 def test_atomic_save_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -56,9 +58,30 @@ def test_rng_state_round_trip() -> None:
     assert torch.equal(torch.rand(3), a)
 
 
-def _pre_authors_wiring(model: dict) -> dict:
-    """A model config as harnet wrote it before the authors' wiring fields existed."""
+def _version1(model: dict) -> dict:
+    """A model config as harnet wrote it at config version 1 (before head.norm and channel.se existed)."""
     old = {k: dict(v) if isinstance(v, dict) else v for k, v in model.items()}
+    old["head"]["group_norm"] = old["head"].pop("norm") == "gn"
+    old["head"].pop("norm_groups")
+    old["channel"]["cross_level_gn"] = old["channel"].pop("norm") == "cross_level_gn"
+    old["channel"]["se"] = old["channel"]["se"] != "none"
+    old["aligned"]["offset_lr_mult"] = 0.1
+    return old
+
+
+def _version1_weights(state: dict) -> dict:
+    renames = {"head.set2.cls_conv.": "head.cls_extra.", "head.set2.box_conv.": "head.box_extra.",
+               "head.set2.predictor.": "head.predictor2."}
+    out = {}
+    for key, value in state.items():
+        old = next((o + key[len(n):] for n, o in renames.items() if key.startswith(n)), key)
+        out[old] = value
+    return out
+
+
+def _pre_authors_wiring(model: dict) -> dict:
+    """A model config as harnet wrote it before the authors' wiring fields existed (config version 0)."""
+    old = _version1(model)
     for section, key in (("aligned", "out_relu"), ("head", "set2_after_mask"), ("anchors", "strides"),
                          ("head", "conv_init"), ("head", "last_norm_scale"), ("fpn", "p5_smooth"),
                          ("loss", "normalizer"), ("loss", "level_min_positives"), ("inference", "final_score_thresh"),
@@ -68,37 +91,90 @@ def _pre_authors_wiring(model: dict) -> dict:
     return old
 
 
-def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(tmp_path: Path) -> None:
-    """An old hybrid checkpoint loads into ``set2_after_mask: false``, ``out_relu: false`` and torchvision's
-    anchor strides (made explicit in its config), and predicts exactly as a model built with them."""
-    from harnet.config.experiment import load_experiment
-    from harnet.config.model import BackboneConfig, HARNetConfig, to_dict
-    from harnet.modeling.harnet import HARNet
+def _old_hybrid() -> tuple[HARNetConfig, torch.nn.Module]:
+    from harnet.config.model import BackboneConfig
 
     cfg = HARNetConfig.preset("hybrid", num_classes=2, backbone=BackboneConfig("resnet18", "bn", 5))
     cfg.fpn.channels, cfg.aligned.mid_channels, cfg.channel.gn_groups = 16, 16, 8
     cfg.transform.min_size, cfg.transform.max_size = (72,), 72
     cfg.aligned.stages = ("c5",)
+    cfg.inference.score_thresh = 0.0  # an untrained model: keep every candidate, so there is something to compare
+    torch.manual_seed(0)
+    return cfg, HARNet(cfg).eval()
+
+
+def _same_predictions(model: torch.nn.Module, reference: torch.nn.Module) -> None:
+    image = [torch.rand(3, 72, 72, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        got, want = model.eval()(image)[0], reference(image)[0]
+    assert want["boxes"].shape[0] > 0
+    torch.testing.assert_close(got["boxes"], want["boxes"])
+    torch.testing.assert_close(got["scores"], want["scores"])
+
+
+def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(tmp_path: Path) -> None:
+    """A version-0 hybrid checkpoint loads into ``set2_after_mask: false``, ``out_relu: false`` and
+    torchvision's anchor strides (made explicit in its config), and predicts exactly as a model built with them."""
+    import yaml
+
+    from harnet.config.experiment import load_experiment
+    from harnet.config.io import ConfigError
+    from harnet.config.model import to_dict
+    from harnet.engine.upgrade import upgrade_config
+
+    cfg, _ = _old_hybrid()
     cfg.head.set2_after_mask, cfg.aligned.out_relu, cfg.anchors.strides = False, False, None
     torch.manual_seed(0)
     legacy_model = HARNet(cfg).eval()
     old_config = {"model": _pre_authors_wiring(to_dict(cfg)), "detector": "harnet"}
     path = tmp_path / "old.pt"
-    checkpoint.save_atomic({"model": legacy_model.state_dict(), "config": old_config}, path)
+    checkpoint.save_atomic({"model": _version1_weights(legacy_model.state_dict()), "config": old_config}, path)
     ckpt = checkpoint.load(path)
     loaded_cfg = checkpoint.model_config(ckpt)
     assert (loaded_cfg.head.set2_after_mask, loaded_cfg.aligned.out_relu, loaded_cfg.anchors.strides) == (
         False, False, None)
-    model = checkpoint.build_model(ckpt).eval()
-    image = [torch.rand(3, 72, 72, generator=torch.Generator().manual_seed(1))]
-    with torch.no_grad():
-        got, want = model(image)[0], legacy_model(image)[0]
-    torch.testing.assert_close(got["boxes"], want["boxes"])
-    torch.testing.assert_close(got["scores"], want["scores"])
-    # A run folder's own config.yaml from then resumes with the same flags; a user's YAML is not touched.
-    import yaml
+    _same_predictions(checkpoint.build_model(ckpt), legacy_model)
+    # A run folder's own config.yaml from then resumes with the same flags; a user's YAML is not upgraded.
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old_config))
-    resumed = load_experiment(tmp_path / "config.yaml", upgrade=checkpoint.upgrade_saved_model_config)
+    resumed = load_experiment(tmp_path / "config.yaml", upgrade=upgrade_config)
     assert not resumed.model.head.set2_after_mask and resumed.model.anchors.strides is None
-    fresh = load_experiment(tmp_path / "config.yaml")
-    assert fresh.model.head.set2_after_mask and fresh.model.anchors.strides == (8, 16, 32, 64, 128)
+    with pytest.raises(ConfigError, match="unknown config key 'model.channel.cross_level_gn'"):
+        load_experiment(tmp_path / "config.yaml")
+
+
+def test_version1_checkpoints_load_with_their_wiring_named(tmp_path: Path) -> None:
+    """A version-1 hybrid (SE on set 2 implied by dual prediction, set 2 under head.cls_extra/predictor2) and a
+    version-1 RetinaNet-GN (head.group_norm with channel.gn_groups) load with the same weights and predictions."""
+    from harnet.config.model import to_dict
+
+    cfg, model = _old_hybrid()
+    config = {"model": _version1(to_dict(cfg)), "detector": "harnet"}
+    config["model"]["aligned"]["offset_lr_mult"] = 0.2
+    path = tmp_path / "v1.pt"
+    checkpoint.save_atomic({"model": _version1_weights(model.state_dict()), "config": config}, path)
+    ckpt = checkpoint.load(path)
+    assert ckpt["config"]["config_version"] == 2
+    assert checkpoint.model_config(ckpt).channel.se == "set2"
+    assert ckpt["config"]["train"]["param_overrides"] == [{"pattern": "aligned.*.offset.*", "lr_mult": 0.2}]
+    assert set(ckpt["model"]) == set(model.state_dict())
+    _same_predictions(checkpoint.build_model(ckpt), model)
+
+    gn = HARNetConfig.preset("retinanet", num_classes=2)
+    gn.head.norm, gn.head.norm_groups = "gn", 8
+    old = _version1(to_dict(gn))
+    old["channel"]["gn_groups"] = 8
+    from harnet.engine.upgrade import upgrade_config
+
+    upgraded = upgrade_config({"model": old})["model"]
+    assert (upgraded["head"]["norm"], upgraded["head"]["norm_groups"], upgraded["channel"]["se"]) == ("gn", 8, "towers")
+
+
+def test_a_newer_config_version_is_refused(tmp_path: Path) -> None:
+    from harnet.config.model import to_dict
+
+    cfg, model = _old_hybrid()
+    path = tmp_path / "new.pt"
+    checkpoint.save_atomic({"model": model.state_dict(), "config": {"model": to_dict(cfg), "config_version": 99}},
+                           path)
+    with pytest.raises(checkpoint.CheckpointError, match="config_version: 99 is not one this harnet knows"):
+        checkpoint.load(path)

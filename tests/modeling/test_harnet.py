@@ -113,7 +113,7 @@ def test_attentions_off_is_plain_retinanet() -> None:
     attention = (SpatialAttention, CrossLevelGroupNorm, CrossLevelSE, DeformableBottleneck)
     assert not [type(m).__name__ for m in model.modules() if isinstance(m, attention)]
     assert len(model.aligned) == 0 and model.head.spatial is None
-    assert model.head.cls_se is None and model.head.box_se is None and not hasattr(model.head, "predictor2")
+    assert model.head.cls_se is None and model.head.box_se is None and model.head.set2 is None
     assert len(model.head.cls_tower.norms) == 0
     assert HARNetConfig().preset_name == "retinanet"
     assert HARNetConfig() == HARNetConfig.preset("retinanet")
@@ -201,7 +201,7 @@ def test_tower_norm_factory() -> None:
     from harnet.modeling.attention.channel import CrossLevelGroupNorm
     from harnet.modeling.norm import LevelGroupNorm, build_level_norm
 
-    assert build_level_norm(None, 8, 4) is None
+    assert build_level_norm("none", 8, 4) is None
     assert isinstance(build_level_norm("gn", 8, 4), LevelGroupNorm)
     assert isinstance(build_level_norm("cross_level_gn", 8, 4), CrossLevelGroupNorm)
     with pytest.raises(ValueError, match="tower norm must be"):

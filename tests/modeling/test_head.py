@@ -50,7 +50,7 @@ def _targets() -> list[dict[str, torch.Tensor]]:
 
 def test_hybrid_head_gives_two_prediction_sets() -> None:
     """Two (logits, deltas) sets of equal shapes. Set 2 follows the authors' ``featt/fpn_conv3x3_P3_CA4``
-    (``bottom: fpn_P3_CA4/spatt``): predictor2(SE(ReLU(extra conv(tower * mask)))), the *masked* towers."""
+    (``bottom: fpn_P3_CA4/spatt``): set2.predictor(SE(ReLU(set2 extra conv(tower * mask)))), the *masked* towers."""
     torch.manual_seed(0)
     head = build_head(_hybrid())
     g = torch.Generator().manual_seed(1)
@@ -67,9 +67,10 @@ def test_hybrid_head_gives_two_prediction_sets() -> None:
         cls_t = head.spatial.reweight(head.cls_tower([f.clone() for f in features]), masks)
         box_t = head.spatial.reweight(head.box_tower([f.clone() for f in features]), masks)
         expected1 = head.predictor(cls_t, box_t)
-        cls2 = head.cls_se([head.cls_extra(x).relu() for x in cls_t])
-        box2 = head.box_se([head.box_extra(x).relu() for x in box_t])
-        expected2 = head.predictor2(cls2, box2)
+        assert head.set2 is not None and head.se_on == "set2"
+        cls2 = head.cls_se([head.set2.cls_conv(x).relu() for x in cls_t])
+        box2 = head.box_se([head.set2.box_conv(x).relu() for x in box_t])
+        expected2 = head.set2.predictor(cls2, box2)
     for got, want in zip((*sets[0], *sets[1]), (*expected1, *expected2)):
         torch.testing.assert_close(got, want)
 
@@ -121,12 +122,13 @@ def test_hybrid_initialisation_follows_the_authors() -> None:
     for tower in (head.cls_tower, head.box_tower):
         assert bool((tower.norms[-1].weight == 0.1).all())
         assert all(bool((n.weight == 1).all()) for n in tower.norms[:-1])
-    msra = [*head.cls_tower.convs, *head.box_tower.convs, head.cls_extra, head.box_extra,
-            head.predictor.cls_logits, head.predictor2.bbox_reg]
+    assert head.set2 is not None
+    msra = [*head.cls_tower.convs, *head.box_tower.convs, head.set2.cls_conv, head.set2.box_conv,
+            head.predictor.cls_logits, head.set2.predictor.bbox_reg]
     for conv in msra:
         fan_in = conv.weight[0].numel()
         assert float(conv.weight.detach().std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
-    for predictor in (head.predictor, head.predictor2):
+    for predictor in (head.predictor, head.set2.predictor):
         assert torch.allclose(predictor.cls_logits.bias, torch.tensor(-4.59512), atol=1e-4)
     assert head.spatial is not None
     spatial_convs = [m for m in head.spatial.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -142,7 +144,7 @@ def test_single_set_without_dual_prediction() -> None:
         cfg = HARNetConfig.preset(name, num_classes=NUM_CLASSES)
         cfg.fpn.channels, cfg.channel.gn_groups = 32, 8
         head = build_head(cfg)
-        assert not hasattr(head, "predictor2")
+        assert head.set2 is None
         features = [torch.randn(1, 32, h, w) for h, w in SIZES]
         assert len(head(features)) == 1
 
@@ -191,14 +193,17 @@ def test_hybrid_eval_averages_logits_and_deltas(monkeypatch: pytest.MonkeyPatch)
     assert len(detections) == 2 and detections[0]["boxes"].shape[0] > 0
 
 
-def test_head_group_norm_option_for_plain_retinanet() -> None:
-    """``head.group_norm`` gives per-level GN towers without any attention (RetinaNet-GN)."""
+def test_head_norm_option_for_plain_retinanet() -> None:
+    """``head.norm: gn`` gives per-level GN towers without any attention (RetinaNet-GN), with the head's own
+    ``norm_groups``; channel attention replaces it with its own norm and groups."""
     plain = build_head(HARNetConfig.preset("retinanet", num_classes=3))
-    gn = build_head(HARNetConfig.preset("retinanet", num_classes=3, head=HeadConfig(group_norm=True)))
-    assert plain.cls_tower.norm is None and len(plain.cls_tower.norms) == 0
+    gn = build_head(HARNetConfig.preset("retinanet", num_classes=3, head=HeadConfig(norm="gn", norm_groups=8)))
+    assert plain.cls_tower.norm == "none" and len(plain.cls_tower.norms) == 0
     assert gn.cls_tower.norm == "gn" and gn.box_tower.norm == "gn"
-    assert all(isinstance(n, torch.nn.GroupNorm) for n in gn.cls_tower.norms)
+    assert all(isinstance(n, torch.nn.GroupNorm) and n.num_groups == 8 for n in gn.cls_tower.norms)
     assert gn.spatial is None and gn.cls_se is None
+    channel = build_head(HARNetConfig.preset("channel", num_classes=3, head=HeadConfig(norm="gn", norm_groups=8)))
+    assert channel.cls_tower.norm == "cross_level_gn" and channel.cls_tower.norms[0].num_groups == 16
 
 
 def test_set2_norm_option_normalises_the_extra_conv_like_the_towers() -> None:
@@ -209,10 +214,11 @@ def test_set2_norm_option_normalises_the_extra_conv_like_the_towers() -> None:
     cfg = _hybrid()
     cfg.head.set2_norm = True
     head = build_head(cfg)
-    assert isinstance(head.cls_extra, Tower) and isinstance(head.cls_extra.norms[0], CrossLevelGroupNorm)
+    assert head.set2 is not None
+    assert isinstance(head.set2.cls_conv, Tower) and isinstance(head.set2.cls_conv.norms[0], CrossLevelGroupNorm)
     features = [torch.randn(1, 32, h, w) for h, w in SIZES]
     with torch.no_grad():
-        cls2 = head.cls_extra(head.spatial.reweight(head.cls_tower(features), head.spatial.masks(features)))
+        cls2 = head.set2.cls_conv(head.spatial.reweight(head.cls_tower(features), head.spatial.masks(features)))
     flat = torch.cat([x.flatten() for x in cls2])
     assert bool((flat >= 0).all()) and 0.2 < float(flat.mean()) < 1.0  # normalised then ReLU'd
     assert len(head(features)) == 2

@@ -18,7 +18,7 @@ from harnet.modeling.torchvision_peer import build_torchvision_retinanet
 def _config(**changes: object) -> HARNetConfig:
     cfg = HARNetConfig.preset("retinanet", num_classes=3)
     cfg.backbone.name, cfg.backbone.norm = "resnet18", "bn"
-    cfg.fpn.channels, cfg.channel.gn_groups, cfg.head.group_norm = 32, 8, True
+    cfg.fpn.channels, cfg.head.norm_groups, cfg.head.norm = 32, 8, "gn"
     cfg.anchors.sizes = (8.0, 16.0, 32.0, 64.0, 128.0)
     cfg.transform.min_size, cfg.transform.max_size = (96,), 96
     cfg.inference.score_thresh = 0.0
@@ -94,8 +94,8 @@ def test_settings_torchvision_cannot_express_are_refused(change: dict[str, objec
 
 def test_harnet_train_runs_the_peer(tiny, tmp_path: Path) -> None:
     """``detector: torchvision_retinanet`` trains, evaluates and checkpoints through our loop."""
-    peer = ["detector=torchvision_retinanet", "model.head.group_norm=true", "model.loss.box_loss=l1",
-            "model.head.num_convs=4", "model.channel.gn_groups=8", "train.max_steps=2"]
+    peer = ["detector=torchvision_retinanet", "model.head.norm=gn", "model.loss.box_loss=l1",
+            "model.head.num_convs=4", "model.head.norm_groups=8", "train.max_steps=2"]
     cfg = tiny(tmp_path, *peer, preset="retinanet")
     result = train(cfg, progress=False)
     assert result.step == 2 and result.final is not None

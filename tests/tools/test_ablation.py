@@ -48,7 +48,7 @@ def test_a_stopped_run_resumes_and_one_without_a_checkpoint_starts_over(tmp_path
 @pytest.mark.slow
 def test_ablation_runs_resumes_and_reports(shapes_root: Path, tmp_path: Path) -> None:
     overrides = [*tiny_overrides(shapes_root, tmp_path / "unused"), "model.loss.box_loss=l1", "train.max_steps=2",
-                 "train.eval_every=1", "model.head.group_norm=true", "model.channel.gn_groups=8",
+                 "train.eval_every=1", "model.head.norm=gn", "model.head.norm_groups=8", "model.channel.gn_groups=8",
                  "model.head.num_convs=4"]
     config = tmp_path / "tiny.yaml"
     config.write_text("train: {threads: 1}\n")

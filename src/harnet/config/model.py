@@ -306,7 +306,8 @@ def _fragment(kind: str, name: str, seen: tuple[str, ...] = ()) -> dict[str, Any
     path = FRAGMENT_DIR / kind / f"{name}.yaml"
     if not isinstance(name, str) or not path.is_file():
         known = ", ".join(sorted(p.stem for p in (FRAGMENT_DIR / kind).glob("*.yaml")))
-        raise ConfigError(f"unknown {kind[:-1]} {name!r}; choose one of {known}")
+        what = {"presets": "preset", "inference": "inference recipe"}[kind]
+        raise ConfigError(f"unknown {what} {name!r}; choose one of {known}")
     data = load_yaml(path)
     base = data.pop("base", None)
     if base is None:

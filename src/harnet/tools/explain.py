@@ -149,7 +149,7 @@ def explain_image(model: HARNet, image: Tensor, point: tuple[float, float] | Non
         for branch in ("classification", "box"):
             result.se_weights[branch] = captured[f"se/{branch}"][0].float().sigmoid().cpu()
         result.se_applies_to = ("prediction set 2 (the hybrid's second set; set 1 is spatially re-weighted)"
-                                if head.dual else "the head towers")
+                                if head.se_on == "set2" else "the head towers")
     return result
 
 
