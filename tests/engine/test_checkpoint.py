@@ -95,6 +95,13 @@ def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(t
         got, want = model(image)[0], legacy_model(image)[0]
     torch.testing.assert_close(got["boxes"], want["boxes"])
     torch.testing.assert_close(got["scores"], want["scores"])
+    # A run's config from before train.param_overrides has model.aligned.offset_lr_mult: dropped, and loads.
+    with_removed_key = {**old_config["model"], "aligned": {**old_config["model"]["aligned"], "offset_lr_mult": 0.1}}
+    upgraded = checkpoint.upgrade_saved_model_config(with_removed_key)
+    assert "offset_lr_mult" not in upgraded["aligned"] and upgraded == checkpoint.upgrade_saved_model_config(
+        old_config["model"])
+    current = {**to_dict(cfg), "aligned": {**to_dict(cfg)["aligned"], "offset_lr_mult": 0.1}}
+    assert checkpoint.upgrade_saved_model_config(current) == to_dict(cfg)
     # A run folder's own config.yaml from then resumes with the same flags; a user's YAML is not touched.
     import yaml
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old_config))

@@ -103,11 +103,20 @@ def _saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
 LEGACY_WIRING = {"head": {"set2_after_mask": False}, "aligned": {"out_relu": False}, "anchors": {"strides": None}}
 
 
+def _without_key(model: dict[str, Any], section: str, key: str) -> dict[str, Any]:
+    """``model`` without ``model[section][key]``: a key harnet no longer has, which would fail validation."""
+    values = model.get(section)
+    if not isinstance(values, dict) or key not in values:
+        return model
+    return {**model, section: {k: v for k, v in values.items() if k != key}}
+
+
 def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
     """A run's saved model config with the legacy wiring made explicit when it predates those fields.
 
     Applies only to configs a run wrote (checkpoints, a run folder's ``config.yaml``), never to a user's
     YAML, where a missing key means the default."""
+    model = _without_key(model, "aligned", "offset_lr_mult")  # removed key: now train.param_overrides
     aligned = model.get("aligned")
     if not isinstance(aligned, dict) or "out_relu" in aligned:
         return model
