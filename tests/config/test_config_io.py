@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from harnet.config.experiment import ExperimentConfig, builtin_config, config_path, load_experiment
+from harnet.config.experiment import (
+    ExperimentConfig,
+    ParamOverride,
+    TrainConfig,
+    builtin_config,
+    config_path,
+    load_experiment,
+)
 from harnet.config.io import ConfigError, from_dict, load_yaml, merge, parse_overrides
 from harnet.config.model import HARNetConfig, to_dict
 
@@ -46,11 +53,30 @@ def test_scalar_for_tuple_and_int_for_float() -> None:
         ("data.random_crop=0", "data.random_crop: must be >= 1"),
         ("data.random_crop=25.5", "data.random_crop: expected int"),
         ("data.rot90_prob=1.5", "data.rot90_prob: must be in [0, 1]"),
+        ("train.param_overrides=[{pattern: 'fpn.*', lr_mult: -1}]", "train.param_overrides 'fpn.*': lr_mult must be"),
+        ("train.param_overrides=[{pattern: 'fpn.*', weight_decay: -1}]", "'fpn.*': weight_decay must be >= 0"),
+        ("train.param_overrides=[{pattern: ''}]", "train.param_overrides: pattern must be a non-empty glob"),
+        ("train.param_overrides=[{lr_mult: 2}]", "missing config key 'train.param_overrides[0].pattern'"),
+        ("train.param_overrides=[{pattern: 'x', lr: 2}]", "unknown config key 'train.param_overrides[0].lr'"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_experiment(None, [override])
+
+
+def test_param_overrides_from_a_yaml_list_of_mappings(tmp_path: Path) -> None:
+    """``--set`` and a YAML file both give a list of mappings; the list replaces the default one."""
+    assert TrainConfig().param_overrides == (ParamOverride("aligned.*.offset.*", lr_mult=0.1),)
+    cfg = load_experiment(None, ['train.param_overrides=[{pattern: "fpn.*", lr_mult: 0.5}]'])
+    assert cfg.train.param_overrides == (ParamOverride("fpn.*", lr_mult=0.5),)
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  param_overrides:\n    - {pattern: 'aligned.*.offset.*', lr_mult: 0.1}\n"
+                    "    - pattern: head.*\n      lr_mult: 2\n      weight_decay: 0\n")
+    cfg = load_experiment(path)
+    assert cfg.train.param_overrides == (ParamOverride("aligned.*.offset.*", 0.1), ParamOverride("head.*", 2.0, 0.0))
+    assert isinstance(cfg.train.param_overrides[1].lr_mult, float)
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg  # a run's saved config.yaml loads back
 
 
 def test_preset_then_explicit_keys() -> None:

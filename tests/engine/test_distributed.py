@@ -124,13 +124,14 @@ def test_sync_batchnorm_conversion_keeps_parameters_and_activations(name: str) -
         pytest.importorskip("timm")
     from harnet.config.model import BackboneConfig
     from harnet.modeling.backbone.resnet import build_backbone
+    from harnet.utils.compat import BatchNormBase
 
     backbone = build_backbone(BackboneConfig(name, norm="bn", trainable_layers=5))  # type: ignore[arg-type]
     params, keys = [id(p) for p in backbone.parameters()], list(backbone.state_dict())
     converted = distributed._convert_sync_batchnorm(backbone)
     assert converted is backbone and [id(p) for p in converted.parameters()] == params
     assert list(converted.state_dict()) == keys
-    norms = [m for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert norms and all("SyncBatchNorm" in type(m).__name__ for m in norms)
+    norms = [m for m in converted.modules() if isinstance(m, BatchNormBase)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     if name.startswith("efficientnet"):
         assert isinstance(converted.body.bn1.act, torch.nn.ReLU6)

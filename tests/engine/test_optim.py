@@ -1,5 +1,5 @@
 """The paper's schedule (linear warmup, step decay, 0.1x lr for deformable offsets), parameter groups
-(backbone/bias lr multipliers, bias/norm weight decay) and the weight EMA."""
+(backbone/bias lr multipliers, bias/norm weight decay, overrides by parameter name) and the weight EMA."""
 
 from __future__ import annotations
 
@@ -9,11 +9,22 @@ import pytest
 import torch
 from torch import nn
 
-from harnet.config.experiment import TrainConfig
+from harnet.config.experiment import ParamOverride, TrainConfig
+from harnet.config.io import ConfigError
 from harnet.config.model import BackboneConfig, HARNetConfig
-from harnet.engine.optim import ModelEMA, backbone_body, build_optimizer, build_scheduler, ema_decay_at, lr_factor
+from harnet.engine.optim import (
+    ModelEMA,
+    backbone_body,
+    build_optimizer,
+    build_scheduler,
+    ema_decay_at,
+    is_norm,
+    lr_factor,
+)
+from harnet.modeling.attention.channel import CrossLevelGroupNorm
 from harnet.modeling.build import build_detector
 from harnet.modeling.harnet import HARNet
+from harnet.modeling.norm import LevelGroupNorm
 
 
 def test_warmup_and_steps() -> None:
@@ -48,15 +59,19 @@ def _settings(opt: torch.optim.Optimizer, model: nn.Module) -> dict[str, tuple[f
 
 
 def test_default_groups_are_the_lr_mult_groups_of_before() -> None:
-    """With every new option at its default: one group per module lr_mult, parameters in module order
-    (what the optimizer state of older checkpoints and the same-seed losses rely on)."""
+    """With every option at its default: the groups of the module ``lr_mult`` the offset convs used to
+    carry, i.e. lr x1 for everything but the offset convs' x0.1, parameters in module order (what the
+    optimizer state of older checkpoints and the same-seed losses rely on)."""
     model = _hybrid()
+    assert list(model.aligned) == ["c4", "c5"]
     opt = build_optimizer(model, TrainConfig(lr=0.02, weight_decay=1e-4))
+    offsets = {id(p) for stage in model.aligned.values() for p in stage.offset.parameters()}
     old: dict[float, list[nn.Parameter]] = {}
     for module in model.modules():
-        old.setdefault(float(getattr(module, "lr_mult", 1.0)), []).extend(
-            p for p in module.parameters(recurse=False) if p.requires_grad)
-    assert [g["lr_mult"] for g in opt.param_groups] == list(old)
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                old.setdefault(0.1 if id(p) in offsets else 1.0, []).append(p)
+    assert [g["lr_mult"] for g in opt.param_groups] == list(old) == [1.0, 0.1]
     for group, params in zip(opt.param_groups, old.values()):
         assert [id(p) for p in group["params"]] == [id(p) for p in params]
         assert group["weight_decay"] == 1e-4
@@ -75,7 +90,7 @@ def test_backbone_bias_and_norm_settings_compose() -> None:
     assert s["fpn.inner_blocks.0.0.bias"] == (2.0, 0.0)
     assert s["aligned.c5.reduce.0.weight"] == (1.0, 1e-4)  # aligned attention on C5: new layer, full lr
     assert s["aligned.c5.reduce.1.weight"] == (1.0, 0.0)  # GroupNorm
-    assert s["aligned.c5.offset.weight"] == (pytest.approx(0.1), 1e-4)  # the module's own lr_mult
+    assert s["aligned.c5.offset.weight"] == (pytest.approx(0.1), 1e-4)  # the default override by name
     assert s["aligned.c5.offset.bias"] == (pytest.approx(0.2), 0.0)  # offset lr_mult x bias_lr_mult
     assert s["head.cls_tower.norms.0.weight"] == (1.0, 0.0)  # CrossLevelGroupNorm
     assert s["head.cls_tower.convs.0.weight"] == (1.0, 1e-4)
@@ -99,6 +114,42 @@ def test_groups_are_keyed_by_lr_and_decay_and_scheduled_per_group() -> None:
         sched.step()
     for g in opt.param_groups:
         assert g["lr"] == pytest.approx(0.02 * g["lr_mult"])
+
+
+def test_param_overrides_by_name_first_match_wins_and_compose() -> None:
+    model = _hybrid()
+    overrides = (ParamOverride("fpn.inner_blocks.0.*", lr_mult=0.0, weight_decay=0.5), ParamOverride("fpn.*", 0.5),
+                 ParamOverride("aligned.*.offset.*", lr_mult=0.1))
+    cfg = TrainConfig(lr=0.02, weight_decay=1e-4, backbone_lr_mult=0.1, bias_lr_mult=2.0, bias_weight_decay=0.0,
+                      param_overrides=overrides)
+    s = _settings(build_optimizer(model, cfg), model)
+    assert s["fpn.inner_blocks.0.0.weight"] == (0.0, 0.5)  # the first match only; its decay wins
+    assert s["fpn.inner_blocks.0.0.bias"] == (0.0, 0.5)  # ... over bias_weight_decay too
+    assert s["fpn.inner_blocks.1.0.weight"] == (0.5, 1e-4)
+    assert s["fpn.inner_blocks.1.0.bias"] == (1.0, 0.0)  # 0.5 x bias_lr_mult 2
+    assert s["aligned.c4.offset.bias"] == (pytest.approx(0.2), 0.0)
+    assert s["backbone.body.conv1.weight"] == (0.1, 1e-4)  # no match: backbone_lr_mult only
+    assert s["head.cls_tower.convs.0.weight"] == (1.0, 1e-4)
+
+
+def test_an_override_matching_nothing_is_an_error_except_the_default() -> None:
+    cfg = HARNetConfig.preset("retinanet", num_classes=2, backbone=BackboneConfig("resnet18", norm="bn"))
+    model = HARNet(cfg)
+    opt = build_optimizer(model, TrainConfig())  # the default offset pattern: no aligned attention, no error
+    assert [g["lr_mult"] for g in opt.param_groups] == [1.0]
+    kept = TrainConfig(param_overrides=(*TrainConfig().param_overrides, ParamOverride("fpn.*", 0.5)))
+    assert [g["lr_mult"] for g in build_optimizer(model, kept).param_groups] == [1.0, 0.5]
+    with pytest.raises(ConfigError, match=r"pattern 'fnp\.\*' matches no parameter"):
+        build_optimizer(model, TrainConfig(param_overrides=(ParamOverride("fnp.*", 0.5),)))
+
+
+def test_norms_are_recognised_by_class() -> None:
+    norms = [nn.BatchNorm2d(4), nn.SyncBatchNorm(4), nn.LazyBatchNorm2d(), nn.GroupNorm(2, 4), nn.LayerNorm(4),
+             nn.InstanceNorm2d(4, affine=True), nn.LazyInstanceNorm2d(), CrossLevelGroupNorm(2, 4),
+             LevelGroupNorm(2, 4)]
+    assert all(is_norm(m) for m in norms)
+    not_norms = [nn.Conv2d(4, 4, 1), nn.Linear(4, 4), nn.Sequential(nn.BatchNorm2d(4))]
+    assert not any(is_norm(m) for m in not_norms)
 
 
 def test_torchvision_peer_gives_the_backbone_mult_to_the_body_only() -> None:

@@ -76,6 +76,36 @@ class DataConfig:
             _at_least(self, "data", 1, "random_crop")
 
 
+@dataclass(frozen=True)
+class ParamOverride:
+    """lr multiplier and weight decay for the parameters whose full name (``model.named_parameters()``)
+    matches the glob ``pattern`` (``fnmatch``; ``*`` also crosses dots), like mmdetection's
+    ``paramwise_cfg.custom_keys``. Addressing parameters by name keeps the recipe in the config, where a
+    run records it, instead of in attributes of the modules.
+
+    ``lr_mult`` composes with ``backbone_lr_mult`` and ``bias_lr_mult``; ``weight_decay`` (None: the
+    usual rules) replaces the decay of every matched parameter, biases and norms included."""
+
+    pattern: str
+    lr_mult: float = 1.0
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.pattern:
+            raise ConfigError("train.param_overrides: pattern must be a non-empty glob, e.g. 'fpn.*'")
+        if not self.lr_mult >= 0:
+            raise ConfigError(f"train.param_overrides {self.pattern!r}: lr_mult must be >= 0, got {self.lr_mult}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ConfigError(f"train.param_overrides {self.pattern!r}: weight_decay must be >= 0, "
+                              f"got {self.weight_decay}")
+
+
+# The authors' recipe: the deformable offset conv of the aligned attention learns at 0.1x the lr (0.2x for
+# its bias with bias_lr_mult 2, as in their Caffe files). These entries may match nothing (a model without
+# aligned attention); any other pattern that matches no parameter is an error (harnet.engine.optim).
+DEFAULT_PARAM_OVERRIDES: tuple[ParamOverride, ...] = (ParamOverride("aligned.*.offset.*", lr_mult=0.1),)
+
+
 @dataclass
 class TrainConfig:
     """Optimizer and schedule. The paper's: SGD, momentum 0.9, wd 1e-4, linear warmup, step decay.
@@ -93,11 +123,14 @@ class TrainConfig:
     lr_gamma: float = 0.1
     grad_clip: float | None = None  # max global grad norm, always measured on unscaled gradients
     # Per-parameter lr and weight decay (harnet.engine.optim.parameter_groups). Multipliers compose with each
-    # other and with a module's own lr_mult (the deformable offset conv: 0.1).
+    # other and with the lr_mult of the first param_overrides entry whose pattern matches the parameter's name.
     backbone_lr_mult: float = 1.0  # the backbone body (not FPN/attention), e.g. 0.1 for a pretrained one
     bias_lr_mult: float = 1.0  # every bias (the authors' Caffe files: 2.0)
     bias_weight_decay: float | None = None  # None: weight_decay
     norm_weight_decay: float | None = None  # weights of GroupNorm/BatchNorm/CrossLevelGroupNorm...; None: weight_decay
+    # By parameter name, first match wins (ParamOverride). A list given in YAML or --set replaces this one:
+    # keep the default entry in it to keep the offset conv's 0.1.
+    param_overrides: tuple[ParamOverride, ...] = DEFAULT_PARAM_OVERRIDES
     # Exponential moving average of the weights (harnet.engine.optim.ModelEMA), None: off. When on, evaluation,
     # best.pt and the "model" entry of checkpoints use the average; decay ramps up as
     # ema_decay * (1 - exp(-updates / ema_tau)) (ema_tau 0: constant decay).

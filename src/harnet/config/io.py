@@ -31,6 +31,11 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(names))})")
+    required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing := [name for name in required if name not in data]:
+        key = f"{where}.{missing[0]}" if where else missing[0]
+        raise ConfigError(f"missing config key {key!r}")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 

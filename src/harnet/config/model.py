@@ -237,7 +237,6 @@ class AlignedAttentionConfig:
     mid_channels: int = 256
     deform_groups: int = 4
     gn_groups: int = 32
-    offset_lr_mult: float = 0.1
     out_scale_init: float = 0.1
     # The branch ends in a ReLU before the sum (``fpn_relu5_1c``, ``fpn_relu4_1c``): it can only add to
     # C4/C5. False ends it at the scale (the block of config version 0, see CHANGELOG.md).

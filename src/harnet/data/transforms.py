@@ -11,9 +11,12 @@ from typing import Any, Literal
 import torch
 from torchvision.transforms import v2
 
+from harnet.utils.compat import make_params_override, parent_make_params
+
 Photometric = bool | Literal["distort", "jitter"]
 
 
+@make_params_override
 class ColorJitterNoPermute(v2.RandomPhotometricDistort):
     """``RandomPhotometricDistort`` without its random channel permutation: brightness, contrast,
     saturation and hue each applied with probability ``p``, contrast before or after the rest.
@@ -22,11 +25,8 @@ class ColorJitterNoPermute(v2.RandomPhotometricDistort):
     pretrained on ImageNet colours should not see. The random draws are the distort's own (the
     permutation is drawn and ignored), so the two differ only in that one step."""
 
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # torchvision >= 0.21
-        return {**super().make_params(flat_inputs), "channel_permutation": None}
-
-    def _get_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # its name before torchvision 0.21
-        return {**super()._get_params(flat_inputs), "channel_permutation": None}  # type: ignore[misc]
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {**parent_make_params(ColorJitterNoPermute, self, flat_inputs), "channel_permutation": None}
 
 
 def photometric_transform(photometric: Photometric) -> v2.Transform | None:

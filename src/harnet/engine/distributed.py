@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Sampler, Subset
 
+from harnet.utils.compat import BatchNormBase
+
 T = TypeVar("T")
 # Rank 0 evaluates COCO metrics while the others wait at the next collective; allow for a large val set.
 TIMEOUT = timedelta(minutes=30)
@@ -116,7 +118,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """
     if world_size() == 1:
         return model
-    if device.type == "cuda" and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if device.type == "cuda" and any(isinstance(m, BatchNormBase) for m in model.modules()):
         params = [id(p) for p in model.parameters()]
         model = _convert_sync_batchnorm(model)  # the same top module, its BatchNorm children swapped
         assert params == [id(p) for p in model.parameters()], "SyncBatchNorm conversion replaced parameters"

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-from harnet.config.experiment import TrainConfig
+from harnet.config.experiment import DEFAULT_PARAM_OVERRIDES, ParamOverride, TrainConfig
+from harnet.config.io import ConfigError
+from harnet.modeling.attention.channel import CrossLevelGroupNorm
+from harnet.modeling.norm import LevelGroupNorm
+from harnet.utils.compat import BatchNormBase, InstanceNormBase, foreach_copy_, foreach_lerp_
+
+# Normalisation layers whose 1-D weights get ``norm_weight_decay``. Subclasses count too: SyncBatchNorm and
+# timm's BatchNormAct2d are BatchNorms, timm's GroupNormAct a GroupNorm.
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    BatchNormBase, InstanceNormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, FrozenBatchNorm2d,
+    CrossLevelGroupNorm, LevelGroupNorm,
+)
 
 
 def backbone_body(model: nn.Module) -> nn.Module | None:
@@ -30,10 +43,26 @@ def backbone_body(model: nn.Module) -> nn.Module | None:
 
 
 def is_norm(module: nn.Module) -> bool:
-    """A normalisation layer: BatchNorm/GroupNorm/LayerNorm/... and harnet's ``CrossLevelGroupNorm``,
-    recognised by ``"Norm"`` in the class name. Wrappers such as torchvision's ``Conv2dNormActivation``
-    own no parameters themselves, and :func:`parameter_groups` only looks at a module's own ones."""
-    return "Norm" in type(module).__name__
+    """A normalisation layer (:data:`NORM_TYPES`). By class, not by name: a wrapper such as torchvision's
+    ``Conv2dNormActivation`` is not one (it owns no parameters; its norm child is one)."""
+    return isinstance(module, NORM_TYPES)
+
+
+def _override_for(name: str, overrides: Sequence[ParamOverride]) -> ParamOverride | None:
+    return next((o for o in overrides if fnmatchcase(name, o.pattern)), None)
+
+
+def check_overrides(model: nn.Module, overrides: Sequence[ParamOverride]) -> None:
+    """Refuse an override whose pattern matches no parameter name of ``model``: a typo would otherwise
+    train silently with the default lr. The :data:`DEFAULT_PARAM_OVERRIDES` entries are exempt, since
+    they target the aligned attention, which most presets do not build."""
+    names = [name for name, _ in model.named_parameters()]
+    for override in overrides:
+        if override in DEFAULT_PARAM_OVERRIDES or any(fnmatchcase(n, override.pattern) for n in names):
+            continue
+        example = names[0] if names else "none"
+        raise ConfigError(f"train.param_overrides: pattern {override.pattern!r} matches no parameter of the model "
+                          f"(names look like {example!r}; '*' matches any run of characters, dots included)")
 
 
 def parameter_groups(
@@ -45,35 +74,38 @@ def parameter_groups(
     bias_lr_mult: float = 1.0,
     bias_weight_decay: float | None = None,
     norm_weight_decay: float | None = None,
+    overrides: Sequence[ParamOverride] = (),
 ) -> list[dict[str, Any]]:
     """Trainable parameters grouped by (learning rate, weight decay), in module order.
 
     A parameter's lr is ``lr`` times the product of the multipliers that apply to it:
 
-    * ``lr_mult`` of the module that owns it, if set (the aligned attention's offset conv: 0.1);
+    * ``lr_mult`` of the first of ``overrides`` whose pattern matches its full name (by default the
+      aligned attention's offset conv: 0.1);
     * ``backbone_lr_mult`` inside the backbone body (:func:`backbone_body`; not the FPN, not the
       aligned attention), e.g. 0.1 to fine-tune a pretrained body gently;
     * ``bias_lr_mult`` for a bias (any parameter named ``bias``, norm biases included; Caffe's 2.0).
 
     Weight decay: ``bias_weight_decay`` for biases, else ``norm_weight_decay`` for the weights of
     normalisation layers (:func:`is_norm`, 1-D parameters only), else ``weight_decay``; None means
-    ``weight_decay``. Biases win over norms, as in torchvision's detection references.
+    ``weight_decay``. Biases win over norms, as in torchvision's detection references, and a matching
+    override's ``weight_decay``, when set, wins over both (it names the parameters explicitly).
 
-    Groups appear in the order of their first parameter in ``model.modules()``, parameters in module
-    order, so the optimizer state lines up with a checkpoint's. With every option at its default there
-    is one group per module ``lr_mult``, exactly as before these options existed.
+    Groups appear in the order of their first parameter in ``model.named_parameters()`` (module order),
+    parameters in that order too, so the optimizer state lines up with a checkpoint's. With every option
+    at its default there is one group per lr multiplier: 1 for all but the offset conv's 0.1.
     """
     body = backbone_body(model)
     in_body = {id(p) for p in body.parameters()} if body is not None and backbone_lr_mult != 1.0 else set()
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
-    for module in model.modules():
-        module_mult = float(getattr(module, "lr_mult", 1.0))
+    for prefix, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            mult, decay = module_mult, weight_decay
+            override = _override_for(f"{prefix}.{name}" if prefix else name, overrides)
+            mult, decay = (override.lr_mult if override else 1.0), weight_decay
             if id(p) in in_body:
                 mult *= backbone_lr_mult
             if name == "bias":
@@ -81,15 +113,20 @@ def parameter_groups(
                 decay = weight_decay if bias_weight_decay is None else bias_weight_decay
             elif norm_weight_decay is not None and is_norm(module) and p.ndim <= 1:
                 decay = norm_weight_decay
+            if override is not None and override.weight_decay is not None:
+                decay = override.weight_decay
             groups.setdefault((mult, decay), []).append(p)
     return [{"params": ps, "lr": lr * mult, "lr_mult": mult, "weight_decay": decay}
             for (mult, decay), ps in groups.items()]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg``'s optimizer over :func:`parameter_groups`; raises ``ConfigError`` for a
+    ``param_overrides`` pattern that matches nothing in ``model`` (:func:`check_overrides`)."""
+    check_overrides(model, cfg.param_overrides)
     groups = parameter_groups(model, cfg.lr, cfg.weight_decay, backbone_lr_mult=cfg.backbone_lr_mult,
                               bias_lr_mult=cfg.bias_lr_mult, bias_weight_decay=cfg.bias_weight_decay,
-                              norm_weight_decay=cfg.norm_weight_decay)
+                              norm_weight_decay=cfg.norm_weight_decay, overrides=cfg.param_overrides)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
@@ -160,10 +197,10 @@ class ModelEMA(AveragedModel):
     @torch.no_grad()
     def _average(self, ema: Sequence[Tensor], current: Sequence[Tensor], n_averaged: Tensor | int) -> None:
         if not (torch.is_floating_point(ema[0]) or torch.is_complex(ema[0])):
-            torch._foreach_copy_(list(ema), list(current))
+            foreach_copy_(ema, current)
             return
         d = ema_decay_at(self.decay, self.tau, int(n_averaged) + 1)
-        torch._foreach_lerp_(list(ema), list(current), 1.0 - d)
+        foreach_lerp_(ema, current, 1.0 - d)
 
     def train(self, mode: bool = True) -> ModelEMA:
         """The average is only ever evaluated: its module stays in eval mode."""

@@ -49,8 +49,7 @@ def build_aligned_attention(cfg: AlignedAttentionConfig, channels: dict[str, int
         for stage in cfg.stages:
             blocks[stage] = DeformableBottleneck(
                 channels[stage], mid_channels=cfg.mid_channels, deform_groups=cfg.deform_groups,
-                gn_groups=cfg.gn_groups, offset_lr_mult=cfg.offset_lr_mult, out_scale_init=cfg.out_scale_init,
-                out_relu=cfg.out_relu,
+                gn_groups=cfg.gn_groups, out_scale_init=cfg.out_scale_init, out_relu=cfg.out_relu,
             )
     return blocks
 

@@ -1,7 +1,7 @@
 """RetinaNet training loss: anchor matching, sigmoid focal loss and a box-regression loss.
 
-Follows torchvision's RetinaNet exactly (the same Matcher, BoxCoder, ``sigmoid_focal_loss`` and
-``_box_loss``), so that with attentions off our losses equal torchvision's: each image's loss is
+Follows torchvision's RetinaNet exactly (the same Matcher, BoxCoder, ``sigmoid_focal_loss`` and box loss,
+:func:`harnet.utils.compat.box_loss`), so that with attentions off our losses equal torchvision's: each image's loss is
 normalised by its number of foreground anchors, then images are averaged (``normalizer="image"``).
 ``normalizer="level"`` is the authors' Caffe recipe instead: one loss per pyramid level over the
 batch, divided by max(that level's foreground anchors, ``level_min_positives``), summed over levels.
@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 
 from harnet.config.model import LossConfig
+from harnet.utils.compat import BoxCoder, Matcher, box_loss
 
 
 class DetectionLoss:
     """Matches anchors to ground truth once, then scores any number of prediction sets."""
 
-    def __init__(self, cfg: LossConfig, box_coder: det_utils.BoxCoder) -> None:
+    def __init__(self, cfg: LossConfig, box_coder: BoxCoder) -> None:
         self.cfg = cfg
         self.box_coder = box_coder
-        self.matcher = det_utils.Matcher(
+        self.matcher = Matcher(
             cfg.fg_iou, cfg.bg_iou, allow_low_quality_matches=cfg.allow_low_quality_matches
         )
 
@@ -50,10 +50,8 @@ class DetectionLoss:
         gt_classes[foreground, target["labels"][matched[foreground]]] = 1.0
         valid = matched != self.matcher.BETWEEN_THRESHOLDS
         cls = sigmoid_focal_loss(logits[valid], gt_classes[valid], self.cfg.focal_alpha, self.cfg.focal_gamma, "sum")
-        box = det_utils._box_loss(
-            self.cfg.box_loss, self.box_coder, anchors[foreground], target["boxes"][matched[foreground]],
-            deltas[foreground], {"beta": self.cfg.smooth_l1_beta},
-        )
+        box = box_loss(self.cfg.box_loss, self.box_coder, anchors[foreground], target["boxes"][matched[foreground]],
+                       deltas[foreground], beta=self.cfg.smooth_l1_beta)
         return cls, box, int(foreground.sum())
 
     def __call__(

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from harnet.config.model import InferenceConfig
+from harnet.utils.compat import BoxCoder
 
 SOFT_NMS_MIN_SCORE = 1e-3  # the authors' (and Detectron's) Soft-NMS drops boxes whose decayed score falls below this
 
@@ -23,7 +23,7 @@ def select_candidates(
     deltas_per_level: list[Tensor],
     anchors_per_level: list[Tensor],
     image_size: tuple[int, int],
-    box_coder: det_utils.BoxCoder,
+    box_coder: BoxCoder,
     cfg: InferenceConfig,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One image: per level keep scores > thresh, the top-k of those, decode and clip (and drop boxes
@@ -167,9 +167,9 @@ def suppress(boxes: Tensor, scores: Tensor, labels: Tensor, cfg: InferenceConfig
     return {"boxes": kept_boxes[final], "scores": kept_scores[final], "labels": kept_labels[final]}
 
 
-def build_box_coder() -> det_utils.BoxCoder:
+def build_box_coder() -> BoxCoder:
     """RetinaNet's box coder (unit weights): one for the loss, decoding and export alike."""
-    return det_utils.BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+    return BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
 
 
 @dataclass
@@ -186,7 +186,7 @@ class DenseOutputs:
     num_anchors_per_level: list[int]
     image_sizes: list[tuple[int, int]]  # resized (h, w) inside the padded batch
 
-    def candidates(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[tuple[Tensor, Tensor, Tensor]]:
+    def candidates(self, box_coder: BoxCoder, cfg: InferenceConfig) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per image (boxes, scores, labels) before suppression, in the resized image's coordinates
         (:func:`select_candidates` on each image's levels). Test-time augmentation pools these over views
         before one :func:`suppress`."""
@@ -197,6 +197,6 @@ class DenseOutputs:
             for logits, deltas, anchors, size in zip(self.cls_logits, self.box_deltas, self.anchors, self.image_sizes)
         ]
 
-    def detections(self, box_coder: det_utils.BoxCoder, cfg: InferenceConfig) -> list[dict[str, Tensor]]:
+    def detections(self, box_coder: BoxCoder, cfg: InferenceConfig) -> list[dict[str, Tensor]]:
         """Per image detections in the resized image's coordinates: candidates, then :func:`suppress`."""
         return [suppress(boxes, scores, labels, cfg) for boxes, scores, labels in self.candidates(box_coder, cfg)]

@@ -23,6 +23,7 @@ from harnet.config.model import HARNetConfig
 from harnet.modeling.anchors import build_anchor_generator
 from harnet.modeling.backbone.resnet import build_backbone
 from harnet.modeling.fpn import build_fpn
+from harnet.utils.compat import set_retinanet_box_loss
 
 # What torchvision's RetinaNet hard-codes; a config asking for anything else cannot be a peer.
 _FIXED = {
@@ -84,7 +85,7 @@ def build_torchvision_retinanet(cfg: HARNetConfig) -> RetinaNet:
     norm = partial(nn.GroupNorm, cfg.head.norm_groups) if cfg.head.norm == "gn" else None
     head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], cfg.num_classes,
                          norm_layer=norm)
-    head.regression_head._loss_type = cfg.loss.box_loss
+    set_retinanet_box_loss(head.regression_head, cfg.loss.box_loss)
     t, inf = cfg.transform, cfg.inference
     return RetinaNet(
         backbone, cfg.num_classes, min_size=t.min_size, max_size=t.max_size, image_mean=list(t.image_mean),

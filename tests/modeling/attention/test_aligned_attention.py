@@ -69,9 +69,18 @@ def test_c4_and_c5_blocks_on_efficientnet_lite0() -> None:
         assert len(model([torch.rand(3, 64, 64)])) == 1
 
 
-def test_offset_conv_learning_rate_multiplier() -> None:
-    """The offset predictor carries ``lr_mult = 0.1`` for the optimiser's parameter groups."""
-    assert _block().offset.lr_mult == pytest.approx(0.1)
+def test_offset_conv_parameter_names_match_the_default_lr_override() -> None:
+    """The authors' 0.1x lr reaches the offset predictor by name (``TrainConfig.param_overrides``), so its
+    parameters must keep the names the default pattern matches, and nothing else of the block may match."""
+    from fnmatch import fnmatchcase
+
+    from harnet.config.experiment import TrainConfig
+
+    cfg = HARNetConfig.preset("hybrid", num_classes=2, backbone=BackboneConfig("resnet18", "bn", 5))
+    names = [n for n, _ in HARNet(cfg).named_parameters() if n.startswith("aligned.")]
+    (pattern,) = [o.pattern for o in TrainConfig().param_overrides]
+    assert [n for n in names if fnmatchcase(n, pattern)] == [
+        "aligned.c4.offset.weight", "aligned.c4.offset.bias", "aligned.c5.offset.weight", "aligned.c5.offset.bias"]
 
 
 @pytest.mark.parametrize("stages", [("c5",), ("c4", "c5")])

@@ -29,7 +29,6 @@ class DeformableBottleneck(nn.Module):
         mid_channels: int = 256,
         deform_groups: int = 4,
         gn_groups: int = 32,
-        offset_lr_mult: float = 0.1,
         out_scale_init: float = 0.1,
         out_relu: bool = True,
     ) -> None:
@@ -38,11 +37,11 @@ class DeformableBottleneck(nn.Module):
         self.reduce = nn.Sequential(
             nn.Conv2d(in_channels, mid, 1, bias=False), group_norm(mid, gn_groups), nn.ReLU(inplace=True)
         )
-        # 2 (x, y) offsets per kernel tap per deformable group.
+        # 2 (x, y) offsets per kernel tap per deformable group. The authors train this conv at 0.1x the lr:
+        # TrainConfig.param_overrides does so by its name (``aligned.*.offset.*``).
         self.offset = nn.Conv2d(mid, deform_groups * 2 * 9, 3, padding=1)
         nn.init.zeros_(self.offset.weight)
         nn.init.zeros_(self.offset.bias)
-        self.offset.lr_mult = offset_lr_mult  # read by harnet.engine.optim.parameter_groups
         self.deform = DeformConv2d(mid, mid, 3, padding=1, bias=False)
         self.deform_norm = group_norm(mid, gn_groups)
         self.expand = nn.Conv2d(mid, in_channels, 1, bias=False)

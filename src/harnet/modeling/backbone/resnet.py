@@ -7,11 +7,11 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 from torchvision import models
-from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from harnet.config.model import BackboneConfig
 from harnet.modeling.backbone.pretrained import IMAGENET, load_state_file, torchvision_imagenet_state
+from harnet.utils.compat import IntermediateLayerGetter
 
 _BUILDERS = {
     "resnet18": models.resnet18,
