@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harnet.config.model import FRAGMENT_DIR, HYBRID_MINUS, PRESETS, HARNetConfig, InferenceConfig, to_dict
 from harnet.config.io import ConfigError, from_dict
+from harnet.config.model import FRAGMENT_DIR, HYBRID_MINUS, PRESETS, HARNetConfig, InferenceConfig, to_dict
 
 
 @pytest.mark.parametrize("name", PRESETS)

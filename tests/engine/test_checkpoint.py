@@ -138,7 +138,7 @@ def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(t
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old_config))
     resumed = load_experiment(tmp_path / "config.yaml", upgrade=upgrade_config)
     assert not resumed.model.head.set2_after_mask and resumed.model.anchors.strides is None
-    with pytest.raises(ConfigError, match="unknown config key 'model.channel.cross_level_gn'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\."):
         load_experiment(tmp_path / "config.yaml")
 
 
