@@ -227,7 +227,7 @@ def _add_tta_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harnet.config.model import PRESETS
+    from harnet.config.model import HYBRID_MINUS, PRESETS
     from harnet.tools.ablation import ROW_NAMES
 
     p = argparse.ArgumentParser(prog="harnet", description="HAR-Net object detection")
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.set_defaults(func=cmd_ablate)
 
     info = sub.add_parser("info", help="parameter count and FLOPs of a preset")
-    info.add_argument("--preset", choices=PRESETS, default="hybrid")
+    info.add_argument("--preset", choices=(*PRESETS, *HYBRID_MINUS), default="hybrid")
     info.add_argument("--backbone", default="resnet50")
     info.add_argument("--num-classes", type=int, default=80)
     info.add_argument("--size", type=int, default=512)
