@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from harnet.config.experiment import ExperimentConfig, load_experiment
+from harnet.config.model import inference_recipe
 from harnet.data.build import shapes_split
 from harnet.engine.evaluation import STAT_NAMES
 from harnet.modeling.build import build_detector
