@@ -162,7 +162,8 @@ class HARNetHead(nn.Module):
         # Registration order = parameter order, which optimizer states and checkpoints rely on.
         self.cls_tower, self.box_tower = cls_tower, box_tower
         self.spatial = spatial
-        self.cls_se, self.box_se = se if se is not None else (None, None)
+        self.cls_se: nn.Module | None = se[0] if se is not None else None
+        self.box_se: nn.Module | None = se[1] if se is not None else None
         self.se_on = se_on
         self.predictor = predictor
         self.set2 = set2
