@@ -59,7 +59,7 @@ def test_rng_state_round_trip() -> None:
 def _pre_authors_wiring(model: dict) -> dict:
     """A model config as harnet wrote it before the authors' wiring fields existed."""
     old = {k: dict(v) if isinstance(v, dict) else v for k, v in model.items()}
-    for section, key in (("aligned", "out_relu"), ("head", "set2_after_mask"), ("anchors", "strides"),
+    for section, key in (("aligned", "out_relu"), ("head", "set2_after_mask"), ("anchors", "stride_mode"),
                          ("head", "conv_init"), ("head", "last_norm_scale"), ("fpn", "p5_smooth"),
                          ("loss", "normalizer"), ("loss", "level_min_positives"), ("inference", "final_score_thresh"),
                          ("inference", "box_voting_neighbors"), ("inference", "min_box_size"),
@@ -79,7 +79,7 @@ def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(t
     cfg.fpn.channels, cfg.aligned.mid_channels, cfg.channel.gn_groups = 16, 16, 8
     cfg.transform.min_size, cfg.transform.max_size = (72,), 72
     cfg.aligned.stages = ("c5",)
-    cfg.head.set2_after_mask, cfg.aligned.out_relu, cfg.anchors.strides = False, False, None
+    cfg.head.set2_after_mask, cfg.aligned.out_relu, cfg.anchors.stride_mode = False, False, "torchvision"
     torch.manual_seed(0)
     legacy_model = HARNet(cfg).eval()
     old_config = {"model": _pre_authors_wiring(to_dict(cfg)), "detector": "harnet"}
@@ -87,8 +87,8 @@ def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(t
     checkpoint.save_atomic({"model": legacy_model.state_dict(), "config": old_config}, path)
     ckpt = checkpoint.load(path)
     loaded_cfg = checkpoint.model_config(ckpt)
-    assert (loaded_cfg.head.set2_after_mask, loaded_cfg.aligned.out_relu, loaded_cfg.anchors.strides) == (
-        False, False, None)
+    assert (loaded_cfg.head.set2_after_mask, loaded_cfg.aligned.out_relu, loaded_cfg.anchors.stride_mode) == (
+        False, False, "torchvision")
     model = checkpoint.build_model(ckpt).eval()
     image = [torch.rand(3, 72, 72, generator=torch.Generator().manual_seed(1))]
     with torch.no_grad():
@@ -99,6 +99,24 @@ def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(t
     import yaml
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old_config))
     resumed = load_experiment(tmp_path / "config.yaml", upgrade=checkpoint.upgrade_saved_model_config)
-    assert not resumed.model.head.set2_after_mask and resumed.model.anchors.strides is None
+    assert not resumed.model.head.set2_after_mask and resumed.model.anchors.stride_mode == "torchvision"
     fresh = load_experiment(tmp_path / "config.yaml")
-    assert fresh.model.head.set2_after_mask and fresh.model.anchors.strides == (8, 16, 32, 64, 128)
+    assert fresh.model.head.set2_after_mask and fresh.model.anchors.stride_mode == "level"
+
+
+@pytest.mark.parametrize(("strides", "mode"), [([8, 16, 32, 64, 128], "level"), (None, "torchvision")])
+def test_saved_anchor_strides_become_the_stride_mode(strides: list[int] | None, mode: str) -> None:
+    """Runs saved ``anchors.strides`` (the pyramid's strides, or null for torchvision's rule); they load as
+    the ``anchors.stride_mode`` that places the anchors the same way, and any other strides are refused."""
+    from harnet.config.io import ConfigError, from_dict
+    from harnet.config.model import HARNetConfig, to_dict
+
+    saved = to_dict(HARNetConfig())
+    saved["anchors"].pop("stride_mode")
+    saved["anchors"]["strides"] = strides
+    upgraded = checkpoint.upgrade_saved_model_config(saved)
+    assert "strides" not in upgraded["anchors"] and upgraded["anchors"]["stride_mode"] == mode
+    assert from_dict(HARNetConfig, upgraded).anchors.stride_mode == mode
+    saved["anchors"]["strides"] = [8, 16, 32, 64, 64]
+    with pytest.raises(ConfigError, match="anchors.strides"):
+        checkpoint.upgrade_saved_model_config(saved)

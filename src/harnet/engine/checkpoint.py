@@ -19,6 +19,7 @@ from torch import nn
 
 from harnet.config.io import ConfigError, from_dict, merge
 from harnet.config.model import HARNetConfig, to_dict
+from harnet.config.pyramid import LEVEL_STRIDES
 from harnet.modeling.build import build_detector
 
 # The atomic writes live in harnet.utils.atomic (standard library only, used by every writer); the names stay
@@ -100,7 +101,8 @@ def _saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
 # model config saved by a run lists every field of its version, so one without ``aligned.out_relu`` was
 # made before: its weights were trained with set 2 before the mask, an aligned branch without the final
 # ReLU and torchvision's anchor strides, and they only predict correctly with that wiring.
-LEGACY_WIRING = {"head": {"set2_after_mask": False}, "aligned": {"out_relu": False}, "anchors": {"strides": None}}
+LEGACY_WIRING = {"head": {"set2_after_mask": False}, "aligned": {"out_relu": False},
+                 "anchors": {"stride_mode": "torchvision"}}
 
 
 def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +110,7 @@ def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
 
     Applies only to configs a run wrote (checkpoints, a run folder's ``config.yaml``), never to a user's
     YAML, where a missing key means the default."""
+    model = _anchor_strides_to_stride_mode(model)
     aligned = model.get("aligned")
     if not isinstance(aligned, dict) or "out_relu" in aligned:
         return model
@@ -115,6 +118,26 @@ def upgrade_saved_model_config(model: dict[str, Any]) -> dict[str, Any]:
     for section, values in LEGACY_WIRING.items():
         upgraded[section] = {**(model.get(section) or {}), **values}  # type: ignore[dict-item]
     return upgraded
+
+
+# --- upgrade: anchors.strides -> anchors.stride_mode (issue #19) ---------------------------------------
+# Runs saved ``anchors.strides``: a copy of the pyramid's strides [8, 16, 32, 64, 128], or null for
+# torchvision's padded-size // grid-size spacing. The strides now come from harnet.config.pyramid only,
+# and the field says which rule places the anchors.
+def _anchor_strides_to_stride_mode(model: dict[str, Any]) -> dict[str, Any]:
+    anchors = model.get("anchors")
+    if not isinstance(anchors, dict) or "strides" not in anchors:
+        return model
+    anchors = dict(anchors)
+    strides = anchors.pop("strides")
+    if strides is None:
+        anchors["stride_mode"] = "torchvision"
+    elif list(strides) == list(LEVEL_STRIDES):
+        anchors["stride_mode"] = "level"
+    else:
+        raise ConfigError(f"model.anchors.strides: {list(strides)} is not the pyramid's {list(LEVEL_STRIDES)} "
+                          "(the only strides HAR-Net's levels have) nor null")
+    return {**model, "anchors": anchors}
 
 
 # The parts of a model config that the weights do not fix: what is done before and after the network.
