@@ -66,6 +66,7 @@ def _version1(model: dict) -> dict:
     old["channel"]["cross_level_gn"] = old["channel"].pop("norm") == "cross_level_gn"
     old["channel"]["se"] = old["channel"]["se"] != "none"
     old["aligned"]["offset_lr_mult"] = 0.1
+    old["anchors"]["strides"] = [8, 16, 32, 64, 128] if old["anchors"].pop("stride_mode") == "level" else None
     return old
 
 
@@ -123,7 +124,7 @@ def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(t
     from harnet.engine.upgrade import upgrade_config
 
     cfg, _ = _old_hybrid()
-    cfg.head.set2_after_mask, cfg.aligned.out_relu, cfg.anchors.strides = False, False, None
+    cfg.head.set2_after_mask, cfg.aligned.out_relu, cfg.anchors.stride_mode = False, False, "torchvision"
     torch.manual_seed(0)
     legacy_model = HARNet(cfg).eval()
     old_config = {"model": _pre_authors_wiring(to_dict(cfg)), "detector": "harnet"}
@@ -131,13 +132,13 @@ def test_checkpoints_from_before_the_authors_wiring_load_with_the_legacy_flags(t
     checkpoint.save_atomic({"model": _version1_weights(legacy_model.state_dict()), "config": old_config}, path)
     ckpt = checkpoint.load(path)
     loaded_cfg = checkpoint.model_config(ckpt)
-    assert (loaded_cfg.head.set2_after_mask, loaded_cfg.aligned.out_relu, loaded_cfg.anchors.strides) == (
-        False, False, None)
+    assert (loaded_cfg.head.set2_after_mask, loaded_cfg.aligned.out_relu, loaded_cfg.anchors.stride_mode) == (
+        False, False, "torchvision")
     _same_predictions(checkpoint.build_model(ckpt), legacy_model)
     # A run folder's own config.yaml from then resumes with the same flags; a user's YAML is not upgraded.
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old_config))
     resumed = load_experiment(tmp_path / "config.yaml", upgrade=upgrade_config)
-    assert not resumed.model.head.set2_after_mask and resumed.model.anchors.strides is None
+    assert not resumed.model.head.set2_after_mask and resumed.model.anchors.stride_mode == "torchvision"
     with pytest.raises(ConfigError, match=r"unknown config key 'model\."):
         load_experiment(tmp_path / "config.yaml")
 
@@ -178,3 +179,21 @@ def test_a_newer_config_version_is_refused(tmp_path: Path) -> None:
                            path)
     with pytest.raises(checkpoint.CheckpointError, match="config_version: 99 is not one this harnet knows"):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize(("strides", "mode"), [([8, 16, 32, 64, 128], "level"), (None, "torchvision")])
+def test_saved_anchor_strides_become_the_stride_mode(strides: list[int] | None, mode: str) -> None:
+    """Version-1 runs saved ``anchors.strides`` (the pyramid's strides, or null for torchvision's rule); they
+    load as the ``anchors.stride_mode`` that places the anchors the same way, and any other strides are refused."""
+    from harnet.config.io import ConfigError, from_dict
+    from harnet.config.model import to_dict
+    from harnet.engine.upgrade import upgrade_config
+
+    saved = _version1(to_dict(HARNetConfig()))
+    saved["anchors"]["strides"] = strides
+    upgraded = upgrade_config({"model": saved})["model"]
+    assert "strides" not in upgraded["anchors"] and upgraded["anchors"]["stride_mode"] == mode
+    assert from_dict(HARNetConfig, upgraded).anchors.stride_mode == mode
+    saved["anchors"]["strides"] = [8, 16, 32, 64, 64]
+    with pytest.raises(ConfigError, match="anchors.strides"):
+        upgrade_config({"model": saved})

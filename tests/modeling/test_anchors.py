@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import pytest
 import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import _default_anchorgen
 
 from harnet.config.model import AnchorConfig
-from harnet.modeling.anchors import build_anchor_generator
+from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
+from harnet.modeling.pyramid import level_shapes
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -63,7 +67,7 @@ def test_retinanet_anchors_are_torchvisions() -> None:
 def test_anchor_centres_sit_at_the_level_stride_for_any_padded_size() -> None:
     """The authors' anchors sit at exact multiples of 2^level. A 400 px image pads to 416 (32 | 416, 128 does
     not), P6 gets a 7-cell grid and P7 a 4-cell one: centres must still step by 64 and 128, where
-    torchvision's padded-size // grid-size gives 59 and 104 (kept when ``strides: null``)."""
+    torchvision's padded-size // grid-size gives 59 and 104 (kept as ``stride_mode: torchvision``)."""
     cfg = AnchorConfig()
     size = 416
     grids = [-(-size // s) for s in STRIDES]  # 52, 26, 13, 7, 4: what the convs produce
@@ -75,6 +79,37 @@ def test_anchor_centres_sit_at_the_level_stride_for_any_padded_size() -> None:
         expected = torch.arange(grid, dtype=torch.float32) * stride
         torch.testing.assert_close(centres[0, :, 0, 0], expected, atol=0.5, rtol=0)  # x along the first row
         torch.testing.assert_close(centres[:, 0, 0, 1], expected, atol=0.5, rtol=0)  # y down the first column
-    legacy = build_anchor_generator(AnchorConfig(strides=None))(images, feats)[0].split(counts)
+    legacy = build_anchor_generator(AnchorConfig(stride_mode="torchvision"))(images, feats)[0].split(counts)
     p7 = ((legacy[4][:, :2] + legacy[4][:, 2:]) / 2).view(4, 4, cfg.num_anchors, 2)
     assert float(p7[0, 1, 0, 0] - p7[0, 0, 0, 0]) == 104.0  # torchvision's 416 // 4
+
+
+def _reference_anchors(cfg: AnchorConfig, images: ImageList, feats: list[torch.Tensor]) -> torch.Tensor:
+    """The anchors as built before ``stride_mode``: torchvision's generator, with the level strides
+    passed to ``grid_anchors`` for the level rule (the former ``LevelStrideAnchorGenerator``)."""
+    sizes = cfg.sizes_per_level()
+    generator = AnchorGenerator(sizes, (tuple(cfg.ratios),) * len(sizes))
+    if cfg.stride_mode == "torchvision":
+        return generator(images, feats)[0]
+    generator.set_cell_anchors(torch.float32, torch.device("cpu"))
+    strides = [[torch.tensor(s), torch.tensor(s)] for s in STRIDES]
+    return torch.cat(generator.grid_anchors([f.shape[-2:] for f in feats], strides))
+
+
+@pytest.mark.parametrize("mode", ["level", "torchvision"])
+@pytest.mark.parametrize("cfg", [AnchorConfig(), AnchorConfig.retinanet()], ids=["paper", "retinanet"])
+@pytest.mark.parametrize(("height", "width"), [(128, 128), (416, 352), (96, 160)])
+def test_anchors_are_unchanged_and_grid_needs_only_the_geometry(cfg: AnchorConfig, mode: str, height: int,
+                                                                width: int) -> None:
+    """Both stride rules give exactly the anchors of before; ``grid`` from ``level_shapes`` of the padded
+    size (what export uses, no feature maps) equals ``forward`` on real-shaped feature maps."""
+    cfg = replace(cfg, stride_mode=mode)
+    images = ImageList(torch.zeros(2, 3, height, width), [(height - 5, width), (height, width - 7)])
+    shapes = level_shapes(height, width)
+    feats = [torch.zeros(2, 8, h, w) for h, w in shapes]
+    generator = build_anchor_generator(cfg)
+    got = generator(images, feats)
+    assert len(got) == 2 and torch.equal(got[0], got[1])
+    assert torch.equal(got[0], _reference_anchors(cfg, images, feats))
+    assert all(torch.equal(a, b) for a, b in zip(generator.grid((height, width), shapes, 2), got))
+    assert sum(anchors_per_level(shapes, cfg.num_anchors)) == got[0].shape[0]

@@ -165,25 +165,24 @@ def test_test_max_size_limits_the_long_side_at_test_time_only() -> None:
     model = HARNet(cfg)
     image = [torch.rand(3, 40, 200)]
     model.eval()
-    assert model.test_transform(image)[0].image_sizes == [(19, 96)]
+    assert model.preprocess(image)[0].image_sizes == [(19, 96)]
     model.train()
-    assert model.transform(image)[0].image_sizes == [(51, 256)]
+    assert model.preprocess(image)[0].image_sizes == [(51, 256)]
 
 
 def test_test_min_size_sets_the_short_side_at_test_time_only() -> None:
     """``transform.test_min_size``: crops trained at short side 32 are tested whole at 48 (scale 1 both
     ways); training keeps ``min_size``, and test-time scales multiply it."""
-    from harnet.modeling.harnet import build_transform
-
     cfg = _cfg("retinanet")
     cfg.transform.min_size, cfg.transform.max_size, cfg.transform.test_min_size = (32,), 64, 48
     model = HARNet(cfg)
     model.eval()
-    assert model.test_transform([torch.rand(3, 48, 48)])[0].image_sizes == [(48, 48)]
+    assert model.preprocess([torch.rand(3, 48, 48)])[0].image_sizes == [(48, 48)]
+    assert model.preprocess([torch.rand(3, 48, 48)], scale=0.5)[0].image_sizes == [(24, 24)]
     model.train()
-    assert model.transform([torch.rand(3, 48, 48)])[0].image_sizes == [(32, 32)]
-    assert build_transform(cfg.transform, training=False, scale=0.5)([torch.rand(3, 48, 48)])[0].image_sizes == [
-        (24, 24)]
+    assert model.preprocess([torch.rand(3, 48, 48)])[0].image_sizes == [(32, 32)]
+    with pytest.raises(ValueError, match="test-time"):
+        model.preprocess([torch.rand(3, 48, 48)], scale=0.5)
 
 
 def test_build_harnet_passes_parts_and_equals_harnet_of_the_config() -> None:

@@ -3,14 +3,17 @@ post-processing of them gives PyTorch's detections; with every attention on, def
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from harnet.engine import checkpoint
+from harnet.modeling.anchors import build_anchor_generator
 from harnet.modeling.harnet import HARNet
 from harnet.tools.cli import main
 from harnet.tools.export import (
@@ -134,3 +137,24 @@ def test_dynamo_exporter(model: HARNet, tmp_path: Path) -> None:
 def test_export_of_a_missing_checkpoint_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "/nonexistent.pt"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stride_mode", ["level", "torchvision"])
+def test_deployment_path_follows_the_test_sizes_and_anchor_rule(model: HARNet, stride_mode: str) -> None:
+    """With test sizes unlike the training ones and a padded size that is no multiple of 128 (where the two
+    anchor rules differ), export's preprocess is the model's and postprocess_raw's anchors, built from
+    ``level_shapes`` alone, decode to the model's detections."""
+    test_model = copy.deepcopy(model)
+    cfg = test_model.config
+    cfg.transform.test_min_size, cfg.transform.test_max_size = 80, 100
+    cfg.anchors = replace(cfg.anchors, stride_mode=stride_mode)
+    test_model.anchor_generator = build_anchor_generator(cfg.anchors)
+    images = _images()
+    batch = preprocess(images, cfg)
+    image_list, _ = test_model.preprocess(images)
+    assert batch.image_sizes == image_list.image_sizes == [(80, 100), (71, 100)]
+    assert torch.equal(batch.images, image_list.tensors) and batch.images.shape[-2:] == (96, 128)
+    with torch.no_grad():
+        logits, deltas = RawNetwork(test_model)(batch.images)
+        expected = test_model(images)
+    _assert_same_detections(postprocess_raw(logits, deltas, batch, cfg), expected)

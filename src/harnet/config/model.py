@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harnet.config.io import ConfigError, from_dict, load_yaml, merge
+from harnet.config.pyramid import NUM_LEVELS
 
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "efficientnet_lite0"]
 TowerNormName = Literal["none", "gn", "cross_level_gn"]
@@ -71,10 +72,11 @@ class AnchorConfig:
     scales: tuple[float, ...] = (1.0, 2**0.5)
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     integer_sizes: bool = False
-    # Anchor centre spacing of P3..P7: the level's true stride 2^l, as in the authors' files. None takes
-    # torchvision's ``padded image size // grid size``, which is not the stride when the padded size is
-    # not a multiple of 128 (a 416 px batch puts P7 centres 104 px apart); kept for torchvision parity.
-    strides: tuple[int, ...] | None = (8, 16, 32, 64, 128)
+    # Anchor centre spacing of P3..P7. "level": each level's true stride 2^l (``LEVEL_STRIDES``), as in
+    # the authors' files. "torchvision": torchvision's ``padded image size // grid size``, which is not the
+    # stride when the padded size is not a multiple of 128 (a 416 px batch puts P7 centres 104 px apart);
+    # kept for torchvision parity and for checkpoints trained with it.
+    stride_mode: Literal["level", "torchvision"] = "level"
 
     @property
     def num_anchors(self) -> int:
@@ -92,8 +94,8 @@ class AnchorConfig:
         return cls(scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), integer_sizes=True)
 
     def __post_init__(self) -> None:
-        if self.strides is not None and len(self.strides) != len(self.sizes):
-            raise ValueError(f"anchors.strides: one stride per level ({len(self.sizes)}), got {list(self.strides)}")
+        if len(self.sizes) != NUM_LEVELS:
+            raise ValueError(f"anchors.sizes: one base size per pyramid level ({NUM_LEVELS}), got {list(self.sizes)}")
 
 
 @dataclass

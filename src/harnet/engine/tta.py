@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.transform import resize_boxes
 
-from harnet.modeling.harnet import HARNet, build_transform
+from harnet.modeling.harnet import HARNet
 from harnet.modeling.postprocess import suppress
 
 # The paper's best results used two test scales; the second one is not given. 1.25x the model's test
@@ -53,7 +53,7 @@ def flip_boxes(boxes: Tensor, width: int) -> Tensor:
 
 def _view_candidates(model: HARNet, images: list[Tensor], scale: float) -> list[tuple[Tensor, Tensor, Tensor]]:
     """Candidates of every image at one scale, boxes in input-image pixels."""
-    image_list, _ = build_transform(model.config.transform, training=False, scale=scale)(images)
+    image_list, _ = model.preprocess(images, scale=scale)
     candidates = model.dense_outputs(image_list).candidates(model.box_coder, model.config.inference)
     out = []
     for (boxes, scores, labels), resized, img in zip(candidates, image_list.image_sizes, images):

@@ -17,6 +17,7 @@ from typing import Any
 
 from harnet.config.experiment import CONFIG_VERSION
 from harnet.config.io import ConfigError
+from harnet.config.pyramid import LEVEL_STRIDES
 
 Saved = dict[str, Any]
 
@@ -56,7 +57,9 @@ def _v1_to_v2(config: Saved) -> Saved:
     """Version 2 names the head's wiring: ``head.group_norm`` (whose groups came from ``channel.gn_groups``)
     becomes ``head.norm``/``head.norm_groups``; ``channel.cross_level_gn`` becomes ``channel.norm``; the SE
     (on set 2 in a dual-prediction model, else on the towers) gets its placement ``channel.se``; the offset
-    conv's lr multiplier moves from ``model.aligned`` to ``train.param_overrides``."""
+    conv's lr multiplier moves from ``model.aligned`` to ``train.param_overrides``; ``anchors.strides`` (a copy
+    of the pyramid's strides, or null for torchvision's spacing) becomes the rule it stood for,
+    ``anchors.stride_mode``."""
     head, channel = _section(config, "model", "head"), _section(config, "model", "channel")
     dual = bool(config["model"].get("dual_prediction", False))
     groups = channel.get("gn_groups", 32)
@@ -64,6 +67,12 @@ def _v1_to_v2(config: Saved) -> Saved:
     head["norm_groups"] = groups
     channel["norm"] = "cross_level_gn" if channel.pop("cross_level_gn", True) else "gn"
     channel["se"] = ("set2" if dual else "towers") if channel.get("se", True) else "none"
+    anchors = _section(config, "model", "anchors")
+    strides = anchors.pop("strides", list(LEVEL_STRIDES))
+    if strides is not None and list(strides) != list(LEVEL_STRIDES):
+        raise ConfigError(f"model.anchors.strides: {list(strides)} is neither the pyramid's {list(LEVEL_STRIDES)} "
+                          "nor null")
+    anchors["stride_mode"] = "level" if strides is not None else "torchvision"
     aligned = _section(config, "model", "aligned")
     mult = aligned.pop("offset_lr_mult", 0.1)
     if mult != 0.1:

@@ -2,44 +2,32 @@
 
 backbone (+ aligned attention on C4/C5) -> FPN P3-P7 -> head (towers with channel/spatial
 attention, one or two prediction sets) -> focal loss in training, decoded detections in eval.
-The model follows torchvision's detection contract, resizing and normalising inside.
+The model follows torchvision's detection contract, resizing and normalising inside
+(:meth:`HARNet.preprocess`, the one image geometry that test-time augmentation, explain and export reuse).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from harnet.config.model import AlignedAttentionConfig, HARNetConfig, TransformConfig, tower_norm
-from harnet.modeling.anchors import build_anchor_generator
+from harnet.config.model import AlignedAttentionConfig, HARNetConfig, tower_norm
+from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
 from harnet.modeling.attention.aligned import DeformableBottleneck
 from harnet.modeling.attention.channel import CrossLevelSE
+from harnet.modeling.attention.maps import AttentionMaps
 from harnet.modeling.attention.spatial import SpatialAttention
 from harnet.modeling.backbone.resnet import build_backbone
 from harnet.modeling.fpn import build_fpn, pyramid_levels
 from harnet.modeling.head import HARNetHead, Prediction, Predictor, SecondPredictionSet, Tower
 from harnet.modeling.losses import DetectionLoss
 from harnet.modeling.postprocess import DenseOutputs, build_box_coder
+from harnet.modeling.preprocess import Targets, original_sizes, padded_size, preprocess, to_input_pixels
 from harnet.modeling.pyramid import NUM_LEVELS
-
-
-def build_transform(cfg: TransformConfig, training: bool, scale: float = 1.0) -> GeneralizedRCNNTransform:
-    """Resize + normalise + pad. Training draws a short side from ``min_size``; testing uses
-    ``test_min_size`` (else the last ``min_size``) and ``test_max_size`` (else ``max_size``), both times
-    ``scale`` (test-time augmentation)."""
-    if training:
-        min_size: int | tuple[int, ...] = cfg.min_size
-        max_size = cfg.max_size
-    else:
-        short, long = cfg.test_sizes
-        min_size, max_size = round(short * scale), round(long * scale)
-    transform = GeneralizedRCNNTransform(min_size, max_size, list(cfg.image_mean), list(cfg.image_std),
-                                         size_divisible=cfg.size_divisible)
-    return transform.train(training)
 
 
 def build_aligned_attention(cfg: AlignedAttentionConfig, channels: dict[str, int]) -> nn.ModuleDict:
@@ -111,8 +99,6 @@ class HARNet(nn.Module):
         super().__init__()
         cfg = config or HARNetConfig()
         self.config = cfg
-        self.transform = build_transform(cfg.transform, training=True)
-        self.test_transform = build_transform(cfg.transform, training=False)
         self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
         channels = self.backbone.out_channels
         self.aligned = aligned if aligned is not None else build_aligned_attention(cfg.aligned, channels)
@@ -122,11 +108,29 @@ class HARNet(nn.Module):
         self.box_coder = build_box_coder()
         self.loss = DetectionLoss(cfg.loss, self.box_coder)
 
-    def features(self, images: Tensor) -> list[Tensor]:
-        """Normalised, padded batch -> [P3, ..., P7]."""
+    def preprocess(self, images: list[Tensor], targets: Targets | None = None,
+                   scale: float = 1.0) -> tuple[ImageList, Targets | None]:
+        """Float CHW images in [0, 1] (and targets) -> the normalised, padded batch the network runs on,
+        with each image's resized size (and the targets' boxes resized with it).
+
+        The model's one image geometry (as detectron2's ``DenseDetector.preprocess_image``): train mode
+        draws a short side from ``transform.min_size``, eval mode uses ``transform.test_sizes`` times
+        ``scale`` (test-time augmentation). ``forward``, test-time augmentation, explain and export all
+        call it, so their sizes cannot differ.
+        """
+        return preprocess(self.config.transform, images, targets, training=self.training, scale=scale)
+
+    def features(self, images: Tensor, readouts: dict[str, Any] | None = None) -> list[Tensor]:
+        """Normalised, padded batch -> [P3, ..., P7]. ``readouts`` (see :meth:`attention_maps`) receives
+        ``"offsets"``: each aligned block's sampling offsets of this pass."""
         c: OrderedDict[str, Tensor] = self.backbone(images)
         for stage, block in self.aligned.items():
-            c[stage] = block(c[stage])
+            if isinstance(block, DeformableBottleneck):
+                c[stage], offsets = block.forward_with_offsets(c[stage])
+                if readouts is not None:
+                    readouts.setdefault("offsets", {})[stage] = offsets
+            else:  # a block passed in by the caller: no offsets to report
+                c[stage] = block(c[stage])
         return pyramid_levels(self.fpn(c))
 
     def forward_raw(self, images: Tensor) -> list[Prediction]:
@@ -140,32 +144,54 @@ class HARNet(nn.Module):
             if targets is None:
                 raise ValueError("HARNet in train mode needs targets; call model.eval() to predict")
             _check_targets(targets, self.config.num_classes)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        transform = self.transform if self.training else self.test_transform
-        image_list, targets = transform(images, targets)
+        originals = original_sizes(images)
+        image_list, targets = self.preprocess(images, targets)
         if not self.training:
-            detections = self.dense_outputs(image_list).detections(self.box_coder, self.config.inference)
-            return transform.postprocess(detections, image_list.image_sizes, original_sizes)
+            return self.detect(image_list, originals)
         assert targets is not None
         features = self.features(image_list.tensors)
         sets = self.head(features)
         anchors, per_level = self.anchors(image_list, features)
         return self.compute_loss(sets, targets, anchors, per_level)
 
+    def detect(self, image_list: ImageList, originals: list[tuple[int, int]],
+               readouts: dict[str, Any] | None = None) -> list[dict[str, Tensor]]:
+        """Preprocessed batch -> detections in the pixels of the input images (``originals``)."""
+        dense = self.dense_outputs(image_list, readouts)
+        detections = dense.detections(self.box_coder, self.config.inference)
+        return to_input_pixels(detections, image_list.image_sizes, originals)
+
+    def attention_maps(self, images: list[Tensor]) -> AttentionMaps:
+        """``model(images)`` in eval mode (same preprocessing, network and detections) that also returns
+        what each attention computed: the spatial masks, the aligned blocks' offsets and the SE channel
+        weights of that very pass, with the batch geometry to map them onto the images."""
+        if self.training:
+            raise ValueError("attention_maps reads a prediction; call model.eval() first")
+        originals = original_sizes(images)
+        image_list, _ = self.preprocess(images)
+        readouts: dict[str, Any] = {}
+        detections = self.detect(image_list, originals, readouts)
+        return AttentionMaps(
+            detections, list(image_list.image_sizes), originals, padded_size(image_list),
+            spatial=readouts.get("spatial", []), offsets=readouts.get("offsets", {}),
+            channel=readouts.get("channel", {}),
+        )
+
     def anchors(self, image_list: ImageList, features: list[Tensor]) -> tuple[list[Tensor], list[int]]:
         """Anchors of every image, and the number of anchors on each level."""
         anchors = self.anchor_generator(image_list, features)
-        per_level = [x.shape[-2] * x.shape[-1] * self.config.anchors.num_anchors for x in features]
+        per_level = anchors_per_level([x.shape[-2:] for x in features], self.config.anchors.num_anchors)
         return anchors, per_level
 
-    def dense_outputs(self, image_list: ImageList) -> DenseOutputs:
+    def dense_outputs(self, image_list: ImageList, readouts: dict[str, Any] | None = None) -> DenseOutputs:
         """Normalised, padded batch -> what decoding needs (test-time logits and deltas, anchors, sizes).
 
         The one path from features to decoded candidates: ``forward`` in eval mode and test-time
-        augmentation call it, and export decodes the same :class:`DenseOutputs`.
+        augmentation call it, and export decodes the same :class:`DenseOutputs`. ``readouts``: see
+        :meth:`attention_maps`.
         """
-        features = self.features(image_list.tensors)
-        cls_logits, box_deltas = merge_prediction_sets(self.head(features))
+        features = self.features(image_list.tensors, readouts)
+        cls_logits, box_deltas = merge_prediction_sets(self.head(features, readouts))
         anchors, per_level = self.anchors(image_list, features)
         return DenseOutputs(cls_logits, box_deltas, anchors, per_level, image_list.image_sizes)
 

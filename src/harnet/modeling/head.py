@@ -17,7 +17,7 @@ in three places only:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -175,21 +175,37 @@ class HARNetHead(nn.Module):
             return self.cls_se(cls_feats), self.box_se(box_feats)
         return cls_feats, box_feats
 
-    def forward(self, features: list[Tensor]) -> list[Prediction]:
-        """FPN levels -> one prediction set, or two for the hybrid (joint learning)."""
+    def forward(self, features: list[Tensor], readouts: dict[str, Any] | None = None) -> list[Prediction]:
+        """FPN levels -> one prediction set, or two for the hybrid (joint learning).
+
+        ``readouts``, when given, receives what the attentions computed in this pass (for explain):
+        ``"spatial"``, the mask of each level, and ``"channel"``, the SE channel weights of each branch
+        (``{"classification", "box"}`` -> (N, C)), taken from the inputs the SE modules scale.
+        """
+
+        def read_se(cls_in: list[Tensor], box_in: list[Tensor]) -> None:
+            if readouts is not None:
+                for branch, se, levels in (("classification", self.cls_se, cls_in), ("box", self.box_se, box_in)):
+                    if se is not None:
+                        readouts.setdefault("channel", {})[branch] = se.weights(levels)
+
         cls_feats = self.cls_tower(features)
         box_feats = self.box_tower(features)
         if self.se_on == "towers":
+            read_se(cls_feats, box_feats)
             cls_feats, box_feats = self._se(cls_feats, box_feats)
         unmasked = cls_feats, box_feats
         if self.spatial is not None:
             masks = self.spatial.masks(features)
+            if readouts is not None:
+                readouts["spatial"] = masks
             cls_feats = self.spatial.reweight(cls_feats, masks)
             box_feats = self.spatial.reweight(box_feats, masks)
         sets = [self.predictor(cls_feats, box_feats)]
         if self.set2 is not None:
             cls2, box2 = self.set2.extra(*((cls_feats, box_feats) if self.set2_after_mask else unmasked))
             if self.se_on == "set2":
+                read_se(cls2, box2)
                 cls2, box2 = self._se(cls2, box2)
             sets.append(self.set2.predictor(cls2, box2))
         return sets

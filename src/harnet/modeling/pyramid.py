@@ -1,16 +1,18 @@
-"""The feature pyramid's geometry, in one place: levels P3..P7 and their strides.
+"""The feature pyramid's geometry as the network produces it: levels P3..P7, their strides (defined in
+:mod:`harnet.config.pyramid`) and the feature-map sizes of a padded batch.
 
-Anchors, the head, export and explain all need it; a second copy would let them drift apart.
+Anchors, the head, export and explain all read it here; a second copy would let them drift apart.
 """
 
 from __future__ import annotations
 
-LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
-LEVEL_STRIDES = (8, 16, 32, 64, 128)  # 2**level
-NUM_LEVELS = len(LEVEL_NAMES)
+from harnet.config.pyramid import LEVEL_NAMES, LEVEL_STRIDES, NUM_LEVELS
 
 
 def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
     """Feature map sizes of P3..P7 for a padded input: every stride-2 layer of the backbone and of
     P6/P7 rounds up, so level ``l`` is ``ceil(size / stride_l)``."""
     return [(-(-height // s), -(-width // s)) for s in LEVEL_STRIDES]
+
+
+__all__ = ["LEVEL_NAMES", "LEVEL_STRIDES", "NUM_LEVELS", "level_shapes"]

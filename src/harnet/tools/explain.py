@@ -9,8 +9,9 @@
 - **channel**: the cross-level SE channel weights (one vector per branch, shared by all levels) as
   bar charts: which channels the head amplifies or suppresses for this image.
 
-Everything is read from forward hooks during one ordinary ``model(images)`` call, so the numbers
-are those of a real prediction. A preset without an attention skips its figure and says so.
+Everything comes from :meth:`HARNet.attention_maps`: the model's own eval-mode preprocessing and
+prediction, returning what each attention computed in that pass, so the numbers and the image
+geometry are those of ``model(images)``. A preset without an attention skips its figure and says so.
 Figures use matplotlib's object API (no pyplot, no global backend): it works headless.
 """
 
@@ -87,43 +88,19 @@ def explain_image(model: HARNet, image: Tensor, point: tuple[float, float] | Non
     h, w = int(image.shape[-2]), int(image.shape[-1])
     if point is not None and not (0 <= point[0] < w and 0 <= point[1] < h):
         raise ConfigError(f"--point {point[0]:g} {point[1]:g} lies outside the {w}x{h} image")
-    captured: dict[str, Tensor] = {}
-    hooks = []
-
-    def keep(name: str):  # type: ignore[no-untyped-def]
-        def hook(module: Any, inputs: Any, output: Tensor) -> None:
-            captured[name] = output.detach()
-
-        return hook
+    maps = model.attention_maps([image])
+    padded, resized = maps.padded_size, maps.image_sizes[0]
+    result = Explanation((h, w), {k: v.cpu() for k, v in maps.detections[0].items()})
 
     head = model.head
-    if head.spatial is not None:
-        for name, net in zip(LEVEL_NAMES, head.spatial.levels):
-            hooks.append(net.register_forward_hook(keep(f"spatial/{name}")))
-    for stage, block in model.aligned.items():
-        hooks.append(block.offset.register_forward_hook(keep(f"offset/{stage}")))
-    for branch, se in (("classification", head.cls_se), ("box", head.box_se)):
-        if se is not None:
-            hooks.append(se.fc.register_forward_hook(keep(f"se/{branch}")))
-    try:
-        image_list, _ = model.transform([image])
-        (detections,) = model([image])
-    finally:
-        for handle in hooks:
-            handle.remove()
-    padded = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
-    resized = tuple(image_list.image_sizes[0])
-    result = Explanation((h, w), {k: v.cpu() for k, v in detections.items()})
-
-    if head.spatial is None:
+    if not maps.spatial:
         result.skipped.append("spatial attention: not in this model (preset without spatial attention)")
-    for name in LEVEL_NAMES:
-        if f"spatial/{name}" in captured:
-            mask = captured[f"spatial/{name}"].float().sigmoid().cpu()
-            result.mask_shapes[name] = (int(mask.shape[-2]), int(mask.shape[-1]))
-            result.masks[name] = _mask_to_image(mask, padded, resized, (h, w))  # type: ignore[arg-type]
+    for name, level_masks in zip(LEVEL_NAMES, maps.spatial):
+        mask = level_masks[:1].float().cpu()
+        result.mask_shapes[name] = (int(mask.shape[-2]), int(mask.shape[-1]))
+        result.masks[name] = _mask_to_image(mask, padded, resized, (h, w))
 
-    if not model.aligned:
+    if not maps.offsets:
         result.skipped.append("aligned attention: not in this model (preset without aligned attention)")
     else:
         if point is None and len(result.detections["scores"]):
@@ -132,22 +109,22 @@ def explain_image(model: HARNet, image: Tensor, point: tuple[float, float] | Non
         if point is None:
             point = (w / 2, h / 2)
         result.location = point
-        for stage in model.aligned:
-            offsets = captured[f"offset/{stage}"][0].float().cpu()
+        for stage, stage_offsets in maps.offsets.items():
+            offsets = stage_offsets[0].float().cpu()
             grid = (int(offsets.shape[-2]), int(offsets.shape[-1]))
             # input pixel -> resized -> padded-batch feature cell
             cx = int(point[0] * resized[1] / w * grid[1] / padded[1])
             cy = int(point[1] * resized[0] / h * grid[0] / padded[0])
             cx, cy = min(max(cx, 0), grid[1] - 1), min(max(cy, 0), grid[0] - 1)
             learned, regular = sampling_positions(offsets, cy, cx)
-            result.sampling_points[stage] = _cell_to_pixels(learned, grid, padded, resized, (h, w))  # type: ignore[arg-type]
-            result.grid_points[stage] = _cell_to_pixels(regular, grid, padded, resized, (h, w))  # type: ignore[arg-type]
+            result.sampling_points[stage] = _cell_to_pixels(learned, grid, padded, resized, (h, w))
+            result.grid_points[stage] = _cell_to_pixels(regular, grid, padded, resized, (h, w))
 
-    if head.cls_se is None:
+    if not maps.channel:
         result.skipped.append("channel SE weights: not in this model (preset without channel attention/SE)")
     else:
-        for branch in ("classification", "box"):
-            result.se_weights[branch] = captured[f"se/{branch}"][0].float().sigmoid().cpu()
+        for branch, weights in maps.channel.items():
+            result.se_weights[branch] = weights[0].float().cpu()
         result.se_applies_to = ("prediction set 2 (the hybrid's second set; set 1 is spatially re-weighted)"
                                 if head.se_on == "set2" else "the head towers")
     return result

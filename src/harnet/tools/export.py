@@ -31,13 +31,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.image_list import ImageList
 
 from harnet.config.io import from_dict
 from harnet.config.model import HARNetConfig, to_dict
-from harnet.modeling.anchors import build_anchor_generator
-from harnet.modeling.harnet import HARNet, build_transform, merge_prediction_sets
+from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
+from harnet.modeling.harnet import HARNet, merge_prediction_sets
 from harnet.modeling.postprocess import DenseOutputs, build_box_coder
+from harnet.modeling.preprocess import original_sizes, to_input_pixels
+from harnet.modeling.preprocess import preprocess as preprocess_images
 from harnet.modeling.pyramid import LEVEL_STRIDES, level_shapes
 
 ONNX_OPSET = 19  # the first opset with DeformConv
@@ -68,10 +69,10 @@ class Batch:
 
 
 def preprocess(images: Sequence[Tensor], config: HARNetConfig) -> Batch:
-    """Float CHW RGB images in [0, 1] -> the exported network's input (the model's own transform)."""
-    originals = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    image_list, _ = build_transform(config.transform, training=False)(list(images))
-    return Batch(image_list.tensors, [tuple(s) for s in image_list.image_sizes], originals)  # type: ignore[misc]
+    """Float CHW RGB images in [0, 1] -> the exported network's input: the model's own test-time
+    preprocessing (``HARNet.preprocess`` in eval mode runs the same function on the same config)."""
+    image_list, _ = preprocess_images(config.transform, list(images), training=False)
+    return Batch(image_list.tensors, list(image_list.image_sizes), original_sizes(list(images)))
 
 
 def postprocess_raw(
@@ -84,23 +85,17 @@ def postprocess_raw(
     with the model's anchors, top-k, NMS or Soft-NMS and box voting (``config.inference``)."""
     cls_logits, box_deltas = torch.as_tensor(cls_logits), torch.as_tensor(box_deltas)
     n, height, width = batch.images.shape[0], batch.images.shape[-2], batch.images.shape[-1]
-    shapes = level_shapes(height, width)
-    num_anchors = config.anchors.num_anchors
-    per_level = [h * w * num_anchors for h, w in shapes]
+    shapes = level_shapes(height, width)  # the feature maps the network made of this batch
+    per_level = anchors_per_level(shapes, config.anchors.num_anchors)
     if cls_logits.shape[:2] != (n, sum(per_level)) or box_deltas.shape[:2] != (n, sum(per_level)):
         raise ValueError(
             f"outputs {tuple(cls_logits.shape)} / {tuple(box_deltas.shape)} do not fit a {n}x3x{height}x{width} "
             f"batch: expected (N={n}, anchors={sum(per_level)}, ...); was the batch made by preprocess()?"
         )
-    # The anchor generator reads only the shapes of the batch and of the feature maps.
-    placeholders = [cls_logits.new_empty(0, 0, h, w) for h, w in shapes]
-    anchors = build_anchor_generator(config.anchors)(
-        ImageList(cls_logits.new_empty(n, 0, height, width), batch.image_sizes), placeholders
-    )
+    anchors = build_anchor_generator(config.anchors).grid((height, width), shapes, n, cls_logits.dtype)
     dense = DenseOutputs(cls_logits, box_deltas, anchors, per_level, batch.image_sizes)
     detections = dense.detections(build_box_coder(), config.inference)
-    transform = build_transform(config.transform, training=False)
-    return transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
+    return to_input_pixels(detections, batch.image_sizes, batch.original_sizes)
 
 
 # --- exporters ---------------------------------------------------------------------------------

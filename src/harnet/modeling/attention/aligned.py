@@ -52,12 +52,18 @@ class DeformableBottleneck(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def offsets(self, x: Tensor) -> Tensor:
-        """Sampling offsets (N, 2*9*groups, H, W) for the deformable conv; used by ``explain``."""
+        """Sampling offsets (N, 2*9*groups, H, W) for the deformable conv, in torchvision's layout (per
+        offset group, per kernel tap row-major, (dy, dx))."""
         return self.offset(self.reduce(x))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_with_offsets(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The block's output and the offsets it sampled with, from one pass (what explain shows)."""
         y = self.reduce(x)
-        y = self.deform(y, self.offset(y))
+        offsets = self.offset(y)
+        y = self.deform(y, offsets)
         y = self.deform_norm(y).relu_()
         y = self.expand_norm(self.expand(y))
-        return x + (y.relu() if self.out_relu else y)
+        return x + (y.relu() if self.out_relu else y), offsets
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_offsets(x)[0]
