@@ -255,6 +255,28 @@ def test_max_minutes_ends_training_like_max_steps_and_resume_gets_the_remainder(
     assert (more.step, more.stopped_by, more.train_seconds) == (4, "max_minutes", 240.0)
 
 
+class FakeEvalMinutes(FakeMinutes):
+    """Evaluations take a (fake) minute, steps no time."""
+
+    def after_step(self, trainer: Trainer, values: dict[str, float]) -> None:
+        pass
+
+    def after_eval(self, trainer: Trainer, result: EvalResult) -> None:
+        self.now += 60.0
+
+
+def test_a_budget_spent_in_an_evaluation_stops_there_without_evaluating_again(tiny, tmp_path: Path) -> None:
+    calls: list[tuple[str, str, int]] = []
+    clock = FakeEvalMinutes()
+    trainer = Trainer(tiny(tmp_path, "train.max_steps=10", "train.eval_every=1", "train.max_minutes=1.5"),
+                      progress=False, hooks=[clock, Recorder("r", calls)])
+    trainer.clock = clock
+    result = trainer.fit()
+    assert (result.step, result.stopped_by, result.train_seconds) == (2, "max_minutes", 120.0)
+    assert [c for c in calls if c[1] == "after_eval"] == [("r", "after_eval", 1), ("r", "after_eval", 2)]
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 2
+
+
 @pytest.mark.parametrize("minutes", ["0", "-1", ".nan"])
 def test_max_minutes_must_be_positive(minutes: str) -> None:
     with pytest.raises(ConfigError, match=r"train\.max_minutes: must be > 0"):

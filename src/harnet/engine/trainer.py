@@ -378,6 +378,7 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc="train")
         interrupted = False
+        evaluated: tuple[int, EvalResult | None] | None = None  # the loop's last evaluation: (step, result)
         self._session_start = self.clock()
         try:
             stop = self._stop_reason()
@@ -397,8 +398,9 @@ class Trainer:
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save()
                 if t.eval_every and self.step % t.eval_every == 0 and stop is None:  # the last: evaluated below
-                    self._eval_and_keep_best()
+                    evaluated = (self.step, self._eval_and_keep_best())
                     self.model.train()
+                    stop = self._stop_reason()  # an evaluation can spend the rest of the max_minutes budget
         except KeyboardInterrupt:
             interrupted = True
         except (BadImageError, BadDataError, FileNotFoundError) as e:  # a file broke after the up-front check
@@ -413,7 +415,8 @@ class Trainer:
             raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved to "
                                       f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
         assert stop is not None
-        final = self._eval_and_keep_best()
+        # The budget can run out in an evaluation of the loop's: that one is the final one, not done twice.
+        final = evaluated[1] if evaluated is not None and evaluated[0] == self.step else self._eval_and_keep_best()
         self.save()
         self.log.write(self.step, {"time/train_seconds": self._seconds_before}
                        | ({"train/skipped_nonfinite": self.skipped_nonfinite} if t.skip_nonfinite else {}))
