@@ -7,18 +7,19 @@ YOLO11n trained from scratch, for the same CPU wall-clock budget on the real aer
 
 Why it is built this way:
 
-* Both trainings run at the same time, each in its own subprocess with ``OMP_NUM_THREADS`` and torch threads
+* Both trainings run at the same time, each in its own process with ``OMP_NUM_THREADS`` and torch threads
   set to ``--threads``, so that both see the same (shared, noisy) machine load rather than one of them
-  getting a quiet machine.
+  getting a quiet machine. harnet's is a ``multiprocessing`` (spawn) child that calls
+  ``harnet.engine.trainer.train`` itself.
 * YOLO bounds itself: ultralytics' ``time`` argument (hours) re-plans its epochs and schedule after every
-  epoch and stops at the budget. harnet has no such mode, so its run starts as a probe (a huge
-  ``max_steps``, an evaluation at step 6) whose ``metrics.csv`` rows this script timestamps to get the step
-  and evaluation times; the probe is then stopped with SIGTERM (harnet saves ``last.pt``) and resumed with a
-  ``max_steps`` that ends at the budget, its learning-rate drops at 80 % and 95 % of it and ~4 evaluations.
-  No step is thrown away. The probe overlaps YOLO's start-up (slower steps), so after 10 steps of the resumed
-  run the step time is measured again and, if the plan is >5 % off, the run is resumed once more with a new
-  plan. Should the resumed run still overrun, it gets SIGTERM at the budget and its
-  ``last.pt`` is evaluated with ``harnet eval``.
+  epoch and stops at the budget. harnet's ``train.max_minutes`` bounds its training loop the same way, but
+  its learning-rate schedule is in steps, so its run starts as a probe of 11 steps whose step and final
+  evaluation times a trainer hook records; the probe's run is then resumed (no step thrown away) with a
+  ``max_steps`` that ends at the budget, its learning-rate drops at 80 % and 95 % of it and ~4 evaluations,
+  and ``train.max_minutes`` set so that its training loop (probe included: the budget counts over resumes)
+  ends in time for the final evaluation before the deadline. Should the steps run slower than the probe's
+  (it overlaps YOLO's start-up, so they are usually faster), the budget ends the run cleanly, with its final
+  evaluation, before ``max_steps``.
 * Both are scored by pycocotools on the same val annotation file: harnet by its own COCO evaluation, YOLO by
   predicting every val image (conf 0.001, IoU 0.6, 100 detections) into a COCO results file. The final weights
   of both are also scored with each one's own test-time augmentation (harnet ``eval --tta``, YOLO
@@ -34,14 +35,13 @@ Why it is built this way:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -49,10 +49,8 @@ from pathlib import Path
 from typing import Any
 
 IMGSZ = 416  # the 400 px tiles rounded up to YOLO's stride of 32
-PROBE_EVAL_STEP = 6  # the probe evaluates once, here, to time an evaluation
-PROBE_STEPS = 11  # the probe is stopped once this step has been logged
+PROBE_STEPS = 11  # the probe's steps; its final evaluation times an evaluation
 WARMUP_STEPS = 10
-REPLAN_AFTER = 10  # clean step intervals of the resumed run before its step time is re-measured
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -195,155 +193,106 @@ def coco_eval_yolo(model: Any, spec: dict[str, Any], detections: Path, augment: 
 # ---------------------------------------------------------------------------------------------- harnet
 
 
-class CsvWatch:
-    """Timestamps the rows harnet appends to metrics.csv, by polling it (the log has no clock of its own)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
-        self.step_time: dict[int, float] = {}  # first time a train row of the step was seen
-        self.rows: list[tuple[int, str, float]] = []
-
-    def poll(self) -> None:
-        if not self.path.exists():
-            return
-        if self.path.stat().st_size < self.offset:  # a resume truncated it: reread from the start
-            self.offset, self.rows = 0, []
-        with self.path.open("rb") as f:  # bytes: csv writes \r\n, which text mode would count as one
-            f.seek(self.offset)
-            chunk = f.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        now = time.time()
-        for row in csv.reader(complete.decode().splitlines()):
-            if row and row[0] != "step":
-                step, name, value = int(row[0]), row[1], float(row[2])
-                self.rows.append((step, name, value))
-                if name.startswith("train/"):
-                    self.step_time.setdefault(step, now)
-
-    @property
-    def last_step(self) -> int:
-        return max(self.step_time, default=0)
-
-    def val(self) -> list[tuple[int, dict[str, float]]]:
-        by_step: dict[int, dict[str, float]] = {}
-        for step, name, value in self.rows:
-            if name.startswith("val/"):
-                by_step.setdefault(step, {})[name[4:]] = value
-        return sorted(by_step.items())
-
-
-def harnet_cmd(data: Path, out: Path, threads: int, sets: dict[str, Any], resume: bool,
-               config: str) -> list[str]:
+def harnet_overrides(data: Path, out: Path, threads: int, sets: dict[str, Any]) -> list[str]:
+    """``--set`` items of harnet's run: the trees data, the run folder, threads and ``sets``."""
     overrides = {**{f"data.{k}": str(v) for k, v in coco_paths(data).items()}, "output_dir": str(out),
                  "train.threads": threads, "train.log_every": 1, "train.checkpoint_every": 0, **sets}
-    cmd = [sys.executable, "-m", "harnet", "train"]
-    cmd += ["--resume", str(out)] if resume else ["--config", config, "--overwrite"]
-    for k, v in overrides.items():
-        cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}"]
-    return [*cmd, "--no-progress"]
+    return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in overrides.items()]
 
 
-def run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, env: dict[str, str],
-               loads: list[float], config: str) -> dict[str, Any]:
-    """Probe, then resume with a max_steps that ends at ``deadline``; SIGTERM at the deadline if still training."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        return _run_harnet(data, out, threads, t0, deadline, env, loads, procs, config)
-    except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        raise
+def _timestamps_hook() -> Any:
+    """A :class:`harnet.engine.hooks.TrainerHook` (built in the harnet child, which alone imports harnet) that
+    writes down the wall-clock time of every step's end and of every evaluation, with its stats."""
+    from harnet.engine.hooks import TrainerHook
+
+    class Timestamps(TrainerHook):
+        def __init__(self) -> None:
+            self.step_time: dict[int, float] = {}
+            self.evals: list[tuple[int, float, dict[str, float]]] = []  # (step, time, COCO stats)
+
+        def after_step(self, trainer: Any, values: dict[str, float]) -> None:
+            self.step_time[trainer.step] = time.time()
+
+        def after_eval(self, trainer: Any, result: Any) -> None:
+            self.evals.append((trainer.step, time.time(), {k: v for k, v in result.stats.items() if v is not None}))
+
+    return Timestamps()
 
 
-def _run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, env: dict[str, str],
-                loads: list[float], procs: list[subprocess.Popen[bytes]], config: str) -> dict[str, Any]:
-    log = (out.parent / "harnet.log").open("w")
-    watch = CsvWatch(out / "metrics.csv")
-    probe = subprocess.Popen(harnet_cmd(data, out, threads, {"train.max_steps": 1_000_000,
-                                                             "train.lr_steps": [1_000_000],
-                                                             "train.warmup_steps": WARMUP_STEPS,
-                                                             "train.eval_every": PROBE_EVAL_STEP}, False, config),
-                             stdout=log, stderr=subprocess.STDOUT, env=env)
-    procs.append(probe)
-    while watch.last_step < PROBE_STEPS:
-        if probe.poll() is not None:
-            raise RuntimeError(f"harnet probe exited with {probe.returncode}; see {log.name}")
-        time.sleep(0.2)
-        watch.poll()
-        loads.append(os.getloadavg()[0])
-    probe.send_signal(signal.SIGTERM)
-    probe.wait()
-    st = watch.step_time
-    # Step time from intervals that hold no evaluation (the first step also builds lazily).
-    intervals = [st[s] - st[s - 1] for s in range(3, PROBE_STEPS + 1) if s - 1 != PROBE_EVAL_STEP]
-    step_s = sum(intervals) / len(intervals)
-    eval_s = max(0.0, st[PROBE_EVAL_STEP + 1] - st[PROBE_EVAL_STEP] - step_s)
+def harnet_child(data: Path, out: Path, threads: int, t0: float, deadline: float, config: str, log: Path,
+                 result_path: Path) -> None:
+    """The harnet side, in its own process: a probe of PROBE_STEPS steps, then its run resumed with a plan that
+    ends at ``deadline`` (``train.max_minutes`` as the hard stop), then the final weights scored with TTA.
+    Writes its summary to ``result_path``."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    from harnet.config.experiment import config_path, load_experiment
+    from harnet.engine.checkpoint import upgrade_saved_model_config
+    from harnet.engine.inference import evaluate_checkpoint
+    from harnet.engine.trainer import train
+    from harnet.engine.tta import PAPER_SCALES, TTAConfig
+
+    budget_minutes = (deadline - t0) / 60
+    clock = _timestamps_hook()
+    probe_sets = {"train.max_steps": PROBE_STEPS, "train.lr_steps": [1_000_000], "train.warmup_steps": WARMUP_STEPS,
+                  "train.eval_every": 0, "train.max_minutes": budget_minutes}
+    cfg = load_experiment(config_path(config), harnet_overrides(data, out, threads, probe_sets))
+    probe = train(cfg, progress=False, overwrite=True, hooks=[clock])
+    st = clock.step_time
+    # Step time from steps 3..PROBE_STEPS (the first builds lazily); the final evaluation follows the last step.
+    step_s = (st[probe.step] - st[2]) / (probe.step - 2)
+    eval_s = max(0.0, clock.evals[-1][1] - st[probe.step])
     setup_s = max(0.0, st[1] - t0 - step_s)
-    probe_info = {"steps": watch.last_step, "step_seconds": step_s, "eval_seconds": eval_s, "setup_seconds": setup_s}
-    done = _checkpoint_step(out)
-    plan = plan_steps(done, deadline - time.time() - setup_s, step_s, eval_s)
-    replans: list[dict[str, Any]] = []
-    while True:
-        cmd = harnet_cmd(data, out, threads, plan, True, config)
-        main = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        procs.append(main)
-        terminated = replanning = False
-        max_steps, every = plan["train.max_steps"], plan["train.eval_every"]
-        while main.poll() is None:
-            time.sleep(0.5)
-            watch.poll()
-            loads.append(os.getloadavg()[0])
-            if not terminated and time.time() > deadline and watch.last_step < max_steps:
-                main.send_signal(signal.SIGTERM)  # saves last.pt, exits 130
-                terminated = True
-            clean = [st[k] - st[k - 1] for k in range(done + 3, watch.last_step + 1) if (k - 1) % every]
-            if not replans and not terminated and len(clean) >= REPLAN_AFTER:
-                # The probe ran while YOLO was starting up too; re-measure once, restart if >5 % off.
-                step_s = sum(clean) / len(clean)
-                if evaled := [k for k in range(done + 2, watch.last_step) if k % every == 0]:
-                    eval_s = max(0.0, st[evaled[0] + 1] - st[evaled[0]] - step_s)
-                now_step = watch.last_step
-                new = plan_steps(now_step, deadline - time.time() - setup_s - step_s, step_s, eval_s)
-                replans.append({"at_step": now_step, "step_seconds": step_s, "eval_seconds": eval_s,
-                                "max_steps": new["train.max_steps"], "restarted": False})
-                if abs(new["train.max_steps"] - max_steps) > 0.05 * max_steps:
-                    main.send_signal(signal.SIGTERM)
-                    replans[-1]["restarted"] = replanning = True
-                    plan = new
-        if main.wait() in (0, 130) and replanning:
-            done = _checkpoint_step(out)
-            continue
-        break
+    probe_info = {"steps": probe.step, "step_seconds": step_s, "eval_seconds": eval_s, "setup_seconds": setup_s,
+                  "train_seconds": probe.train_seconds}
+    # What is left for the training loop: the deadline less the resume's setup and the final evaluation.
+    loop_left = deadline - time.time() - setup_s - eval_s
+    plan = plan_steps(probe.step, loop_left, step_s, eval_s)
+    plan["train.max_minutes"] = max(probe.train_seconds + loop_left, probe.train_seconds + step_s) / 60
+    overrides = harnet_overrides(data, out, threads, plan)
+    cfg = load_experiment(out / "config.yaml", overrides, upgrade=upgrade_saved_model_config)
+    result = train(cfg, resume=True, progress=False, hooks=[clock])
     end = time.time()
-    watch.poll()
-    rc = main.wait()
-    if rc not in (0, 130) and not (terminated and rc == -signal.SIGTERM):  # -15: stopped before its handler
-        raise RuntimeError(f"harnet train exited with {rc}; see {log.name}")
-    evals = watch.val()
-    steps = _checkpoint_step(out)
-    def eval_last(folder: str, *flags: str) -> dict[str, float]:
-        """``harnet eval`` of last.pt into ``folder`` beside the run; its COCO stats."""
-        subprocess.run([sys.executable, "-m", "harnet", "eval", str(out / "last.pt"), *flags, "--out",
-                        str(out.parent / folder)], check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-        stats = json.loads((out.parent / folder / "metrics.json").read_text())["stats"]
-        return {k: v for k, v in stats.items() if v is not None}
-
-    if terminated or not evals or evals[-1][0] != steps:  # the last model was not evaluated: do it now
-        evals.append((steps, eval_last("harnet_eval")))
     # The final weights again with test-time augmentation (flips and scales 1.0 / 1.25, merged by Soft-NMS +
     # voting), to compare with YOLO's own (augment=True) on the same weights.
-    tta = eval_last("harnet_eval_tta", "--tta")
-    log.close()
-    best_step, best = max(evals, key=lambda e: e[1]["AP"])
-    return {"wall_minutes": (end - t0) / 60, "steps": steps, "max_steps": max_steps, "terminated": terminated,
-            "probe": probe_info, "replans": replans,
-            "schedule": plan, "resume_command": shlex.join(cmd), "exit_code": rc,
-            "last": {"AP": evals[-1][1]["AP"], "AP50": evals[-1][1]["AP50"], "AP75": evals[-1][1].get("AP75")},
-            "best": {"AP": best["AP"], "AP50": best["AP50"], "AP75": best.get("AP75"), "step": best_step},
-            "last_tta": {"AP": tta["AP"], "AP50": tta["AP50"], "AP75": tta.get("AP75")},
-            "curve": [[s, v["AP"]] for s, v in evals]}
+    tta = evaluate_checkpoint(out / "last.pt", tta=TTAConfig(scales=PAPER_SCALES, flip=True),
+                              out=out.parent / "harnet_eval_tta").result.stats
+    evals = {step: stats for step, _, stats in clock.evals}  # a step evaluated twice keeps its last
+    best_step, best = max(evals.items(), key=lambda e: e[1]["AP"])
+    last = evals[result.step]
+    summary = {"wall_minutes": (end - t0) / 60, "steps": result.step, "max_steps": plan["train.max_steps"],
+               "stopped_by": result.stopped_by, "train_minutes": result.train_seconds / 60,
+               "probe": probe_info, "schedule": plan, "overrides": overrides,
+               "last": {"AP": last["AP"], "AP50": last["AP50"], "AP75": last.get("AP75")},
+               "best": {"AP": best["AP"], "AP50": best["AP50"], "AP75": best.get("AP75"), "step": best_step},
+               "last_tta": {"AP": tta["AP"], "AP50": tta["AP50"], "AP75": tta.get("AP75")},
+               "curve": [[s, v["AP"]] for s, v in sorted(evals.items())]}
+    result_path.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def run_harnet(data: Path, out: Path, threads: int, t0: float, deadline: float, loads: list[float],
+               config: str) -> dict[str, Any]:
+    """:func:`harnet_child` in a spawned process with ``threads`` threads, while this one samples the load."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result_path = out.parent / "harnet_result.json"
+    result_path.unlink(missing_ok=True)
+    log = out.parent / "harnet.log"
+    os.environ.update(thread_env(threads))  # inherited by the child: its libraries read them at import
+    child = multiprocessing.get_context("spawn").Process(
+        target=harnet_child, args=(data, out, threads, t0, deadline, config, log, result_path))
+    child.start()
+    try:
+        while child.is_alive():
+            child.join(0.5)
+            loads.append(os.getloadavg()[0])
+    except BaseException:
+        child.terminate()
+        raise
+    if child.exitcode != 0 or not result_path.is_file():
+        raise RuntimeError(f"harnet exited with {child.exitcode}; see {log}")
+    return dict(json.loads(result_path.read_text()))
 
 
 def plan_steps(done: int, seconds_left: float, step_s: float, eval_s: float) -> dict[str, Any]:
@@ -353,12 +302,6 @@ def plan_steps(done: int, seconds_left: float, step_s: float, eval_s: float) -> 
     return {"train.max_steps": max_steps, "train.warmup_steps": min(WARMUP_STEPS, max(done, max_steps // 10)),
             "train.lr_steps": [round(0.8 * max_steps), round(0.95 * max_steps)],
             "train.eval_every": max(1, math.ceil(max_steps / 4))}
-
-
-def _checkpoint_step(run: Path) -> int:
-    import torch
-
-    return int(torch.load(run / "last.pt", map_location="cpu", weights_only=False)["step"])
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -394,7 +337,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{pct(y['last_tta']['AP'])} ({pct(y['last_tta']['AP50'])}): {times(r['ratio_last_tta'])}.", "",
         f"COCO AP@[.5:.95] / AP50 in %, pycocotools on the same {r['num_val']} val tiles. Best: harnet's best "
         "evaluation / YOLO's best.pt (both picked on this val set); last: the final weights. Trained minutes: wall "
-        "clock of each training process, setup and evaluations included (harnet: probe + resume). ultralytics' "
+        "clock of each training process, setup and evaluations included (harnet: probe + resume, to its last "
+        "evaluation). ultralytics' "
         f"own mAP50-95 of best.pt: {pct(y['ultralytics_best_mAP50_95'])}. harnet step "
         f"{h['probe']['step_seconds']:.2f} s, eval {h['probe']['eval_seconds']:.1f} s. "
         "Load average (1 min) before / during / after: "
@@ -441,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     with (out / "yolo.log").open("w") as ylog:
         yolo = subprocess.Popen(yolo_cmd, stdout=ylog, stderr=subprocess.STDOUT, env=yolo_env, cwd=yolo_out)
         try:
-            harnet = run_harnet(data, out / "harnet", args.threads, t0, deadline, thread_env(args.threads), loads,
-                                args.config)
+            harnet = run_harnet(data, out / "harnet", args.threads, t0, deadline, loads, args.config)
         except BaseException:
             yolo.terminate()
             raise

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
+from harnet.config.experiment import TrainConfig, load_experiment
+from harnet.config.io import ConfigError
 from harnet.engine import checkpoint
-from harnet.engine.trainer import InfiniteBatchSampler, Trainer, TrainingError, train
+from harnet.engine.evaluation import EvalResult
+from harnet.engine.hooks import TrainerHook
+from harnet.engine.trainer import InfiniteBatchSampler, Trainer, TrainingError, stop_signals_interrupt, train
 
 
 def test_sampler_resumes_the_same_stream() -> None:
@@ -177,3 +182,117 @@ def test_float16_clips_the_unscaled_gradients(tiny, tmp_path: Path, monkeypatch:
         grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         assert float(norm) == pytest.approx(0.01, rel=1e-3)
+
+
+class Recorder(TrainerHook):
+    """Writes down every call: (hook name, event, trainer.step)."""
+
+    def __init__(self, name: str, calls: list[tuple[str, str, int]]) -> None:
+        self.name, self.calls, self.results, self.values = name, calls, [], []  # type: ignore[var-annotated]
+
+    def before_step(self, trainer: Trainer) -> None:
+        self.calls.append((self.name, "before_step", trainer.step))
+
+    def after_step(self, trainer: Trainer, values: dict[str, float]) -> None:
+        self.calls.append((self.name, "after_step", trainer.step))
+        self.values.append(values)
+
+    def after_eval(self, trainer: Trainer, result: EvalResult) -> None:
+        self.calls.append((self.name, "after_eval", trainer.step))
+        self.results.append(result)
+
+
+def test_hooks_are_called_in_order_with_the_step_numbers(tiny, tmp_path: Path) -> None:
+    """before_step sees the steps done so far, after_step and after_eval the step just taken; hooks run in
+    the order given; after_eval gets every evaluation (the periodic one and the final one)."""
+    calls: list[tuple[str, str, int]] = []
+    first, second = Recorder("a", calls), Recorder("b", calls)
+    result = train(tiny(tmp_path, "train.eval_every=2"), progress=False, hooks=[first, second])
+    step = [("a", "before_step", 0), ("b", "before_step", 0), ("a", "after_step", 1), ("b", "after_step", 1),
+            ("a", "before_step", 1), ("b", "before_step", 1), ("a", "after_step", 2), ("b", "after_step", 2)]
+    evals = [("a", "after_eval", 2), ("b", "after_eval", 2)]
+    later = [(name, event, n + 2) for name, event, n in step]
+    assert calls == step + evals + later + [("a", "after_eval", 4), ("b", "after_eval", 4)]
+    assert len(first.results) == 2 and first.results[-1] is result.final and second.results == first.results
+    assert all("loss" in v for v in first.values)
+    assert result.stopped_by == "max_steps" and result.train_seconds > 0
+
+
+class FakeMinutes(TrainerHook):
+    """A clock that advances one minute per step, so that the budget test never waits or races."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def after_step(self, trainer: Trainer, values: dict[str, float]) -> None:
+        self.now += 60.0
+
+
+def _budget_run(tiny, out: Path, minutes: float, resume: bool = False) -> Trainer:  # type: ignore[no-untyped-def]
+    clock = FakeMinutes()
+    trainer = Trainer(tiny(out, "train.max_steps=10", f"train.max_minutes={minutes}"), resume=resume,
+                      progress=False, hooks=[clock])
+    trainer.clock = clock
+    return trainer
+
+
+def test_max_minutes_ends_training_like_max_steps_and_resume_gets_the_remainder(tiny, tmp_path: Path) -> None:
+    """2.5 minutes at one (fake) minute a step: 3 steps, then last.pt, the final evaluation and best.pt as at
+    max_steps. The budget counts the run's training time over sessions: a resume with the same budget
+    stops at once, one with a minute more takes one more step."""
+    result = _budget_run(tiny, tmp_path, 2.5).fit()
+    assert (result.step, result.stopped_by, result.train_seconds) == (3, "max_minutes", 180.0)
+    assert result.final is not None and (tmp_path / "best.pt").is_file()
+    assert (tmp_path / "eval_step3.json").is_file()
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert ckpt["step"] == 3 and ckpt["train_seconds"] == 180.0
+    again = _budget_run(tiny, tmp_path, 2.5, resume=True).fit()
+    assert (again.step, again.stopped_by, again.train_seconds) == (3, "max_minutes", 180.0)
+    more = _budget_run(tiny, tmp_path, 3.5, resume=True).fit()
+    assert (more.step, more.stopped_by, more.train_seconds) == (4, "max_minutes", 240.0)
+
+
+class FakeEvalMinutes(FakeMinutes):
+    """Evaluations take a (fake) minute, steps no time."""
+
+    def after_step(self, trainer: Trainer, values: dict[str, float]) -> None:
+        pass
+
+    def after_eval(self, trainer: Trainer, result: EvalResult) -> None:
+        self.now += 60.0
+
+
+def test_a_budget_spent_in_an_evaluation_stops_there_without_evaluating_again(tiny, tmp_path: Path) -> None:
+    calls: list[tuple[str, str, int]] = []
+    clock = FakeEvalMinutes()
+    trainer = Trainer(tiny(tmp_path, "train.max_steps=10", "train.eval_every=1", "train.max_minutes=1.5"),
+                      progress=False, hooks=[clock, Recorder("r", calls)])
+    trainer.clock = clock
+    result = trainer.fit()
+    assert (result.step, result.stopped_by, result.train_seconds) == (2, "max_minutes", 120.0)
+    assert [c for c in calls if c[1] == "after_eval"] == [("r", "after_eval", 1), ("r", "after_eval", 2)]
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", ".nan"])
+def test_max_minutes_must_be_positive(minutes: str) -> None:
+    with pytest.raises(ConfigError, match=r"train\.max_minutes: must be > 0"):
+        load_experiment(None, [f"train.max_minutes={minutes}"])
+    assert load_experiment(None, ["train.max_minutes=0.75"]).train.max_minutes == 0.75
+    assert TrainConfig().max_minutes is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signals_interrupt_even_when_inherited_ignored(sig: signal.Signals) -> None:
+    """A run started with ``cmd &`` from a script inherits SIGINT ignored; training still stops on it, and
+    the process's own dispositions come back afterwards."""
+    previous = signal.signal(sig, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt), stop_signals_interrupt():
+            signal.raise_signal(sig)  # to this thread: Python's handler runs before the next line
+        assert signal.getsignal(sig) == signal.SIG_IGN
+    finally:
+        signal.signal(sig, previous)

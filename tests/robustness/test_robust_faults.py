@@ -29,9 +29,12 @@ from harnet.tools.cli import main
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
+def _start(args: list[str], sigint: signal.Handlers = signal.SIG_DFL) -> subprocess.Popen[str]:
+    """``python -m harnet ARGS`` with SIGINT's disposition set to ``sigint`` in the child, whatever this
+    process has (a suite started with ``nohup`` or ``cmd &`` from a script runs with SIGINT ignored)."""
     return subprocess.Popen([sys.executable, "-m", "harnet", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 240) -> None:
@@ -97,14 +100,19 @@ def test_sigkill_at_a_random_moment_then_resume_matches_an_uninterrupted_run(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path, sig: signal.Signals) -> None:
-    """Ctrl-C, and SIGTERM (a scheduler's pre-emption) alike: checkpoint saved, clean exit 130."""
+@pytest.mark.parametrize(("sig", "inherited"), [(signal.SIGINT, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
+                                                (signal.SIGINT, signal.SIG_IGN)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-inherited-ignored"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path, sig: signal.Signals,
+                                                 inherited: signal.Handlers) -> None:
+    """Ctrl-C, and SIGTERM (a scheduler's pre-emption) alike: checkpoint saved, clean exit 130; also in a
+    run that inherited SIGINT ignored (started in the background by a script), where Python itself
+    installs no Ctrl-C handler."""
     data = tmp_path / "data"
     make_coco_split(data, "train", 4)
     make_coco_split(data, "val", 1)
     run = tmp_path / "run"
-    proc = _start(coco_args(data, run, "train.max_steps=100000"))
+    proc = _start(coco_args(data, run, "train.max_steps=100000"), sigint=inherited)
     _wait_for(run / "last.pt", proc)
     delay = random.uniform(0.0, 0.5)
     time.sleep(delay)
@@ -133,12 +141,26 @@ def test_resume_cleans_up_after_a_killed_run(tmp_path: Path, capsys: pytest.Capt
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("ignored", [False, True], ids=["handled", "inherited-ignored"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_during_a_checkpoint_write_still_saves_and_stops_cleanly(tiny, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch,
-                                                                      sig: signal.Signals) -> None:
+                                                                      sig: signal.Signals, ignored: bool) -> None:
     """The worst moment for Ctrl-C (or SIGTERM): inside ``torch.save``. The write completes, then the
-    interrupt lands."""
+    interrupt lands; the same when the process started with the signal ignored (training stops on it
+    anyway), and the disposition the process had comes back afterwards."""
+    python_default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+    disposition = signal.SIG_IGN if ignored else python_default
+    previous = signal.signal(sig, disposition)
+    try:
+        _interrupt_during_save(tiny, tmp_path, monkeypatch, sig)
+        assert signal.getsignal(sig) == disposition
+    finally:
+        signal.signal(sig, previous)
+
+
+def _interrupt_during_save(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                           sig: signal.Signals) -> None:
     real_save, sent = torch.save, []
 
     def save_then_ctrl_c(obj, f):  # type: ignore[no-untyped-def]

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from harnet.tools.ablation import (
-    _ENDED_UNFINISHED,
     ROW_NAMES,
-    _train_command,
-    _wait_for,
+    Ablation,
+    AblationRow,
     custom_row,
     markdown,
     plan,
     run_ablation,
     summarize,
+    train_job,
     write_report,
 )
 from harnet.tools.cli import main
@@ -39,10 +39,11 @@ def test_a_stopped_run_resumes_and_one_without_a_checkpoint_starts_over(tmp_path
     spec = plan(tmp_path, [0], ["hybrid"])[0]
     spec.run_dir.mkdir(parents=True)
     (spec.run_dir / "config.yaml").write_text("{}")
-    command = _train_command(spec, tmp_path / "c.yaml", [], "cpu", None)
-    assert "--overwrite" in command and "--resume" not in command
+    job = train_job(spec, tmp_path / "c.yaml", [], "cpu", None)
+    assert not job.resume and job.config == tmp_path / "c.yaml" and f"output_dir={spec.run_dir}" in job.overrides
     (spec.run_dir / "last.pt").write_bytes(b"")
-    assert _train_command(spec, tmp_path / "c.yaml", [], "cpu", None)[-2:] == ["--resume", str(spec.run_dir)]
+    job = train_job(spec, tmp_path / "c.yaml", [], "cpu", None)
+    assert job.resume and job.config == spec.run_dir / "config.yaml"
 
 
 @pytest.mark.slow
@@ -60,6 +61,8 @@ def test_ablation_runs_resumes_and_reports(shapes_root: Path, tmp_path: Path) ->
     assert (out / "hybrid" / "seed0" / "soft_nms" / "metrics.json").is_file()
     assert not (out / "torchvision_retinanet" / "seed0" / "soft_nms").exists()
     assert all(d["steps"] == 2 and [s for s, _ in d["curve"]] == [1, 2] for d in done)
+    assert all(d["stopped_by"] == "max_steps" and d["train_seconds"] > 0 for d in done)
+    assert "run folder:" in (out / "hybrid" / "seed0" / "train.log").read_text()
     # Finished runs are not redone: done.json (and the run's log) stay untouched.
     stamp = (out / "hybrid" / "seed0" / "done.json").stat().st_mtime_ns
     again = run_ablation(config, out, seeds=[0], rows=ROWS, overrides=overrides, device="cpu", log=lambda m: None)
@@ -113,16 +116,33 @@ def test_custom_rows_are_planned_after_the_chosen_rows_with_seed_and_out_filled_
     paper's rows; ``{seed}``/``{out}`` become the run's seed and the ablation folder."""
     control = custom_row("control", ["model.preset=retinanet"])
     two_phase = custom_row("two_phase", ["model.preset=hybrid", "train.init_from={out}/retinanet/seed{seed}"])
+    assert two_phase.init_from_row == "retinanet" and two_phase.overrides == ("model.preset=hybrid",)
+    assert control.init_from_row is None
     specs = plan(tmp_path, [0, 1], ["retinanet"], [two_phase, control])
     # A run that starts from another comes after every independent one (it would hold a job slot waiting).
     assert [(s.row.name, s.seed) for s in specs] == [("retinanet", 0), ("control", 0), ("retinanet", 1),
                                                      ("control", 1), ("two_phase", 0), ("two_phase", 1)]
     assert specs[5].after == tmp_path / "retinanet" / "seed1" and specs[0].after is None
     assert [s.row.name for s in plan(tmp_path, [0], None, [two_phase])] == ["two_phase"]
-    command = _train_command(specs[5], tmp_path / "c.yaml", [], "cpu", None)
-    assert f"train.init_from={tmp_path}/retinanet/seed1" in command
+    job = train_job(specs[5], tmp_path / "c.yaml", [], "cpu", None)
+    assert f"train.init_from={tmp_path}/retinanet/seed1" in job.overrides
     with pytest.raises(ValueError, match="new name"):
         custom_row("hybrid", ["model.preset=hybrid"])
+    with pytest.raises(ValueError, match="row's own runs"):
+        custom_row("loop", ["train.init_from={out}/loop/seed{seed}"])
+    # Any other init_from is a plain override: a checkpoint from elsewhere, nothing to wait for.
+    elsewhere = custom_row("fine_tune", ["train.init_from=/models/base.pt"])
+    assert elsewhere.init_from_row is None and elsewhere.overrides == ("train.init_from=/models/base.pt",)
+
+
+def test_the_dependency_is_the_rows_init_from_row_field(tmp_path: Path) -> None:
+    """A row (built-in or not) says which row's run it starts from; no override text is parsed for it."""
+    second = AblationRow("second", ("model.preset=hybrid",), "phase two", init_from_row="retinanet")
+    retinanet, spec = plan(tmp_path, [3], ["retinanet"], [second])
+    assert spec.after == retinanet.run_dir == tmp_path / "retinanet" / "seed3"
+    job = train_job(spec, tmp_path / "c.yaml", ["train.max_steps=5"], "cpu", 1)
+    assert job.overrides == ("train.max_steps=5", "model.preset=hybrid", f"train.init_from={retinanet.run_dir}",
+                             "train.seed=3", f"output_dir={spec.run_dir}", "train.device=cpu", "train.threads=1")
 
 
 def test_a_run_waits_for_the_run_it_starts_from_and_skips_when_that_cannot_finish(tmp_path: Path) -> None:
@@ -130,17 +150,17 @@ def test_a_run_waits_for_the_run_it_starts_from_and_skips_when_that_cannot_finis
     retinanet, second = plan(tmp_path, [0], ["retinanet"], [two_phase])
     said: list[str] = []
     # Not part of this ablation and not finished: it would wait forever, so it is skipped, saying why.
-    assert not _wait_for(second, frozenset({second.run_dir}), said.append)
+    assert not Ablation(frozenset({second.run_dir}), said.append).wait_for(second)
     assert "starts from" in said[-1] and str(retinanet.run_dir) in said[-1]
-    planned = frozenset({retinanet.run_dir, second.run_dir})
-    _ENDED_UNFINISHED.add(retinanet.run_dir)  # failed or stopped in this call
-    try:
-        assert not _wait_for(second, planned, said.append)
-    finally:
-        _ENDED_UNFINISHED.clear()
+    ablation = Ablation(frozenset({retinanet.run_dir, second.run_dir}), said.append)
+    ablation.unfinished.add(retinanet.run_dir)  # failed or stopped in this call
+    assert not ablation.wait_for(second)
+    ablation = Ablation(frozenset({retinanet.run_dir, second.run_dir}), said.append)
     retinanet.run_dir.mkdir(parents=True)
     (retinanet.run_dir / "done.json").write_text("{}")
-    assert _wait_for(second, planned, said.append) and _wait_for(retinanet, planned, said.append)
+    assert ablation.wait_for(second) and ablation.wait_for(retinanet)
+    ablation.stopping.set()
+    assert not ablation.wait_for(retinanet), "nothing starts once the ablation is stopping"
 
 
 def test_a_child_stopped_by_the_signal_is_not_reported_as_failed() -> None:
@@ -148,5 +168,5 @@ def test_a_child_stopped_by_the_signal_is_not_reported_as_failed() -> None:
     dies of the signal, both possibly before the ablation itself has noticed it is stopping."""
     from harnet.tools.ablation import _stopped
 
-    assert _stopped(130) and _stopped(-15) and _stopped(-9)
+    assert _stopped(130) and _stopped(-15) and _stopped(-9) and _stopped(1, stopping=True)
     assert not _stopped(1) and not _stopped(2)

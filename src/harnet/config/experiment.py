@@ -154,6 +154,11 @@ class TrainConfig:
     # match is loaded, the rest keep their initialisation. The paper's two-phase training: train the
     # RetinaNet base, then add the attentions. Ignored on --resume (the run's own last.pt wins).
     init_from: str | None = None
+    # Wall-clock budget of the training loop in minutes (its periodic checkpoints and evaluations included;
+    # the final evaluation comes after it): when spent, training ends as at max_steps (last.pt, final
+    # evaluation, best.pt), whichever comes first. It counts the run's training time over all --resume
+    # sessions (last.pt keeps it), as max_steps counts its steps; raise it to train on. None: no budget.
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         # Values that type-check but would hang (batch_size 0 never fills a batch) or crash late
@@ -170,6 +175,8 @@ class TrainConfig:
         for name in ("bias_weight_decay", "norm_weight_decay"):
             if (value := getattr(self, name)) is not None and value < 0:
                 raise ConfigError(f"train.{name}: must be >= 0, got {value}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"train.max_minutes: must be > 0 (or null: no budget), got {self.max_minutes}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay: must be in [0, 1), got {self.ema_decay}")
 

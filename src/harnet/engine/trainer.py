@@ -2,7 +2,8 @@
 
 Its parts live beside it: the seeded, resumable image stream in :mod:`harnet.engine.sampler`, the metrics
 log in :mod:`harnet.engine.metrics_log`, the run folder's lock and checks in :mod:`harnet.engine.runfolder`,
-the device choice in :mod:`harnet.engine.device`, optimizer and schedule in :mod:`harnet.engine.optim`.
+the device choice in :mod:`harnet.engine.device`, optimizer and schedule in :mod:`harnet.engine.optim`,
+and the hooks a caller can pass in :mod:`harnet.engine.hooks`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -35,6 +37,7 @@ from harnet.engine import checkpoint, distributed, runfolder
 from harnet.engine.device import resolve_amp_dtype, resolve_device
 from harnet.engine.errors import TrainingError, TrainingInterrupted
 from harnet.engine.evaluation import EvalResult, evaluate_predictions
+from harnet.engine.hooks import TrainerHook
 from harnet.engine.inference import predict_dataset
 from harnet.engine.metrics_log import MetricsLog
 from harnet.engine.optim import ModelEMA, build_optimizer, build_scheduler, describe_groups
@@ -44,6 +47,10 @@ from harnet.utils.errors import one_line
 
 # With train.skip_nonfinite, this many NaN/inf batches in a row mean the run has diverged: stop.
 MAX_NONFINITE_STREAK = 10
+# last.pt's entry for the seconds the training loop has run over all sessions (train.max_minutes counts them).
+TRAIN_SECONDS_KEY = "train_seconds"
+
+StopReason = Literal["max_steps", "max_minutes"]
 
 
 @dataclass
@@ -53,6 +60,32 @@ class TrainResult:
     final: EvalResult | None
     best_ap: float
     skipped_nonfinite: int = 0  # batches skipped for a NaN/inf loss (train.skip_nonfinite)
+    stopped_by: StopReason = "max_steps"  # what ended the training loop (both are a normal finish)
+    # Seconds in the training loop (periodic checkpoints and evaluations included, the final evaluation not),
+    # summed over the run's --resume sessions: what train.max_minutes is measured against.
+    train_seconds: float = 0.0
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` inside the block, whatever this process inherited.
+
+    Python installs its Ctrl-C handler only when SIGINT is not inherited as ignored, and a job started in
+    the background of a non-interactive shell (``cmd &``, also under ``nohup``) inherits it ignored: such a
+    run could then neither be stopped with a checkpoint by SIGINT nor, without this, by SIGTERM (a
+    scheduler's pre-emption), whose default kills it outright. The previous handlers come back after the
+    block. Only the main thread can set handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            # None: a handler set outside Python, which cannot be put back; the default action is the closest.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 class Trainer:
@@ -68,10 +101,16 @@ class Trainer:
     """
 
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, hooks: Sequence[TrainerHook] = ()) -> None:
         """``resume`` continues the run in ``cfg.output_dir``; a new run into a folder that holds one is
         refused unless ``overwrite``, which deletes that run's files first. The folder stays locked until
-        :meth:`fit` returns or :meth:`close` is called."""
+        :meth:`fit` returns or :meth:`close` is called. ``hooks`` are called by :meth:`fit` in their order
+        (see :class:`harnet.engine.hooks.TrainerHook`)."""
+        self.hooks = list(hooks)
+        # The time source of train.max_minutes, in seconds; replaceable so that tests need not wait.
+        self.clock: Callable[[], float] = time.monotonic
+        self._seconds_before = 0.0  # training seconds of earlier sessions (from last.pt on --resume)
+        self._session_start: float | None = None  # clock() when this session's training loop started
         if resume and overwrite:
             raise ConfigError(f"{cfg.output_dir}: --resume continues the run there and --overwrite deletes it; "
                               "use one of them")
@@ -162,6 +201,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_ap = int(ckpt["step"]), float(ckpt["best_ap"])
         self.skipped_nonfinite = int(ckpt.get("skipped_nonfinite", 0))
+        self._seconds_before = float(ckpt.get(TRAIN_SECONDS_KEY, 0.0))  # absent in runs saved before the budget
         checkpoint.set_rng_state(ckpt["rng"])
 
     @property
@@ -191,8 +231,27 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "skipped_nonfinite": self.skipped_nonfinite,
+            TRAIN_SECONDS_KEY: self.train_seconds(),
             "rng": checkpoint.rng_state(),
         }
+
+    def train_seconds(self) -> float:
+        """Seconds the training loop has run, over this and earlier sessions of the run (see ``max_minutes``)."""
+        running = 0.0 if self._session_start is None else self.clock() - self._session_start
+        return self._seconds_before + running
+
+    def _stop_reason(self) -> StopReason | None:
+        """Whether the training loop is done: ``max_steps`` reached or the ``max_minutes`` budget spent.
+        Distributed, the ranks' clocks differ slightly: any rank over budget stops all of them together."""
+        t = self.cfg.train
+        if self.step >= t.max_steps:
+            return "max_steps"
+        if t.max_minutes is None:
+            return None
+        over = self.train_seconds() >= 60.0 * t.max_minutes
+        if distributed.world_size() > 1:
+            over = distributed.mean_over_ranks({"over": torch.tensor(float(over), device=self.device)})["over"] > 0
+        return "max_minutes" if over else None
 
     def save(self, name: str = "last.pt") -> Path:
         """Write last.pt (the full state: ``--resume`` reads only this) or best.pt (the deployment state:
@@ -292,6 +351,8 @@ class Trainer:
         if ap > self.best_ap:
             self.best_ap = ap
             self.save("best.pt")
+        for hook in self.hooks:
+            hook.after_eval(self, result)
         return result
 
     def close(self) -> None:
@@ -301,9 +362,12 @@ class Trainer:
             self._lock.release()
 
     def fit(self) -> TrainResult:
-        """Train to ``train.max_steps`` and evaluate; the run folder is unlocked however this ends."""
+        """Train to ``train.max_steps`` (or until ``train.max_minutes`` is spent) and evaluate; the run folder is
+        unlocked however this ends. SIGINT and SIGTERM (kill, SLURM/Kubernetes pre-emption) stop it like
+        Ctrl-C: checkpoint saved, then :class:`TrainingInterrupted`."""
         try:
-            return self._fit()
+            with stop_signals_interrupt():
+                return self._fit()
         finally:
             self.close()
 
@@ -314,24 +378,29 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc="train")
         interrupted = False
-        start = time.perf_counter()
-        # SIGTERM (kill, SLURM/Kubernetes pre-emption) stops like Ctrl-C: checkpoint saved, then exit.
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main_thread else None
+        evaluated: tuple[int, EvalResult | None] | None = None  # the loop's last evaluation: (step, result)
+        self._session_start = self.clock()
         try:
-            while self.step < t.max_steps:
+            stop = self._stop_reason()
+            while stop is None:
+                for hook in self.hooks:
+                    hook.before_step(self)
                 images, targets = next(batches)
                 values = self.train_step(images, targets)
+                for hook in self.hooks:
+                    hook.after_step(self, values)
+                stop = self._stop_reason()
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                if self.step % t.log_every == 0 or stop is not None:
                     bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()} | {"lr": f"{lr:.2e}"})
                     self.log.write(self.step, {f"train/{k}": v for k, v in values.items()} | {"lr": lr})
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save()
-                if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
-                    self._eval_and_keep_best()
+                if t.eval_every and self.step % t.eval_every == 0 and stop is None:  # the last: evaluated below
+                    evaluated = (self.step, self._eval_and_keep_best())
                     self.model.train()
+                    stop = self._stop_reason()  # an evaluation can spend the rest of the max_minutes budget
         except KeyboardInterrupt:
             interrupted = True
         except (BadImageError, BadDataError, FileNotFoundError) as e:  # a file broke after the up-front check
@@ -339,25 +408,30 @@ class Trainer:
                                 "(fix or remove the file, or use --skip-bad, then --resume)") from None
         finally:
             bar.close()
-            if previous_term is not None:
-                signal.signal(signal.SIGTERM, previous_term)
+            # The loop's time ends here: the final evaluation is not part of the max_minutes budget.
+            self._seconds_before, self._session_start = self.train_seconds(), None
         self.save()
         if interrupted:
             raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved to "
                                       f"{self.run_dir / 'last.pt'} (continue with --resume {self.run_dir})")
-        final = self._eval_and_keep_best()
+        assert stop is not None
+        # The budget can run out in an evaluation of the loop's: that one is the final one, not done twice.
+        final = evaluated[1] if evaluated is not None and evaluated[0] == self.step else self._eval_and_keep_best()
         self.save()
-        self.log.write(self.step, {"time/train_seconds": time.perf_counter() - start}
+        self.log.write(self.step, {"time/train_seconds": self._seconds_before}
                        | ({"train/skipped_nonfinite": self.skipped_nonfinite} if t.skip_nonfinite else {}))
-        return TrainResult(self.run_dir, self.step, final, self.best_ap, self.skipped_nonfinite)
+        return TrainResult(self.run_dir, self.step, final, self.best_ap, self.skipped_nonfinite, stop,
+                           self._seconds_before)
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult:
+def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
+          hooks: Sequence[TrainerHook] = ()) -> TrainResult:
     """Train (or resume) the experiment; returns the final evaluation (None on ranks other than 0).
 
     A new run into a folder that already holds a run is refused (:class:`harnet.engine.runfolder.RunExistsError`)
-    unless ``overwrite``, which deletes that run's files first; ``resume`` continues it instead."""
+    unless ``overwrite``, which deletes that run's files first; ``resume`` continues it instead. ``hooks``: see
+    :class:`harnet.engine.hooks.TrainerHook`."""
     try:
-        return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite).fit()
+        return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite, hooks=hooks).fit()
     finally:
         distributed.cleanup()

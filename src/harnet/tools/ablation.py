@@ -2,12 +2,14 @@
 
 Rows: torchvision's RetinaNet built to the same recipe (the peer), our ``retinanet`` preset, each
 attention alone, the hybrid, and the hybrid minus each attention. Every (row, seed) is one
-``harnet train`` run in its own process and folder (``OUT/ROW/seedS``) with the same data,
-schedule and seed set; a run that finished (``done.json``) is never redone, and one that was
-stopped is resumed from its ``last.pt``. So the whole ablation can be killed and restarted at will,
-and ``--jobs N`` runs N trainings at once (several small runs share one GPU well). A row that starts
-from another row's run (``train.init_from={out}/retinanet/seed{seed}``: the paper's two-phase recipe)
-is queued after every independent run and waits for the one it needs.
+:func:`harnet.engine.trainer.train` in its own child process (``multiprocessing``'s spawn context: a
+fresh interpreter, as ``harnet train`` would be) and folder (``OUT/ROW/seedS``, its output in
+``train.log``) with the same data, schedule and seed set; a run that finished (``done.json``, written
+from the child's :class:`~harnet.engine.trainer.TrainResult`) is never redone, and one that was stopped
+is resumed from its ``last.pt``. So the whole ablation can be killed and restarted at will, and
+``--jobs N`` runs N trainings at once (several small runs share one GPU well). A row that starts from
+another row's run (:attr:`AblationRow.init_from_row`; ``--row NAME ... train.init_from={out}/ROW/seed{seed}``:
+the paper's two-phase recipe) is queued after every independent run and waits for the one it needs.
 
 ``soft_nms=True`` (``--soft-nms``) also scores every finished HAR-Net run with the authors' test recipe
 (Gaussian Soft-NMS + box voting, :data:`AUTHORS_TEST_RECIPE`) in ``RUN/soft_nms``, right after its
@@ -20,13 +22,14 @@ and the deltas to the ``retinanet`` row. The evaluation is the same pycocotools 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import multiprocessing
 import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +37,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +48,16 @@ import yaml
 from harnet.config.experiment import ExperimentConfig, load_experiment
 from harnet.config.model import inference_recipe
 from harnet.data.build import shapes_split
-from harnet.engine.evaluation import STAT_NAMES
+from harnet.engine.checkpoint import upgrade_saved_model_config
+from harnet.engine.evaluation import STAT_NAMES, EvalResult
+from harnet.engine.hooks import TrainerHook
+from harnet.engine.inference import evaluate_checkpoint
+from harnet.engine.trainer import Trainer, train
 from harnet.modeling.build import build_detector
 from harnet.tools.bench import median_latency_ms
 from harnet.utils.atomic import write_text_atomic
 from harnet.utils.complexity import count_flops
+from harnet.utils.errors import one_line
 
 METRICS = STAT_NAMES[:6]  # AP, AP50, AP75, APs, APm, APl
 BASELINE = "retinanet"
@@ -62,6 +72,9 @@ class AblationRow:
     name: str
     overrides: tuple[str, ...]  # ``--set`` items applied on top of the experiment config
     description: str
+    # The row whose run of the same seed this row's runs start from (``train.init_from``: the paper's
+    # two-phase recipe); they are queued after every independent run and wait for it. None: from scratch.
+    init_from_row: str | None = None
 
 
 ROWS: tuple[AblationRow, ...] = (
@@ -86,16 +99,26 @@ class RunSpec:
     row: AblationRow
     seed: int
     run_dir: Path
-    after: Path | None = None  # the run this one starts from (``{out}/ROW/seed{seed}`` in its overrides)
+    after: Path | None = None  # the run this one starts from (its row's ``init_from_row``, same seed)
 
 
 def custom_row(name: str, overrides: Sequence[str]) -> AblationRow:
     """A row of the user's (``--row NAME KEY=VALUE ...``): a named variant, a recipe to compare. In its
-    overrides ``{seed}`` and ``{out}`` become the run's seed and the ablation folder, so a row can start
-    from another row's run of the same seed (``train.init_from={out}/retinanet/seed{seed}``)."""
+    overrides ``{seed}`` and ``{out}`` become the run's seed and the ablation folder; an override
+    ``train.init_from={out}/ROW/seed{seed}`` (start from another row's run of the same seed) becomes the
+    row's :attr:`AblationRow.init_from_row`, so that the run waits for that one."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in ROW_NAMES:
         raise ValueError(f"--row {name!r}: a row needs a new name made of letters, digits, '_', '.' and '-'")
-    return AblationRow(name, tuple(overrides), "custom: " + " ".join(overrides))
+    own, init_from_row = [], None
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "train.init_from" and (match := _DEPENDENCY.fullmatch(value.strip())):
+            init_from_row = match.group(1)
+        else:
+            own.append(item)
+    if init_from_row == name:
+        raise ValueError(f"--row {name!r}: train.init_from names the row's own runs")
+    return AblationRow(name, tuple(own), "custom: " + " ".join(overrides), init_from_row)
 
 
 def select_rows(rows: Sequence[str] | None, extra: Sequence[AblationRow] = ()) -> list[AblationRow]:
@@ -110,39 +133,67 @@ def plan(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None,
     """Seed-major order: if the ablation is stopped early, every row has the same seeds done. Runs that
     start from another run come after all the others, so that waiting for it never holds a job slot
     that an independent run could use."""
-    specs = [RunSpec(r, s, out / r.name / f"seed{s}", _dependency(r, s, out)) for s in seeds
+    specs = [RunSpec(r, s, out / r.name / f"seed{s}", dependency(r, s, out)) for s in seeds
              for r in select_rows(rows, extra)]
     return sorted(specs, key=lambda spec: spec.after is not None)
 
 
-def _dependency(row: AblationRow, seed: int, out: Path) -> Path | None:
-    for override in row.overrides:
-        if match := _DEPENDENCY.search(override):
-            return out / match.group(1) / f"seed{seed}"
-    return None
+def dependency(row: AblationRow, seed: int, out: Path) -> Path | None:
+    """The run folder that ``row``'s run of ``seed`` starts from, if any."""
+    return None if row.init_from_row is None else out / row.init_from_row / f"seed{seed}"
 
 
-def _train_command(spec: RunSpec, config: Path, overrides: Sequence[str], device: str,
-                   threads: int | None) -> list[str]:
-    command = [sys.executable, "-m", "harnet", "train", "--no-progress"]
+@dataclass(frozen=True)
+class TrainJob:
+    """One training as its child process gets it (picklable, for the spawn context)."""
+
+    run_dir: Path
+    config: Path  # the experiment YAML; on resume the run's own config.yaml
+    overrides: tuple[str, ...]
+    resume: bool  # continue from last.pt; else a new run, replacing the files of one stopped before its first
+
+
+def train_job(spec: RunSpec, config: Path, overrides: Sequence[str], device: str, threads: int | None) -> TrainJob:
+    """Resume a run with a checkpoint; start any other over: a run stopped before its first checkpoint left
+    files (config.yaml, ...) but nothing to resume, and this folder is the ablation's own (a training
+    still running there keeps its lock)."""
     if (spec.run_dir / "last.pt").is_file():
-        return [*command, "--resume", str(spec.run_dir)]
-    # A run stopped before its first checkpoint left files (config.yaml, ...) but nothing to resume: this
-    # folder is the ablation's own, so start that run over. (A training still running there keeps its lock.)
-    command.append("--overwrite")
-    own = [o.replace("{seed}", str(spec.seed)).replace("{out}", str(spec.run_dir.parent.parent))
-           for o in spec.row.overrides]
-    items = [*overrides, *own, f"train.seed={spec.seed}", f"output_dir={spec.run_dir}",
-             f"train.device={device}"]
+        return TrainJob(spec.run_dir, spec.run_dir / "config.yaml", (f"output_dir={spec.run_dir}",), resume=True)
+    out = spec.run_dir.parent.parent
+    own = [o.replace("{seed}", str(spec.seed)).replace("{out}", str(out)) for o in spec.row.overrides]
+    if spec.after is not None:
+        own.append(f"train.init_from={spec.after}")
+    items = [*overrides, *own, f"train.seed={spec.seed}", f"output_dir={spec.run_dir}", f"train.device={device}"]
     if threads:
         items.append(f"train.threads={threads}")
-    command += ["--config", str(config)]
-    for item in items:
-        command += ["--set", item]
-    return command
+    return TrainJob(spec.run_dir, config, tuple(items), resume=False)
 
 
-def _curve(run_dir: Path) -> list[tuple[int, float]]:
+CURVE_FILE = "ap_curve.json"
+
+
+class APCurve(TrainerHook):
+    """(step, val AP) of every evaluation of a run, kept in ``RUN/ap_curve.json`` so that a resumed run's
+    curve has its earlier sessions' points too; a step evaluated again (resumed from an earlier checkpoint)
+    keeps its last value. A run stopped before this file existed starts from its metrics log."""
+
+    def __init__(self, run_dir: Path, resume: bool) -> None:
+        self.path = run_dir / CURVE_FILE
+        self.points: dict[int, float] = {}
+        if resume and self.path.is_file():
+            self.points = {int(step): float(ap) for step, ap in json.loads(self.path.read_text())}
+        elif resume and (run_dir / "metrics.csv").is_file():
+            self.points = dict(_curve_from_metrics(run_dir))
+
+    def after_eval(self, trainer: Trainer, result: EvalResult) -> None:
+        self.points[trainer.step] = result.stats["AP"]
+        write_text_atomic(json.dumps(self.curve()), self.path)
+
+    def curve(self) -> list[tuple[int, float]]:
+        return sorted(self.points.items())
+
+
+def _curve_from_metrics(run_dir: Path) -> list[tuple[int, float]]:
     """(step, val AP) from metrics.csv; a step evaluated twice (resume) keeps its last value."""
     points: dict[int, float] = {}
     with (run_dir / "metrics.csv").open(newline="") as f:
@@ -152,107 +203,160 @@ def _curve(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
-def _finish(spec: RunSpec, seconds: float) -> dict[str, Any]:
-    cfg = yaml.safe_load((spec.run_dir / "config.yaml").read_text())
-    steps = int(cfg["train"]["max_steps"])
-    final = json.loads((spec.run_dir / f"eval_step{steps}.json").read_text())
-    done = {"row": spec.row.name, "seed": spec.seed, "steps": steps, "stats": final["stats"],
-            "curve": _curve(spec.run_dir), "wall_seconds": seconds}
-    write_text_atomic(json.dumps(done, indent=1), spec.run_dir / "done.json")  # the "finished" mark: never torn
-    return done
+def _train(job: TrainJob) -> dict[str, Any]:
+    """The child's training: what ``done.json`` records of it, from its :class:`TrainResult`."""
+    upgrade = upgrade_saved_model_config if job.resume else None
+    cfg = load_experiment(job.config, list(job.overrides), upgrade=upgrade)
+    curve = APCurve(job.run_dir, job.resume)
+    result = train(cfg, resume=job.resume, progress=False, overwrite=not job.resume, hooks=[curve])
+    if result.final is None:
+        raise RuntimeError(f"{job.run_dir}: training returned no final evaluation")
+    print(result.final.table())
+    print(f"run folder: {result.run_dir}  (best AP {result.best_ap:.4f}, {result.stopped_by} reached)")
+    return {"steps": result.step, "stats": result.final.stats, "curve": curve.curve(),
+            "stopped_by": result.stopped_by, "train_seconds": result.train_seconds}
 
 
-_RUNNING: set[subprocess.Popen[bytes]] = set()
-_STOPPING = threading.Event()
-_ENDED_UNFINISHED: set[Path] = set()  # runs of this call that failed or were stopped: their dependants skip
+def _score_soft_nms(run_dir: Path, out: Path, device: str) -> None:
+    """The child's evaluation of a finished run with :data:`AUTHORS_TEST_RECIPE` (as ``harnet eval``)."""
+    report = evaluate_checkpoint(run_dir, overrides=AUTHORS_TEST_RECIPE, device=device, out=out)
+    print(report.result.table())
 
 
-def _stop_children(signum: int, frame: Any) -> None:
-    """SIGTERM/SIGINT: no new run starts; each running training gets SIGINT, saves its checkpoint
-    and exits (the next ``harnet ablate`` resumes it)."""
-    _STOPPING.set()
-    for process in list(_RUNNING):
-        process.send_signal(signal.SIGINT)
-    for process in list(_RUNNING):
-        process.wait()
-    raise KeyboardInterrupt
+def _child_main(fn: Callable[..., Any], args: tuple[Any, ...], log_file: Path, conn: Connection) -> None:
+    """A child process: ``fn(*args)`` with its output appended to ``log_file``; sends ``("ok", value)`` or
+    ``("error", one line)`` back. Stopped by SIGINT (the ablation forwards its stop to it) even when it
+    inherited SIGINT ignored (an ablation started in the background by a script): exit 130, as Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    code = 0
+    try:
+        conn.send(("ok", fn(*args)))
+    except KeyboardInterrupt as e:
+        print(f"harnet: {one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
+        code = 130
+    except Exception as e:
+        print(f"harnet: error: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+        conn.send(("error", one_line(e)))
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    sys.exit(code)
 
 
-def _run_one(spec: RunSpec, config: Path, overrides: Sequence[str], device: str, threads: int | None,
-             log: Callable[[str], None], planned: frozenset[Path] = frozenset(),
-             soft_nms: bool = False) -> dict[str, Any] | None:
-    done_path = spec.run_dir / "done.json"
-    if done_path.is_file():
-        done = json.loads(done_path.read_text())
-    else:
-        if not _wait_for(spec, planned, log):
-            return None
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
-        command = _train_command(spec, config, overrides, device, threads)
-        start = time.perf_counter()
-        code = _call(command, spec.run_dir / "train.log", threads)
-        seconds = time.perf_counter() - start
-        if code != 0:
-            _ENDED_UNFINISHED.add(spec.run_dir)
-            if _stopped(code):
-                log(f"{spec.row.name} seed {spec.seed}: stopped (resumes next time)")
-                return None
-            lines = (spec.run_dir / "train.log").read_text(errors="replace").strip().splitlines()
-            log(f"{spec.row.name} seed {spec.seed}: FAILED (exit {code}): {lines[-1] if lines else ''}")
-            return None
-        done = _finish(spec, seconds)
-        log(f"{spec.row.name} seed {spec.seed}: AP {100 * (done['stats']['AP'] or 0):.1f} ({seconds:.0f} s)")
-    if soft_nms:
-        _score_soft_nms(spec, device, log)
-    return done
-
-
-def _wait_for(spec: RunSpec, planned: frozenset[Path], log: Callable[[str], None]) -> bool:
-    """False when the run must not start: the ablation is stopping, or the run it starts from will
-    never finish (not part of this ablation, failed or stopped)."""
-    while not _STOPPING.is_set():
-        if spec.after is None or (spec.after / "done.json").is_file():
-            return True
-        if spec.after not in planned or spec.after in _ENDED_UNFINISHED:
-            log(f"{spec.row.name} seed {spec.seed}: skipped: it starts from {spec.after}, which has not finished")
-            _ENDED_UNFINISHED.add(spec.run_dir)
-            return False
-        time.sleep(1.0)
-    return False
-
-
-def _call(command: list[str], log_file: Path, threads: int | None) -> int:
-    """Run one child process (stopped with the ablation), its output appended to ``log_file``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    with log_file.open("a") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _RUNNING.add(process)
-        code = process.wait()
-        _RUNNING.discard(process)
-    return code
-
-
-def _stopped(code: int) -> bool:
+def _stopped(code: int | None, stopping: bool = False) -> bool:
     """Whether a child's exit means "stopped", not "failed": the ablation is stopping, or the child got the
-    stop signal itself (``timeout`` signals the whole process group, so a child can exit before this process
-    has set ``_STOPPING``): killed by a signal, or a training's interrupted-and-saved exit (130)."""
-    return _STOPPING.is_set() or code < 0 or code == 130
+    stop signal itself (``timeout`` signals the whole process group, so a child can exit before the ablation
+    has noticed it is stopping): killed by a signal, or a training's interrupted-and-saved exit (130)."""
+    return stopping or code is None or code < 0 or code == 130
 
 
-def _score_soft_nms(spec: RunSpec, device: str, log: Callable[[str], None]) -> None:
-    """``harnet eval`` of the finished run with :data:`AUTHORS_TEST_RECIPE`, once (kept in ``RUN/soft_nms``)."""
-    out = spec.run_dir / SOFT_NMS_DIR
-    saved = yaml.safe_load((spec.run_dir / "config.yaml").read_text())
-    if (out / "metrics.json").is_file() or saved.get("detector", "harnet") != "harnet" or _STOPPING.is_set():
-        return
-    command = [sys.executable, "-m", "harnet", "eval", str(spec.run_dir), "--device", device, "--out", str(out)]
-    for item in AUTHORS_TEST_RECIPE:
-        command += ["--set", item]
-    out.mkdir(parents=True, exist_ok=True)
-    if (code := _call(command, spec.run_dir / f"{SOFT_NMS_DIR}.log", None)) != 0 and not _stopped(code):
-        log(f"{spec.row.name} seed {spec.seed}: Soft-NMS scoring FAILED (see {spec.run_dir / SOFT_NMS_DIR}.log)")
+class Ablation:
+    """One :func:`run_ablation` call's shared state: its worker threads (one per job slot, each waiting on a
+    child process) and its signal handler see the same stop flag, children and unfinished runs."""
+
+    def __init__(self, planned: frozenset[Path], log: Callable[[str], None]) -> None:
+        self.planned, self.log = planned, log
+        self.stopping = threading.Event()
+        self.unfinished: set[Path] = set()  # runs of this call that failed or were stopped: their dependants skip
+        self._running: set[BaseProcess] = set()
+        self._lock = threading.Lock()  # taken by worker threads and the handler (main thread) only
+
+    def stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: no new run starts, and each running child gets SIGINT (a training saves its
+        checkpoint and exits; the next ``harnet ablate`` resumes it). The first signal also raises
+        ``KeyboardInterrupt`` in the main thread, which then waits for the children to end."""
+        first = not self.stopping.is_set()
+        with self._lock:
+            self.stopping.set()
+            for process in self._running:
+                if process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):  # ended, not yet collected by its thread
+                        os.kill(process.pid, signal.SIGINT)
+        if first:
+            raise KeyboardInterrupt
+
+    def wait_for(self, spec: RunSpec) -> bool:
+        """False when the run must not start: the ablation is stopping, or the run it starts from will
+        never finish (not part of this ablation, failed or stopped)."""
+        while not self.stopping.is_set():
+            if spec.after is None or (spec.after / "done.json").is_file():
+                return True
+            if spec.after not in self.planned or spec.after in self.unfinished:
+                self.log(f"{spec.row.name} seed {spec.seed}: skipped: it starts from {spec.after}, which has not "
+                         "finished")
+                self.unfinished.add(spec.run_dir)
+                return False
+            time.sleep(1.0)
+        return False
+
+    def run_child(self, fn: Callable[..., Any], args: tuple[Any, ...], log_file: Path) -> tuple[int | None, Any]:
+        """``fn(*args)`` in a spawned child process: (exit code, its message), (None, None) if not started
+        because the ablation is stopping."""
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_child_main, args=(fn, args, log_file, send))
+        with self._lock:  # a stop either comes before the start or sees the process
+            if self.stopping.is_set():
+                return None, None
+            process.start()
+            self._running.add(process)
+        send.close()
+        try:
+            message = receive.recv()
+        except EOFError:  # ended without a word: interrupted or killed
+            message = None
+        process.join()
+        with self._lock:
+            self._running.discard(process)
+        return process.exitcode, message
+
+    def run_one(self, spec: RunSpec, config: Path, overrides: Sequence[str], device: str, threads: int | None,
+                soft_nms: bool = False) -> dict[str, Any] | None:
+        done_path = spec.run_dir / "done.json"
+        if done_path.is_file():
+            done = json.loads(done_path.read_text())
+        else:
+            if not self.wait_for(spec):
+                return None
+            spec.run_dir.mkdir(parents=True, exist_ok=True)
+            job = train_job(spec, config, overrides, device, threads)
+            start = time.perf_counter()
+            code, message = self.run_child(_train, (job,), spec.run_dir / "train.log")
+            seconds = time.perf_counter() - start
+            if code != 0 or message is None or message[0] != "ok":
+                self.unfinished.add(spec.run_dir)
+                if message is None and _stopped(code, self.stopping.is_set()):
+                    self.log(f"{spec.row.name} seed {spec.seed}: stopped (resumes next time)")
+                    return None
+                why = message[1] if message is not None else f"see {spec.run_dir / 'train.log'}"
+                self.log(f"{spec.row.name} seed {spec.seed}: FAILED (exit {code}): {why}")
+                return None
+            done = {"row": spec.row.name, "seed": spec.seed, **message[1], "wall_seconds": seconds}
+            write_text_atomic(json.dumps(done, indent=1), done_path)  # the "finished" mark: never torn
+            self.log(f"{spec.row.name} seed {spec.seed}: AP {100 * (done['stats']['AP'] or 0):.1f} ({seconds:.0f} s)")
+        if soft_nms:
+            self.score_soft_nms(spec, device)
+        return done
+
+    def score_soft_nms(self, spec: RunSpec, device: str) -> None:
+        """Score the finished run with :data:`AUTHORS_TEST_RECIPE`, once (kept in ``RUN/soft_nms``)."""
+        out = spec.run_dir / SOFT_NMS_DIR
+        saved = yaml.safe_load((spec.run_dir / "config.yaml").read_text())
+        if (out / "metrics.json").is_file() or saved.get("detector", "harnet") != "harnet":
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        code, message = self.run_child(_score_soft_nms, (spec.run_dir, out, device),
+                                       spec.run_dir / f"{SOFT_NMS_DIR}.log")
+        if code != 0 and not (message is None and _stopped(code, self.stopping.is_set())):
+            self.log(f"{spec.row.name} seed {spec.seed}: Soft-NMS scoring FAILED "
+                     f"(see {spec.run_dir / SOFT_NMS_DIR}.log)")
 
 
 def run_ablation(
@@ -268,25 +372,28 @@ def run_ablation(
     extra: Sequence[AblationRow] = (),
     soft_nms: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every (row, seed) not yet done; returns the finished runs' summaries."""
+    """Train and evaluate every (row, seed) not yet done; returns the finished runs' summaries.
+
+    SIGINT and SIGTERM stop it (see :meth:`Ablation.stop`) whatever this process inherited, when called
+    from the main thread (only that one can set handlers); the previous handlers come back afterwards."""
     data = load_experiment(config, list(overrides)).data
     if data.format == "shapes":  # generate once here, not in N concurrent runs racing on one folder
         shapes_split(data.shapes, "train")
     specs = plan(out, seeds, rows, extra)
     log(f"{len(specs)} runs ({len(specs) // max(len(seeds), 1)} rows x {len(seeds)} seeds) -> {out}, {jobs} at a time")
-    _STOPPING.clear()
-    _ENDED_UNFINISHED.clear()
-    planned = frozenset(spec.run_dir for spec in specs)
-    previous = {sig: signal.signal(sig, _stop_children) for sig in (signal.SIGTERM, signal.SIGINT)}
+    ablation = Ablation(frozenset(spec.run_dir for spec in specs), log)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    stop_signals = (signal.SIGTERM, signal.SIGINT) if on_main_thread else ()
+    previous = {sig: signal.signal(sig, ablation.stop) for sig in stop_signals}
     pool = ThreadPoolExecutor(max_workers=max(jobs, 1))
     try:
-        futures = [pool.submit(_run_one, s, config, overrides, device, threads, log, planned, soft_nms)
-                   for s in specs]
+        futures = [pool.submit(ablation.run_one, s, config, overrides, device, threads, soft_nms) for s in specs]
         results = [f.result() for f in futures]
     finally:
-        pool.shutdown(wait=not _STOPPING.is_set(), cancel_futures=True)
+        # After a stop: the runs not started are dropped, and the running ones end (saved) before this returns.
+        pool.shutdown(wait=True, cancel_futures=True)
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
     return [r for r in results if r is not None]
 
 
@@ -327,7 +434,7 @@ def summarize(out: Path, seeds: Sequence[int], rows: Sequence[str] | None = None
             if soft:
                 mean, std = _mean_std(soft)
                 entry["soft_nms_AP"] = {"mean": mean, "std": std, "seeds": len(soft)}
-            if (start := _dependency(spec_row, runs[0]["seed"], out)) and (start / "done.json").is_file():
+            if (start := dependency(spec_row, runs[0]["seed"], out)) and (start / "done.json").is_file():
                 entry["starts_from"] = {"row": start.parent.name,
                                         "steps": json.loads((start / "done.json").read_text())["steps"]}
             cost, model, size = _cost(out / spec_row.name / f"seed{runs[0]['seed']}", dev, latency_repeats)

@@ -27,21 +27,25 @@ def signals_deferred() -> Iterator[None]:
     A ``KeyboardInterrupt`` raised inside ``torch.save`` leaves its zip writer half-way, and closing it
     then raises a ``RuntimeError`` that replaces the interrupt: Ctrl-C (or SIGTERM, which training turns
     into the same interrupt) during a checkpoint write would end the run with an obscure error instead
-    of a clean save. Only the main thread can set handlers.
+    of a clean save. A signal inherited as ignored (SIGINT of a job started with ``cmd &`` in a script)
+    stays ignored, and one whose handler was set outside Python (which could not be put back) is left
+    alone. Only the main thread can set handlers.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    deferred = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in deferred}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = {sig: handler for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)}
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        for sig, handler in previous.items():
+        for sig, handler in held.items():
             signal.signal(sig, handler)
     for sig in dict.fromkeys(received):  # type: ignore[assignment]
-        handler = previous[sig]
+        handler = held[sig]
         if callable(handler):
             handler(sig, None)  # e.g. Python's default SIGINT handler raises KeyboardInterrupt
         elif handler == signal.SIG_DFL and sig == signal.SIGINT:
