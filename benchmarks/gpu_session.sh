@@ -81,12 +81,12 @@ if [ -n "${TREES:-}" ]; then
     --set "data.val_images=$TREES/val" --set "data.val_annotations=$TREES/annotations/instances_val.json"
 fi
 
-steps() {  # the training steps logged so far, summed over every run
-  find "$RUNS" -name metrics.csv -exec tail -n 1 {} \; 2> /dev/null | awk -F, '{s += $1} END {print s + 0}'
+evals() {  # the evaluations written so far, over every run
+  find "$RUNS" -name 'eval_step*.json' 2> /dev/null | wc -l
 }
 while [ -n "$(jobs -r)" ]; do
   sleep 30
-  log "steps so far: $(steps); runs finished: $(find "$RUNS" -name done.json | wc -l)"
+  log "evaluations so far: $(evals); runs finished: $(find "$RUNS" -name done.json | wc -l)"
 done
 log "trainings done: $(find "$RUNS" -name done.json | wc -l) runs, $(find "$RUNS" -path '*soft_nms/metrics.json' | wc -l) Soft-NMS scorings"
 

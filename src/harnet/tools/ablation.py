@@ -48,11 +48,11 @@ import yaml
 from harnet.config.experiment import ExperimentConfig, load_experiment
 from harnet.config.model import inference_recipe
 from harnet.data.build import shapes_split
-from harnet.engine.checkpoint import upgrade_saved_model_config
 from harnet.engine.evaluation import STAT_NAMES, EvalResult
 from harnet.engine.hooks import TrainerHook
 from harnet.engine.inference import evaluate_checkpoint
 from harnet.engine.trainer import Trainer, train
+from harnet.engine.upgrade import upgrade_config
 from harnet.modeling.build import build_detector
 from harnet.tools.bench import median_latency_ms
 from harnet.utils.atomic import write_text_atomic
@@ -205,7 +205,7 @@ def _curve_from_metrics(run_dir: Path) -> list[tuple[int, float]]:
 
 def _train(job: TrainJob) -> dict[str, Any]:
     """The child's training: what ``done.json`` records of it, from its :class:`TrainResult`."""
-    upgrade = upgrade_saved_model_config if job.resume else None
+    upgrade = upgrade_config if job.resume else None
     cfg = load_experiment(job.config, list(job.overrides), upgrade=upgrade)
     curve = APCurve(job.run_dir, job.resume)
     result = train(cfg, resume=job.resume, progress=False, overwrite=not job.resume, hooks=[curve])
