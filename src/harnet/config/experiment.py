@@ -138,7 +138,6 @@ class TrainConfig:
     ema_tau: float = 2000.0
     amp: bool = True  # mixed precision, used only on CUDA
     # auto: bfloat16 where the GPU supports it (no loss scaling needed), else float16 with a GradScaler.
-    # (Before this option, amp always meant float16.)
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool = False  # model weights (hence conv activations) in channels_last memory format
     eval_every: int = 0  # 0: evaluate at the end only

@@ -1,7 +1,7 @@
 """Bridge to torchvision's RetinaNet: a matching config and a state_dict key mapping.
 
 With attentions off, HAR-Net *is* RetinaNet. Loading torchvision's weights and getting torchvision's
-outputs and losses back (tests/test_torchvision_parity.py) is how we know.
+outputs and losses back (tests/modeling/test_torchvision_parity.py) is how we know.
 """
 
 from __future__ import annotations
