@@ -77,7 +77,10 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 def upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint of any config version in this version's config and parameter names (see
-    :mod:`harnet.engine.upgrade`); :func:`load` applies it, so no other code sees an old checkpoint."""
+    :mod:`harnet.engine.upgrade`); :func:`load` applies it, so no other code sees an old checkpoint. One without
+    a model config is left as it is (using it fails with "no model config")."""
+    if not isinstance(ckpt["config"].get("model"), dict):
+        return ckpt
     try:
         version = saved_version(ckpt["config"])
         ckpt["config"] = upgrade_config(ckpt["config"])
