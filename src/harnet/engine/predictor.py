@@ -14,6 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from harnet.data.image_io import load_image
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
+from harnet.engine.fast_inference import optimize_for_inference
 from harnet.engine.tta import TTAConfig, tta_predict
 
 ImageInput = str | Path | Image.Image | Tensor
@@ -30,9 +31,14 @@ class Detector:
         device: str = "auto",
         batch_size: int = 4,
         tta: TTAConfig | None = None,
+        optimize: bool = False,
     ) -> None:
+        """``optimize``: fold BatchNorms and use channels_last (:func:`optimize_for_inference`), rewriting
+        ``model`` in place, so it is off for a model passed in and on for one loaded from a checkpoint."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        if optimize:
+            optimize_for_inference(self.model, self.device)
         self.class_names = list(class_names)
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
         self.batch_size = batch_size
@@ -40,11 +46,14 @@ class Detector:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None
+        cls, path: str | Path, device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None,
+        optimize: bool = True,
     ) -> Detector:
-        """Load a ``.pt`` file or a run folder (its best.pt, else last.pt) safely (weights only)."""
+        """Load a ``.pt`` file or a run folder (its best.pt, else last.pt) safely (weights only), optimised
+        for inference unless ``optimize=False`` (the same detections to float rounding, faster)."""
         ckpt = checkpoint.load(path)
-        return cls(checkpoint.build_model(ckpt), ckpt["class_names"], ckpt["category_ids"], device, batch_size, tta)
+        return cls(checkpoint.build_model(ckpt), ckpt["class_names"], ckpt["category_ids"], device, batch_size, tta,
+                   optimize)
 
     @staticmethod
     def to_tensor(image: ImageInput) -> Tensor:

@@ -25,6 +25,7 @@ class UsageError(ValueError):
     """A command-line argument that cannot work (e.g. an input path that does not exist): status 2."""
 
 if TYPE_CHECKING:
+    from harnet.engine.predictor import Detector
     from harnet.engine.tta import TTAConfig
 
 
@@ -107,8 +108,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from harnet.engine.predictor import Detector
     from harnet.tools.predict import expand_inputs, predict_files
+    from harnet.tools.video import is_video_source
 
+    videos = ([args.source] if args.source is not None else []) + [i for i in args.images if is_video_source(i)]
+    if not videos and not args.images:
+        raise UsageError("predict needs image files, folders, globs, a video or --source")
     detector = Detector.from_checkpoint(args.checkpoint, device=args.device, tta=_tta(args))
+    if videos:
+        return _predict_videos(detector, videos, Path(args.out), args.score)
     try:
         paths = expand_inputs(args.images)
     except FileNotFoundError as e:
@@ -118,6 +125,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 1 if report.skipped and not report.images else 0
+
+
+def _predict_videos(detector: Detector, sources: list[str], out: Path, score: float) -> int:
+    from harnet.tools.video import predict_video
+
+    failed = False
+    for source in sources:
+        try:
+            report = predict_video(detector, source, out, score)
+        except Exception as e:  # unreadable file or stream: one line naming it
+            message = one_line(e)
+            print(f"harnet: {message if source in message else f'{source}: {message}'}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"{source}: {report.frames} frames, {report.detections} detections, {report.fps:.1f} FPS"
+              f" -> {report.video_path}, {report.jsonl_path}")
+        if report.error:
+            print(f"harnet: {report.error}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -283,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="detect objects in image files, folders or globs")
     pr.add_argument("checkpoint", metavar="CKPT")
-    pr.add_argument("images", nargs="+")
+    pr.add_argument("images", nargs="*", help="image files, folders, globs, or video files / stream URLs")
+    pr.add_argument("--source", help="a video file, camera index (0) or stream URL (rtsp://...)")
     pr.add_argument("--out", default="predictions")
     pr.add_argument("--score", type=float, default=0.3)
     pr.add_argument("--device", default="auto")

@@ -4,7 +4,9 @@ The deformable 3x3 conv samples where the predicted offsets point, so features f
 shape instead of a fixed grid. Offsets start at zero (the layer starts as a plain conv) and the
 output GN's scale starts at 0.1, so at initialisation the block is a small perturbation of the
 backbone feature it is added to. As in the authors' files (``fpn_relu5_1c``, ``fpn_relu4_1c``) the
-branch ends in a ReLU, so it can only add to the backbone feature, never cancel it.
+branch ends in a ReLU, so it can only add to the backbone feature, never cancel it. On the CPU
+without autograd the deformable conv runs as :mod:`~harnet.modeling.attention.deform_sampling` (the
+same numbers, a vectorised sampling instead of torchvision's scalar loop).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
+from harnet.modeling.attention.deform_sampling import deform_conv
 from harnet.modeling.norm import group_norm
 
 
@@ -60,7 +63,7 @@ class DeformableBottleneck(nn.Module):
         """The block's output and the offsets it sampled with, from one pass (what explain shows)."""
         y = self.reduce(x)
         offsets = self.offset(y)
-        y = self.deform(y, offsets)
+        y = deform_conv(self.deform, y, offsets)  # grid_sample + matmul on CPU without autograd
         y = self.deform_norm(y).relu_()
         y = self.expand_norm(self.expand(y))
         return x + (y.relu() if self.out_relu else y), offsets
