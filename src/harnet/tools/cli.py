@@ -120,15 +120,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if report.skipped and not report.images else 0
 
 
+def _float_parts(text: str | None) -> list[str] | None:
+    return None if text is None else [part for part in text.split(",") if part]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harnet.engine import checkpoint
     from harnet.tools.export import export_model
 
+    if args.int8 and args.fp16:
+        raise UsageError("--int8 and --fp16 exclude each other")
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    if precision != "fp32" and args.format != "onnx":
+        raise UsageError(f"--{precision} needs --format onnx")
+    if args.int8 and not args.calib:
+        raise UsageError("--int8 needs calibration images: --calib IMAGES (files, folders or globs)")
+    calibration = []
+    if args.int8:
+        import torch
+
+        from harnet.data.image_io import load_image
+        from harnet.tools.predict import expand_inputs
+
+        try:
+            paths = expand_inputs(args.calib)[: args.calib_count]
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        calibration = [load_image(p).as_subclass(torch.Tensor) for p in paths]
     ckpt = checkpoint.load(args.checkpoint)
-    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
-    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"model{suffix}"
+    stem = {"fp32": "model", "fp16": "model.fp16", "int8": "model.int8"}[precision]
+    if args.portable and args.format == "onnx":
+        stem += ".portable"
+    default = {"onnx": f"{stem}.onnx", "torchscript": "model.torchscript.pt", "openvino": "openvino"}[args.format]
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / default
     result = export_model(checkpoint.build_model(ckpt), out, args.format, ckpt["class_names"], ckpt["category_ids"],  # type: ignore[arg-type]
-                          exporter=args.exporter, size=tuple(args.size) if args.size else None)
+                          exporter=args.exporter, size=tuple(args.size) if args.size else None,
+                          portable=args.portable, precision=precision, calibration=calibration,  # type: ignore[arg-type]
+                          float_parts=_float_parts(args.float_parts))
     check = ("not checked (pip install onnxruntime to check)" if result.max_abs_diff is None
              else f"max |exported - PyTorch| = {result.max_abs_diff:.2e} on a check batch")
     print(f"exported {result.path}  metadata {result.metadata_path}  ({check})")
@@ -290,10 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="export the network to ONNX or TorchScript (+ metadata JSON)")
+    ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (+ metadata JSON)")
     ex.add_argument("checkpoint", metavar="RUN_OR_CKPT")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    ex.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt beside the checkpoint)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "openvino"], default="onnx")
+    ex.add_argument("--out", help="output file, or folder for openvino (default beside the checkpoint: model.onnx, "
+                                  "model.int8.onnx, model.fp16.onnx, openvino/, model.torchscript.pt)")
+    ex.add_argument("--portable", action="store_true",
+                    help="deformable conv as GridSample + MatMul (no DeformConv op; always so for openvino)")
+    ex.add_argument("--int8", action="store_true", help="static int8 quantization (onnxruntime, QDQ, per-channel)")
+    ex.add_argument("--fp16", action="store_true", help="fp16 weights and activations (inputs/outputs stay fp32)")
+    ex.add_argument("--calib", nargs="+", metavar="IMAGES", help="--int8 calibration images: files, folders, globs")
+    ex.add_argument("--calib-count", type=int, default=100, help="use at most this many calibration images")
+    ex.add_argument("--float-parts", default=None,
+                    help="int8: comma-separated parts kept in float (predictors, deform; '' for none; "
+                         "default: predictors,deform)")
     ex.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
                     help="ONNX exporter: torch.onnx's TorchScript-based one (fast) or torch.export (torch >= 2.6)")
     ex.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
