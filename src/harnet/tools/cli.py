@@ -195,8 +195,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harnet.engine.device import resolve_device
     from harnet.tools.bench import run_benchmark
 
+    if args.run:
+        from harnet.tools.bench_run import bench_run
+
+        run_result = bench_run(args.run, args.formats.split(","), args.sizes[0] if args.sizes else 320,
+                               args.threads or 2, args.repeats, data=args.data,
+                               progress=lambda m: print(f"[bench] {m}", file=sys.stderr))
+        table = run_result.markdown()
+        print(f"{run_result.run}: {run_result.size} px network input, {run_result.threads} threads, "
+              f"median of {run_result.repeats}\n{table}")
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(run_result.to_dict(), indent=1))
+            out.with_suffix(".md").write_text(table + "\n")
+        return 0
     device = resolve_device(args.device)
-    result = run_benchmark(args.backbone, tuple(args.sizes), args.repeats, args.warmup, args.train_size,
+    sizes = tuple(args.sizes or (320, 512, 800))
+    result = run_benchmark(args.backbone, sizes, args.repeats, args.warmup, args.train_size,
                            str(device), args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr),
                            amp=not args.no_amp, memory=not args.no_memory)
     table = result.markdown()
@@ -347,9 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--device", default="auto")
     xp.set_defaults(func=cmd_explain)
 
-    b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet")
+    b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet; "
+                                     "with RUN: that checkpoint's AP/latency/memory per export format")
+    b.add_argument("run", nargs="?", metavar="RUN", help="a trained run or checkpoint: bench its export formats")
+    b.add_argument("--formats", default="torch,onnx,onnx-int8,openvino",
+                   help="RUN mode: torch, onnx, onnx-fp16, onnx-int8, openvino (comma-separated)")
+    b.add_argument("--data", help="RUN mode: experiment YAML whose data is used (default: the run's)")
     b.add_argument("--backbone", default="resnet50")
-    b.add_argument("--sizes", type=int, nargs="+", default=[320, 512, 800])
+    b.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="image sizes (default 320 512 800; RUN mode: the network input, default 320)")
     b.add_argument("--repeats", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--train-size", type=int, default=512, help="image size of the training-step timing")

@@ -34,7 +34,7 @@ from harnet.tools.export import INPUT_NAMES, preprocess
 
 # Node groups that may stay in float in an int8 export, by name or op type.
 FLOAT_PARTS = {
-    "predictors": lambda node: "/predictor/" in node.name,
+    "predictors": lambda node: node.op_type == "Conv" and "/predictor/" in node.name,
     "deform": lambda node: node.op_type == "DeformConv",
 }
 DEFAULT_FLOAT_PARTS = ("predictors", "deform")
