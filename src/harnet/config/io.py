@@ -12,8 +12,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
 T = TypeVar("T")
 
 
@@ -93,7 +91,12 @@ def parse_overrides(pairs: typing.Sequence[str]) -> dict[str, Any]:
 
 
 def _safe_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load`` with one-line errors; tags that would build Python objects are refused."""
+    """``yaml.safe_load`` with one-line errors; tags that would build Python objects are refused.
+
+    PyYAML is imported here, not at module level: ``harnet.deploy`` builds configs from export JSON
+    on devices that have no PyYAML."""
+    import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.constructor.ConstructorError as e:

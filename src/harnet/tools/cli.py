@@ -147,15 +147,43 @@ def _predict_videos(detector: Detector, sources: list[str], out: Path, score: fl
     return 1 if failed else 0
 
 
+def _float_parts(text: str | None) -> list[str] | None:
+    return None if text is None else [part for part in text.split(",") if part]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harnet.engine import checkpoint
     from harnet.tools.export import export_model
 
+    if args.int8 and args.fp16:
+        raise UsageError("--int8 and --fp16 exclude each other")
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    if precision != "fp32" and args.format != "onnx":
+        raise UsageError(f"--{precision} needs --format onnx")
+    if args.int8 and not args.calib:
+        raise UsageError("--int8 needs calibration images: --calib IMAGES (files, folders or globs)")
+    calibration = []
+    if args.int8:
+        import torch
+
+        from harnet.data.image_io import load_image
+        from harnet.tools.predict import expand_inputs
+
+        try:
+            paths = expand_inputs(args.calib)[: args.calib_count]
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        calibration = [load_image(p).as_subclass(torch.Tensor) for p in paths]
     ckpt = checkpoint.load(args.checkpoint)
-    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
-    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / f"model{suffix}"
+    stem = {"fp32": "model", "fp16": "model.fp16", "int8": "model.int8"}[precision]
+    if args.portable and args.format == "onnx":
+        stem += ".portable"
+    default = {"onnx": f"{stem}.onnx", "torchscript": "model.torchscript.pt", "openvino": "openvino"}[args.format]
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / default
     result = export_model(checkpoint.build_model(ckpt), out, args.format, ckpt["class_names"], ckpt["category_ids"],  # type: ignore[arg-type]
-                          exporter=args.exporter, size=tuple(args.size) if args.size else None)
+                          exporter=args.exporter, size=tuple(args.size) if args.size else None,
+                          portable=args.portable, precision=precision, calibration=calibration,  # type: ignore[arg-type]
+                          float_parts=_float_parts(args.float_parts))
     check = ("not checked (pip install onnxruntime to check)" if result.max_abs_diff is None
              else f"max |exported - PyTorch| = {result.max_abs_diff:.2e} on a check batch")
     print(f"exported {result.path}  metadata {result.metadata_path}  ({check})")
@@ -194,8 +222,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harnet.engine.device import resolve_device
     from harnet.tools.bench import run_benchmark
 
+    if args.run:
+        from harnet.tools.bench_run import bench_run
+
+        run_result = bench_run(args.run, args.formats.split(","), args.sizes[0] if args.sizes else 320,
+                               args.threads or 2, args.repeats, data=args.data,
+                               progress=lambda m: print(f"[bench] {m}", file=sys.stderr))
+        table = run_result.markdown()
+        print(f"{run_result.run}: {run_result.size} px network input, {run_result.threads} threads, "
+              f"median of {run_result.repeats}\n{table}")
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(run_result.to_dict(), indent=1))
+            out.with_suffix(".md").write_text(table + "\n")
+        return 0
     device = resolve_device(args.device)
-    result = run_benchmark(args.backbone, tuple(args.sizes), args.repeats, args.warmup, args.train_size,
+    sizes = tuple(args.sizes or (320, 512, 800))
+    result = run_benchmark(args.backbone, sizes, args.repeats, args.warmup, args.train_size,
                            str(device), args.threads, progress=lambda m: print(f"[bench] {m}", file=sys.stderr),
                            amp=not args.no_amp, memory=not args.no_memory)
     table = result.markdown()
@@ -318,10 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="export the network to ONNX or TorchScript (+ metadata JSON)")
+    ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (+ metadata JSON)")
     ex.add_argument("checkpoint", metavar="RUN_OR_CKPT")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    ex.add_argument("--out", help="output file (default: model.onnx / model.torchscript.pt beside the checkpoint)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "openvino"], default="onnx")
+    ex.add_argument("--out", help="output file, or folder for openvino (default beside the checkpoint: model.onnx, "
+                                  "model.int8.onnx, model.fp16.onnx, openvino/, model.torchscript.pt)")
+    ex.add_argument("--portable", action="store_true",
+                    help="deformable conv as GridSample + MatMul (no DeformConv op; always so for openvino)")
+    ex.add_argument("--int8", action="store_true", help="static int8 quantization (onnxruntime, QDQ, per-channel)")
+    ex.add_argument("--fp16", action="store_true", help="fp16 weights and activations (inputs/outputs stay fp32)")
+    ex.add_argument("--calib", nargs="+", metavar="IMAGES", help="--int8 calibration images: files, folders, globs")
+    ex.add_argument("--calib-count", type=int, default=100, help="use at most this many calibration images")
+    ex.add_argument("--float-parts", default=None,
+                    help="int8: comma-separated parts kept in float (predictors, deform; '' for none; "
+                         "default: predictors,deform)")
     ex.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
                     help="ONNX exporter: torch.onnx's TorchScript-based one (fast) or torch.export (torch >= 2.6)")
     ex.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
@@ -337,9 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--device", default="auto")
     xp.set_defaults(func=cmd_explain)
 
-    b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet")
+    b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet; "
+                                     "with RUN: that checkpoint's AP/latency/memory per export format")
+    b.add_argument("run", nargs="?", metavar="RUN", help="a trained run or checkpoint: bench its export formats")
+    b.add_argument("--formats", default="torch,onnx,onnx-int8,openvino",
+                   help="RUN mode: torch, onnx, onnx-fp16, onnx-int8, openvino (comma-separated)")
+    b.add_argument("--data", help="RUN mode: experiment YAML whose data is used (default: the run's)")
     b.add_argument("--backbone", default="resnet50")
-    b.add_argument("--sizes", type=int, nargs="+", default=[320, 512, 800])
+    b.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="image sizes (default 320 512 800; RUN mode: the network input, default 320)")
     b.add_argument("--repeats", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--train-size", type=int, default=512, help="image size of the training-step timing")

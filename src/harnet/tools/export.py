@@ -20,8 +20,10 @@ the exported model and ``harnet``::
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 from harnet.config.io import from_dict
 from harnet.config.model import HARNetConfig, to_dict
 from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
+from harnet.modeling.attention.deform_portable import make_portable
 from harnet.modeling.harnet import HARNet, merge_prediction_sets
 from harnet.modeling.postprocess import DenseOutputs, build_box_coder
 from harnet.modeling.preprocess import original_sizes, to_input_pixels
@@ -44,7 +47,8 @@ from harnet.modeling.pyramid import LEVEL_STRIDES, level_shapes
 ONNX_OPSET = 19  # the first opset with DeformConv
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["cls_logits", "box_deltas"]
-Format = Literal["onnx", "torchscript"]
+Format = Literal["onnx", "torchscript", "openvino"]
+Precision = Literal["fp32", "fp16", "int8"]
 Exporter = Literal["torchscript", "dynamo"]
 
 
@@ -143,8 +147,11 @@ def _example_input(config: HARNetConfig, size: tuple[int, int] | None, extra: in
 
 
 def export_onnx(model: HARNet, path: Path, exporter: Exporter = "torchscript",
-                size: tuple[int, int] | None = None) -> None:
-    """Write ``model`` as ONNX (opset 19) with dynamic batch, height and width."""
+                size: tuple[int, int] | None = None, portable: bool = False) -> None:
+    """Write ``model`` as ONNX (opset 19) with dynamic batch, height and width. ``portable``: the
+    deformable conv as ``GridSample`` + ``MatMul`` instead of ``DeformConv``, for runtimes without it."""
+    if portable:
+        model = make_portable(copy.deepcopy(model))  # type: ignore[assignment]
     try:
         import onnx  # noqa: F401  (both exporters need it)
     except ImportError:
@@ -201,14 +208,16 @@ def export_torchscript(model: HARNet, path: Path, size: tuple[int, int] | None =
 
 
 def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[int], fmt: Format,
-             exporter: str) -> dict[str, Any]:
+             exporter: str, portable: bool = False, precision: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything :func:`preprocess` / :func:`postprocess_raw` need, as plain JSON."""
     t = model.config.transform
     short, long = t.test_sizes
     return {
         "format": fmt,
         "exporter": exporter,
-        "opset": ONNX_OPSET if fmt == "onnx" else None,
+        "opset": ONNX_OPSET if fmt != "torchscript" else None,
+        "deform_conv": "GridSample + MatMul (portable)" if portable else "DeformConv",
+        "precision": precision or {"precision": "fp32"},
         "torch": torch.__version__,
         "inputs": {"images": "float32 (N, 3, H, W): RGB in [0, 1], resized so the short side is "
                              f"{short} and the long side at most {long}, normalised "
@@ -263,23 +272,62 @@ class ExportResult:
 
 def export_model(model: HARNet, path: str | Path, fmt: Format, class_names: Sequence[str],
                  category_ids: Sequence[int], exporter: Exporter = "torchscript",
-                 size: tuple[int, int] | None = None, verify: bool = True) -> ExportResult:
+                 size: tuple[int, int] | None = None, verify: bool = True, portable: bool = False,
+                 precision: Precision = "fp32", calibration: Sequence[Tensor] = (),
+                 float_parts: Sequence[str] | None = None) -> ExportResult:
     """Export ``model`` (moved to the CPU) to ``path`` plus ``<path>.json``; by default run the export on
-    a differently sized batch and report its largest difference from PyTorch."""
+    a differently sized batch and report its largest difference from PyTorch.
+
+    ``openvino``: ``path`` is a folder that receives ``model.xml`` + ``model.bin`` (converted by
+    OpenVINO from the portable ONNX graph). ``precision`` (ONNX only): ``int8`` quantizes statically
+    on ``calibration`` images (:mod:`harnet.tools.quantize`), ``fp16`` converts the weights."""
+    from harnet.tools.quantize import DEFAULT_FLOAT_PARTS, convert_fp16, quantize_int8
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    meta = metadata(model, class_names, category_ids, fmt, exporter if fmt == "onnx" else "torch.jit.trace")
-    text = json.dumps(meta, indent=1)
-    if fmt == "onnx":
-        export_onnx(model, path, exporter, size)
-    elif fmt == "torchscript":
-        export_torchscript(model, path, size, extra_files={"harnet.json": text})
-    else:
-        raise ValueError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+    if precision != "fp32" and fmt != "onnx":
+        raise ValueError(f"{precision} export is ONNX only (--format onnx)")
+    portable = portable or fmt == "openvino"
+    if fmt == "openvino":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / "model.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = path if fmt == "onnx" and precision == "fp32" else Path(tmp) / "fp32.onnx"
+        info: dict[str, Any] | None = None
+        extra: dict[str, str] = {}
+        if fmt in ("onnx", "openvino"):
+            export_onnx(model, fp32, exporter, size, portable)
+        if fmt == "onnx" and precision == "int8":
+            parts = DEFAULT_FLOAT_PARTS if float_parts is None else tuple(float_parts)
+            info = quantize_int8(fp32, path, calibration, model.config, parts)
+        elif fmt == "onnx" and precision == "fp16":
+            info = convert_fp16(fp32, path)
+        elif fmt == "openvino":
+            info = _convert_openvino(fp32, path)
+        elif fmt == "torchscript":
+            pass
+        elif fmt != "onnx":
+            raise ValueError(f"unknown export format {fmt!r}; choose onnx, torchscript or openvino")
+        meta = metadata(model, class_names, category_ids, fmt, exporter if fmt != "torchscript" else "torch.jit.trace",
+                        portable, info)
+        text = json.dumps(meta, indent=1)
+        if fmt == "torchscript":
+            extra = {"harnet.json": text}
+            export_torchscript(model, path, size, extra_files=extra)
     metadata_path(path).write_text(text + "\n")
     diff = _verify(model, path, fmt) if verify else None
     return ExportResult(path, metadata_path(path), diff)
+
+
+def _convert_openvino(onnx_path: Path, xml: Path) -> dict[str, Any]:
+    """OpenVINO's own converter on the portable ONNX graph -> IR (weights kept in fp32)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise RuntimeError("OpenVINO export needs openvino: pip install 'harnet[edge]'") from None
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    return {"precision": "fp32", "converter": f"openvino.convert_model {ov.__version__}"}
 
 
 @torch.no_grad()
@@ -292,6 +340,14 @@ def _verify(model: HARNet, path: Path, fmt: Format) -> float | None:
         with warnings.catch_warnings(), torch.jit.optimized_execution(False):
             warnings.simplefilter("ignore")
             got = [t.numpy() for t in torch.jit.load(str(path))(example)]
+    elif fmt == "openvino":
+        try:
+            import openvino as ov
+        except ImportError:
+            return None
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        result = compiled([example.numpy()])
+        got = [result[compiled.output(name)] for name in OUTPUT_NAMES]
     else:
         try:
             import onnxruntime as ort

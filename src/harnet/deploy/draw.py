@@ -1,0 +1,50 @@
+"""Detections drawn on the image with PIL alone, the look of ``harnet predict``'s pictures: one
+colour per class, a "name score" tag above each box, small images upscaled so labels stay legible."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# matplotlib's tab10, cycled beyond ten classes.
+CLASS_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+DRAW_MIN_SIZE = 512
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float],
+                    class_names: Sequence[str], min_size: int = DRAW_MIN_SIZE) -> Image.Image:
+    """``image``: float CHW RGB in [0, 1]; ``boxes`` (n, 4) XYXY in its pixels. Higher scores are drawn last."""
+    pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    picture = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    scale = max(1.0, min_size / max(1, min(picture.size)))
+    if scale > 1:
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
+                                 Image.Resampling.BILINEAR)
+    short = min(picture.size)
+    width, font = max(2, round(short / 200)), _font(max(12, round(short / 28)))
+    draw = ImageDraw.Draw(picture)
+    for k in sorted(range(len(labels)), key=lambda i: float(scores[i])):
+        x0, y0, x1, y1 = (float(v) * scale for v in boxes[k])
+        label = int(labels[k])
+        color = CLASS_COLORS[label % len(CLASS_COLORS)]
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
+        text = f"{class_names[label]} {float(scores[k]):.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        pad = max(1, width // 2)
+        tag_h = bottom - top + 2 * pad
+        ty = y0 - tag_h if y0 - tag_h >= 0 else y0
+        draw.rectangle((x0, ty, x0 + right - left + 2 * pad, ty + tag_h), fill=color)
+        luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+        draw.text((x0 + pad - left, ty + pad - top), text, font=font,
+                  fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
+    return picture

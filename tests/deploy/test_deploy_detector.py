@@ -1,0 +1,117 @@
+"""End to end on a tiny exported model: harnet.deploy (numpy + onnxruntime/OpenVINO) gives PyTorch's
+detections, runs in a process where torch cannot be imported, and the int8, portable and OpenVINO
+exports keep any input size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harnet.deploy import DeployedDetector
+from harnet.engine import checkpoint
+from harnet.engine.predictor import Detector
+from harnet.modeling.harnet import HARNet
+from harnet.tools.export import RawNetwork, export_model
+from harnet.tools.predict import predict_files
+from tests_support import TINY, random_checkpoint
+
+ALL_ATTENTIONS = [*TINY, "model.num_classes=6", "model.aligned.stages=[c4, c5]",
+                  "model.inference={nms: soft_nms, box_voting_iou: 0.6}"]
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("deploy") / "model.pt", ALL_ATTENTIONS)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt_path: Path) -> HARNet:
+    return checkpoint.build_model(checkpoint.load(ckpt_path)).eval()  # type: ignore[return-value]
+
+
+def _images() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(3, 64, 80, generator=g), torch.rand(3, 50, 70, generator=g)]
+
+
+def _export(model: HARNet, path: Path, fmt: str = "onnx", **kwargs: object) -> Path:
+    names = [f"class{i}" for i in range(6)]
+    return export_model(model, path, fmt, names, list(range(1, 7)), verify=False, **kwargs).path  # type: ignore[arg-type]
+
+
+def test_deploy_gives_pytorch_detections(model: HARNet, tmp_path: Path) -> None:
+    path = _export(model, tmp_path / "model.onnx")
+    detector = DeployedDetector(path, threads=1)
+    images = _images()
+    with torch.no_grad():
+        expected = model(images)
+    for got, exp in zip(detector.predict([im.numpy() for im in images]), expected):
+        assert len(exp["scores"]) > 10
+        np.testing.assert_array_equal(got["labels"], exp["labels"].numpy())
+        np.testing.assert_allclose(got["scores"], exp["scores"].numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["boxes"], exp["boxes"].numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["onnx-portable", "openvino"])
+def test_portable_exports_match_pytorch(model: HARNet, tmp_path: Path, fmt: str) -> None:
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+        path = _export(model, tmp_path / "ov", "openvino")
+    else:
+        path = _export(model, tmp_path / "portable.onnx", portable=True)
+        import onnx
+
+        assert "DeformConv" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    detector = DeployedDetector(path, threads=1)
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 64)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = RawNetwork(model)(x)
+        for got, exp in zip(detector.runtime.run(x.numpy()), expected):
+            np.testing.assert_allclose(got, exp.numpy(), atol=1e-3)
+
+
+def test_int8_export_keeps_any_size(model: HARNet, tmp_path: Path) -> None:
+    path = _export(model, tmp_path / "model.int8.onnx", precision="int8", calibration=_images())
+    info = json.loads(Path(str(path) + ".json").read_text())["precision"]
+    assert info["precision"] == "int8" and any("DeformConv" in n for n in info["float_nodes"])
+    detector = DeployedDetector(path, threads=1)
+    for shape in [(1, 3, 64, 96), (2, 3, 160, 128)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = RawNetwork(model)(x)
+        logits, deltas = detector.runtime.run(x.numpy())
+        assert logits.shape == tuple(expected[0].shape) and deltas.shape == tuple(expected[1].shape)
+
+
+def test_deploy_cli_without_torch_writes_predicts_json(ckpt_path: Path, model: HARNet, tmp_path: Path) -> None:
+    """python -m harnet.deploy in a process where importing torch fails: detections.json as harnet predict's."""
+    path = _export(model, tmp_path / "model.onnx")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    blocker = ("import sys; sys.modules.update(torch=None, torchvision=None); "
+               "from harnet.deploy.__main__ import main; import runpy; "
+               "sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", blocker, str(path), str(folder), "--out", str(tmp_path / "np"),
+                    "--score", "0.2", "--threads", "1"], check=True, env=env)
+    predict_files(Detector.from_checkpoint(ckpt_path, device="cpu"), sorted(folder.iterdir()), tmp_path / "pt", 0.2)
+    got = json.loads((tmp_path / "np" / "detections.json").read_text())
+    expected = json.loads((tmp_path / "pt" / "detections.json").read_text())
+    assert len(expected) > 5 and len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert (a["file_name"], a["category_id"], a["category_name"]) == (b["file_name"], b["category_id"],
+                                                                          b["category_name"])
+        assert abs(a["score"] - b["score"]) < 1e-4
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+    assert (tmp_path / "np" / "0_pred.png").is_file()
