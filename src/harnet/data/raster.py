@@ -36,6 +36,9 @@ from harnet.utils.errors import first_line
 # percentiles, a few MB whatever the raster's size.
 STRETCH_OVERVIEW = 1024
 STRETCH_PERCENTILES = (2.0, 98.0)
+# GDAL's block cache for window reads, in MB. Its default (5 % of the machine's memory) would let the cache,
+# not the window batch, set the memory of a tiled prediction.
+GDAL_CACHE_MB = 64
 # Suffixes read through rasterio when it is installed (GDAL's block-wise formats); other files go through PIL.
 GDAL_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc", ".hdf", ".sid"}
 
@@ -151,8 +154,11 @@ class GdalRaster:
         unique = sorted(set(self.bands))
         rio_window = None if window is None else RioWindow(window.x, window.y, window.width, window.height)
         shape = None if out_shape is None else (len(unique), *out_shape)
-        data = self._ds.read(unique, window=rio_window, out_shape=shape, masked=masked,
-                             resampling=self._resampling.nearest)
+        import rasterio
+
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            data = self._ds.read(unique, window=rio_window, out_shape=shape, masked=masked,
+                                 resampling=self._resampling.nearest)
         order = [unique.index(b) for b in self.bands]
         return data[order]
 
