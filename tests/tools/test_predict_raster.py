@@ -67,7 +67,9 @@ def test_no_crs_note_and_bad_arguments(model_path: Path, tmp_path: Path, capsys:
     assert main(["predict", str(model_path), str(png), "--bands", "1,2,3", "--out", str(tmp_path / "o")]) == 2
 
 
-def test_large_image_without_tile_gets_a_hint(model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_large_image_without_tile_gets_a_hint(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     png = tmp_path / "big.png"
     Image.fromarray(np.zeros((300, 300, 3), dtype=np.uint8)).save(png)  # the tiny model tests at 64 px
     assert main(["predict", str(model_path), str(png), "--out", str(tmp_path / "o")]) == 0
