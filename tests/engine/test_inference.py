@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from harnet.config.io import ConfigError
 from harnet.engine.inference import evaluate_checkpoint
@@ -31,3 +32,23 @@ def test_test_time_overrides_reach_the_model(trained_run: Path, tmp_path: Path) 
 def test_overrides_an_evaluation_cannot_apply_are_refused(trained_run: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         evaluate_checkpoint(trained_run, overrides=[override], device="cpu")
+
+
+def test_predict_dataset_tiled_matches_whole_images_when_one_window_covers_them(
+    shapes_root: Path, tmp_path: Path
+) -> None:
+    from harnet.config.experiment import load_experiment
+    from harnet.data.build import build_dataset
+    from harnet.engine import checkpoint
+    from harnet.engine.inference import predict_dataset
+    from tests_support import TINY, random_checkpoint
+
+    path = random_checkpoint(tmp_path / "m.pt", list(TINY))
+    model = checkpoint.build_model(checkpoint.load(path))
+    cfg = load_experiment(None, [*TINY, f"data.shapes={{root: {shapes_root}, num_images: 20, size: 64}}"])
+    dataset = torch.utils.data.Subset(build_dataset(cfg.data, "val"), [0, 1])
+    ids, whole = predict_dataset(model, dataset, torch.device("cpu"))
+    tiled_ids, tiled = predict_dataset(model, dataset, torch.device("cpu"), tile=64)
+    assert ids == tiled_ids
+    for a, b in zip(whole, tiled):
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=0)

@@ -16,10 +16,12 @@ from harnet.config.io import ConfigError, merge, parse_overrides
 from harnet.data.build import build_dataset
 from harnet.data.issues import write_issues
 from harnet.data.loader import collate_fn
+from harnet.data.raster import TensorRaster
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
 from harnet.engine.evaluation import EVAL_OUTPUTS, EvalResult, evaluate_predictions, to_coco_results
 from harnet.engine.runfolder import remove_outputs
+from harnet.engine.tiling import DEFAULT_OVERLAP, predict_tiled
 from harnet.engine.tta import TTAConfig, tta_predict
 from harnet.utils.atomic import write_text_atomic
 
@@ -27,10 +29,11 @@ from harnet.utils.atomic import write_text_atomic
 @torch.inference_mode()
 def predict_dataset(
     model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 2, num_workers: int = 0,
-    tta: TTAConfig | None = None,
+    tta: TTAConfig | None = None, tile: int | None = None, overlap: float = DEFAULT_OVERLAP,
 ) -> tuple[list[int], list[dict[str, Tensor]]]:
     """Detections for every image of ``dataset`` (in its order): (image ids, per-image dicts on CPU).
-    With ``tta``, each batch goes through test-time augmentation instead of one forward pass."""
+    With ``tta``, each batch goes through test-time augmentation instead of one forward pass; with ``tile``,
+    each image is predicted in windows of that size (:func:`harnet.engine.tiling.predict_tiled`)."""
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
@@ -39,7 +42,12 @@ def predict_dataset(
     predictions: list[dict[str, Tensor]] = []
     for images, targets in loader:
         batch = [img.to(device) for img in images]
-        outputs = tta_predict(model, batch, tta) if tta is not None else model(batch)
+        if tile is not None:
+            run = (lambda views: tta_predict(model, views, tta)) if tta is not None else None
+            outputs = [predict_tiled(model, TensorRaster(img), tile, overlap, device=device, predict_batch=run,
+                                     batch_size=batch_size).detections for img in batch]
+        else:
+            outputs = tta_predict(model, batch, tta) if tta is not None else model(batch)
         image_ids += [int(t["image_id"]) for t in targets]
         predictions += [{k: v.cpu() for k, v in out.items()} for out in outputs]
     model.train(was_training)
@@ -58,10 +66,12 @@ class CheckpointEval:
 def evaluate_checkpoint(
     path: str | Path, split: str = "val", *, data: str | None = None, overrides: Sequence[str] = (),
     skip_bad: bool = False, device: str = "auto", tta: TTAConfig | None = None, out: str | Path | None = None,
+    tile: int | None = None, overlap: float = DEFAULT_OVERLAP,
 ) -> CheckpointEval:
     """COCO metrics of a checkpoint on ``split`` of its own data (or of the experiment ``data`` names), written to
     ``out`` (default: ``eval_<split>`` beside the checkpoint) as metrics.json and detections.json.
 
+    With ``tile``, every image (e.g. a whole orthomosaic) is predicted in windows, as ``harnet predict --tile``.
     ``overrides`` (``KEY=VALUE``) change the data (``data.*``) and the test-time model settings
     (``model.inference.*``, ``model.transform.*``); any other key is refused, never silently ignored."""
     tree = parse_overrides(list(overrides))
@@ -79,7 +89,7 @@ def evaluate_checkpoint(
                           f"{ckpt['class_names']}")
     dev = resolve_device(device)
     model.to(dev)
-    ids, preds = predict_dataset(model, dataset, dev, tta=tta)
+    ids, preds = predict_dataset(model, dataset, dev, tta=tta, tile=tile, overlap=overlap)
     result = evaluate_predictions(dataset, ids, preds)
     folder = Path(out) if out else Path(ckpt["path"]).parent / f"eval_{split}"
     # The previous evaluation's outputs go as a set (none stays beside the new ones); each new file is written

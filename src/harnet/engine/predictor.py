@@ -12,10 +12,15 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from harnet.data.image_io import load_image
+from harnet.data.raster import Raster, open_raster
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
 from harnet.engine.fast_inference import optimize_for_inference
+from harnet.engine.tiling import DEFAULT_OVERLAP, predict_tiled
 from harnet.engine.tta import TTAConfig, tta_predict
+
+# An image this many times the model's test size (long side) is shrunk enough for objects to vanish.
+TILE_HINT_RATIO = 2.0
 
 ImageInput = str | Path | Image.Image | Tensor
 
@@ -83,3 +88,36 @@ class Detector:
                 kept["names"] = [self.class_names[i] for i in kept["labels"].tolist()]
                 results.append(kept)
         return results
+
+    def tile_hint(self, size: Sequence[int]) -> str | None:
+        """Advice for an image of ``size`` (h, w) much larger than the model's test size, else None."""
+        config = getattr(self.model, "config", None)
+        if config is None:
+            return None
+        short, _ = config.transform.test_sizes
+        if max(int(v) for v in size) <= TILE_HINT_RATIO * short:
+            return None
+        return (f"{int(size[1])}x{int(size[0])} px shrunk to the model's {short} px test size; objects may vanish: "
+                "predict it in windows with --tile SIZE (the size of the training tiles)")
+
+    @torch.inference_mode()
+    def predict_tiled(
+        self, image: str | Path | Raster, tile: int, overlap: float = DEFAULT_OVERLAP, *,
+        bands: Sequence[int] | None = None, score_thresh: float = 0.0, progress: bool = False,
+    ) -> dict[str, Any]:
+        """Detections of a raster of any size (a file or an open :class:`~harnet.data.raster.Raster`), read and
+        predicted window by window at the model's scale and merged at the seams (:mod:`harnet.engine.tiling`).
+        Same keys as :meth:`predict`, boxes in the raster's pixels."""
+        raster = open_raster(image, bands) if isinstance(image, (str, Path)) else image
+        try:
+            run = (lambda images: tta_predict(self.model, images, self.tta)) if self.tta is not None else None
+            result = predict_tiled(self.model, raster, tile, overlap, batch_size=self.batch_size, device=self.device,
+                                   predict_batch=run, progress=progress)
+        finally:
+            if isinstance(image, (str, Path)):
+                raster.close()
+        det = result.detections
+        keep = det["scores"] >= score_thresh
+        out: dict[str, Any] = {k: v[keep] for k, v in det.items()}
+        out["names"] = [self.class_names[i] for i in out["labels"].tolist()]
+        return out

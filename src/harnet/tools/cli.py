@@ -97,7 +97,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harnet.engine.inference import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, args.split, data=args.data, overrides=args.set,
-                                 skip_bad=args.skip_bad, device=args.device, tta=_tta(args), out=args.out)
+                                 skip_bad=args.skip_bad, device=args.device, tta=_tta(args), out=args.out,
+                                 tile=args.tile, overlap=args.overlap)
     print(report.result.table())
     if report.issues:
         print(f"harnet: {report.issues}", file=sys.stderr)
@@ -106,10 +107,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from harnet.data.raster import parse_bands
     from harnet.engine.predictor import Detector
+    from harnet.engine.tiling import check_tile
     from harnet.tools.predict import expand_inputs, predict_files
     from harnet.tools.video import is_video_source
 
+    try:
+        bands = parse_bands(args.bands)
+        if args.tile is not None:
+            check_tile(args.tile, args.overlap)
+        elif args.bands is not None:
+            raise ValueError("--bands: selects raster bands for tiled prediction; add --tile SIZE")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     videos = ([args.source] if args.source is not None else []) + [i for i in args.images if is_video_source(i)]
     if not videos and not args.images:
         raise UsageError("predict needs image files, folders, globs, a video or --source")
@@ -120,8 +131,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         paths = expand_inputs(args.images)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
-    report = predict_files(detector, paths, Path(args.out), args.score)
+    if args.tile is not None:
+        from harnet.tools.predict_raster import predict_rasters
+
+        report = predict_rasters(detector, paths, Path(args.out), args.score, args.tile, args.overlap, bands,
+                                 progress=not args.no_progress)
+    else:
+        report = predict_files(detector, paths, Path(args.out), args.score)
     print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+    for line in report.notes:
+        print(f"note: {line}", file=sys.stderr)
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)
     return 1 if report.skipped and not report.images else 0
@@ -347,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["train", "val"], default="val")
     ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--tile", type=int, metavar="SIZE",
+                    help="predict each image in windows of SIZE px (as predict --tile)")
+    ev.add_argument("--overlap", type=float, default=0.25, help="with --tile: window overlap, a fraction of SIZE")
     _add_tta_args(ev)
     ev.add_argument("--skip-bad", action="store_true",
                     help="skip bad images/annotations (listed in OUT/skipped.txt) instead of stopping")
@@ -359,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="predictions")
     pr.add_argument("--score", type=float, default=0.3)
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--tile", type=int, metavar="SIZE",
+                    help="predict window by window (windows of SIZE px, each at the model's scale: use the "
+                         "training tile size); any raster size; GeoTIFFs get a GeoPackage and a GeoJSON")
+    pr.add_argument("--overlap", type=float, default=0.25, help="with --tile: window overlap, a fraction of SIZE")
+    pr.add_argument("--bands", metavar="B[,G,R]", help="with --tile: 1-based raster bands shown as RGB (default 1,2,3)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar over the windows")
     _add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
 

@@ -92,6 +92,7 @@ class PredictReport:
     detections: list[dict[str, Any]] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "path: reason"
+    notes: list[str] = field(default_factory=list)  # "path: advice" (e.g. use --tile)
 
 
 def predict_files(
@@ -117,6 +118,8 @@ def predict_files(
             continue
         (det,) = detector.predict(image, score_thresh)
         report.images.append(str(path))
+        if (hint := detector.tile_hint(image.shape[-2:])) is not None:
+            report.notes.append(f"{path}: {hint}")
         for box, score, label, name in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                            det["labels"].tolist(), det["names"]):
             x0, y0, x1, y1 = box

@@ -1,0 +1,269 @@
+"""Rasters read window by window: GeoTIFFs (and anything GDAL reads) through rasterio, plain images through PIL.
+
+Tiled prediction (:mod:`harnet.engine.tiling`) asks a raster for one window at a time, so an orthomosaic of
+any size is never decoded whole when GDAL can read it in blocks. rasterio is an optional extra
+(``pip install -e ".[geo]"``); without it every file goes through PIL, which decodes the image once.
+
+Pixel values become float RGB in [0, 1], the model's input:
+
+* bands: ``bands`` (1-based, one or three of them; one band is repeated into grey RGB), else bands 1, 2, 3
+  of a raster with three or more bands and band 1 of a raster with fewer;
+* 8-bit bands are divided by 255, exactly as training images are, so a tile cut from the raster gives the
+  same pixels as the same tile saved as PNG;
+* 16-bit, other integer and float bands have no common white point: each band is stretched linearly from
+  its 2nd to its 98th percentile, computed once from a decimated read of the whole raster (at most
+  :data:`STRETCH_OVERVIEW` px on the long side, nodata excluded), and clipped to [0, 1]. Every window
+  uses the same stretch, so seams show no brightness steps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from harnet.data.image_io import BadImageError, pil_to_rgb_array
+from harnet.utils.errors import first_line
+
+# Long side of the decimated read the percentile stretch is computed from: enough pixels for stable
+# percentiles, a few MB whatever the raster's size.
+STRETCH_OVERVIEW = 1024
+STRETCH_PERCENTILES = (2.0, 98.0)
+# GDAL's block cache for window reads, in MB. Its default (5 % of the machine's memory) would let the cache,
+# not the window batch, set the memory of a tiled prediction.
+GDAL_CACHE_MB = 64
+# Suffixes read through rasterio when it is installed (GDAL's block-wise formats); other files go through PIL.
+GDAL_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc", ".hdf", ".sid"}
+
+# (a, b, c, d, e, f): map x = a*col + b*row + c, map y = d*col + e*row + f (GDAL's and rasterio's order).
+Affine6 = tuple[float, float, float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A pixel rectangle of a raster: column ``x``, row ``y``, ``width`` x ``height``."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class Raster(Protocol):
+    """What tiled prediction reads: the size, the georeference (if any) and windows as float RGB."""
+
+    path: str
+    width: int
+    height: int
+    crs: str | None  # WKT, None for a plain image
+    transform: Affine6 | None  # pixel -> map coordinates, None without a CRS
+
+    def read(self, window: Window) -> Tensor:
+        """(3, height, width) float32 RGB in [0, 1]."""
+        ...
+
+    def overview(self, max_side: int) -> Tensor:
+        """The whole raster downscaled to at most ``max_side`` px on its long side, as :meth:`read`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """``"1,2,3"`` -> (1, 2, 3); one or three 1-based band numbers."""
+    if text is None or not text.strip():
+        return None
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--bands {text}: expected 1-based band numbers such as 1,2,3") from None
+    if len(bands) not in (1, 3) or min(bands) < 1:
+        raise ValueError(f"--bands {text}: give one band (shown as grey) or three (red, green, blue), numbered from 1")
+    return bands
+
+
+def _rgb_bands(count: int, bands: Sequence[int] | None, path: str) -> tuple[int, int, int]:
+    chosen = tuple(bands) if bands else ((1, 2, 3) if count >= 3 else (1,))
+    if max(chosen) > count:
+        raise BadImageError(f"{path}: band {max(chosen)} asked for, the raster has {count} band(s)")
+    return (chosen[0],) * 3 if len(chosen) == 1 else (chosen[0], chosen[1], chosen[2])  # type: ignore[misc]
+
+
+def percentile_stretch(sample: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per band (first axis) low and high values of the 2-98 % stretch of ``sample`` (bands, h, w).
+
+    A band without valid pixels, or a constant one, gets a range of 1 so that scaling stays finite."""
+    lows, highs = [], []
+    for b in range(sample.shape[0]):
+        values = sample[b].astype(np.float64)
+        ok = np.isfinite(values) if valid is None else (valid[b] & np.isfinite(values))
+        values = values[ok]
+        if values.size == 0:
+            lows.append(0.0)
+            highs.append(1.0)
+            continue
+        lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+        lows.append(float(lo))
+        highs.append(float(hi) if hi > lo else float(lo) + 1.0)
+    return np.asarray(lows), np.asarray(highs)
+
+
+def _scale(data: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -> Tensor:
+    """(3, h, w) raw band values -> float32 [0, 1]: /255 for 8-bit data, else the stretch."""
+    if stretch is None:
+        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32) / 255.0)
+    lo, hi = stretch
+    values = (data.astype(np.float64) - lo[:, None, None]) / (hi - lo)[:, None, None]
+    values = np.clip(np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    return torch.from_numpy(values.astype(np.float32))
+
+
+class GdalRaster:
+    """A raster read through rasterio, one window at a time."""
+
+    def __init__(self, path: str | Path, bands: Sequence[int] | None = None) -> None:
+        import rasterio
+        from rasterio.enums import Resampling
+
+        self.path = str(path)
+        self._resampling = Resampling
+        try:
+            self._ds: Any = rasterio.open(self.path)
+        except Exception as e:
+            raise BadImageError(f"{self.path}: not a raster GDAL can read ({first_line(e)})") from None
+        ds = self._ds
+        self.width, self.height = int(ds.width), int(ds.height)
+        self.bands = _rgb_bands(int(ds.count), bands, self.path)
+        self.crs = ds.crs.to_wkt() if ds.crs is not None else None
+        t = ds.transform
+        self.transform: Affine6 | None = (t.a, t.b, t.c, t.d, t.e, t.f) if self.crs is not None else None
+        dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
+        self.stretch = None if dtype == np.uint8 else self._stretch()
+
+    def _read(self, out_shape: tuple[int, int] | None = None, window: Window | None = None,
+              masked: bool = False) -> Any:
+        from rasterio.windows import Window as RioWindow
+
+        unique = sorted(set(self.bands))
+        rio_window = None if window is None else RioWindow(window.x, window.y, window.width, window.height)
+        shape = None if out_shape is None else (len(unique), *out_shape)
+        import rasterio
+
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            data = self._ds.read(unique, window=rio_window, out_shape=shape, masked=masked,
+                                 resampling=self._resampling.nearest)
+        order = [unique.index(b) for b in self.bands]
+        return data[order]
+
+    def _stretch(self) -> tuple[np.ndarray, np.ndarray]:
+        scale = min(1.0, STRETCH_OVERVIEW / max(self.width, self.height))
+        shape = (max(1, round(self.height * scale)), max(1, round(self.width * scale)))
+        try:
+            sample = self._read(shape, masked=True)
+        except Exception as e:
+            raise BadImageError(f"{self.path}: cannot read an overview for the 2-98 % stretch "
+                                f"({first_line(e)})") from None
+        return percentile_stretch(np.asarray(sample.data), ~np.ma.getmaskarray(sample))
+
+    def read(self, window: Window) -> Tensor:
+        try:
+            data = self._read(window=window)
+        except Exception as e:  # a corrupt block, a file truncated on disk
+            raise BadImageError(f"{self.path}: window x={window.x} y={window.y} {window.width}x{window.height} "
+                                f"unreadable ({first_line(e)})") from None
+        return _scale(data, self.stretch)
+
+    def overview(self, max_side: int) -> Tensor:
+        scale = min(1.0, max_side / max(self.width, self.height))
+        shape = (max(1, round(self.height * scale)), max(1, round(self.width * scale)))
+        return _scale(self._read(shape), self.stretch)
+
+    def close(self) -> None:
+        self._ds.close()
+
+
+class PilRaster:
+    """A plain image (PNG, JPEG, ...) decoded once by PIL, as :func:`harnet.data.image_io.load_image` decodes it
+    (8-bit RGB and grey kept as uint8, 3 bytes a pixel; other modes as float RGB). PIL cannot read these
+    formats in windows, so the image's size is bounded by memory, unlike a GeoTIFF read through rasterio."""
+
+    def __init__(self, path: str | Path, bands: Sequence[int] | None = None) -> None:
+        self.path = str(path)
+        self.crs: str | None = None
+        self.transform: Affine6 | None = None
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: image file not found")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p) as image:
+                    plain = image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) == 1
+                    array = np.asarray(image.convert("RGB")) if plain else pil_to_rgb_array(image)
+        except Exception as e:
+            raise BadImageError(f"{p}: not a readable image file ({first_line(e)})") from None
+        if bands and tuple(bands) != (1, 2, 3):
+            chosen = _rgb_bands(3, bands, self.path)
+            array = array[:, :, [b - 1 for b in chosen]]
+        self._array = array
+        self.height, self.width = int(array.shape[0]), int(array.shape[1])
+
+    def read(self, window: Window) -> Tensor:
+        part = self._array[window.y : window.y + window.height, window.x : window.x + window.width]
+        values = np.asarray(part, dtype=np.float32) / 255.0 if part.dtype == np.uint8 else part
+        return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))
+
+    def overview(self, max_side: int) -> Tensor:
+        step = max(1, int(np.ceil(max(self.width, self.height) / max_side)))
+        return self.read(Window(0, 0, self.width, self.height))[:, ::step, ::step].contiguous()
+
+    def close(self) -> None:
+        self._array = np.empty((0, 0, 3), dtype=np.uint8)
+
+
+class TensorRaster:
+    """An image already in memory (float CHW in [0, 1]) seen as a raster: what evaluation tiles."""
+
+    def __init__(self, image: Tensor, name: str = "<image>") -> None:
+        self.path = name
+        self.image = image
+        self.height, self.width = int(image.shape[-2]), int(image.shape[-1])
+        self.crs: str | None = None
+        self.transform: Affine6 | None = None
+
+    def read(self, window: Window) -> Tensor:
+        return self.image[:, window.y : window.y + window.height, window.x : window.x + window.width]
+
+    def overview(self, max_side: int) -> Tensor:
+        step = max(1, int(np.ceil(max(self.width, self.height) / max_side)))
+        return self.image[:, ::step, ::step]
+
+    def close(self) -> None:
+        pass
+
+
+def rasterio_available() -> bool:
+    try:
+        import rasterio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> Raster:
+    """The raster at ``path``: through rasterio for GDAL formats (GeoTIFF, ...) when it is installed, else PIL."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: image file not found")
+    if p.stat().st_size == 0:
+        raise BadImageError(f"{p}: empty file (0 bytes)")
+    if p.suffix.lower() in GDAL_SUFFIXES and rasterio_available():
+        return GdalRaster(p, bands)
+    return PilRaster(p, bands)

@@ -1,0 +1,103 @@
+"""``harnet predict --tile``: GeoTIFF in, pixel JSON + GeoPackage + GeoJSON out; plain images; bad inputs; memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harnet.tools.cli import main
+from tests_support import TINY, random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("predict_raster") / "model.pt", list(TINY))
+
+
+def _write_geotiff(path: Path, data: np.ndarray) -> Path:
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    count, height, width = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+                       crs="EPSG:32633", transform=from_origin(500000.0, 4000000.0, 0.1, 0.1)) as ds:
+        ds.write(data)
+    return path
+
+
+def test_geotiff_gets_pixel_boxes_and_map_outputs(model_path: Path, tmp_path: Path) -> None:
+    pytest.importorskip("geopandas")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 96, 160), dtype=np.uint8)
+    tif = _write_geotiff(tmp_path / "ortho.tif", rgb)
+    png = tmp_path / "ortho_plain.png"
+    Image.fromarray(rgb.transpose(1, 2, 0)).save(png)
+    out = tmp_path / "out"
+    args = ["predict", str(model_path), str(tif), str(png), "--tile", "64", "--overlap", "0.25", "--score", "0.0",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert {p.name for p in out.iterdir()} >= {"detections.json", "ortho.gpkg", "ortho.geojson", "ortho_pred.png",
+                                                "ortho_plain_pred.png"}
+    assert not (out / "ortho_plain.gpkg").exists()  # no CRS: pixel outputs only
+    detections = json.loads((out / "detections.json").read_text())
+    tif_boxes = sorted(tuple(d["bbox"]) for d in detections if d["file_name"] == str(tif))
+    png_boxes = sorted(tuple(d["bbox"]) for d in detections if d["file_name"] == str(png))
+    assert tif_boxes and tif_boxes == png_boxes  # the same pixels give the same boxes
+
+    import geopandas as gpd
+
+    frame = gpd.read_file(out / "ortho.gpkg")
+    assert frame.crs.to_epsg() == 32633 and len(frame) == len(tif_boxes)
+
+
+def test_no_crs_note_and_bad_arguments(model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((50, 70, 3), dtype=np.uint8)).save(png)
+    assert main(["predict", str(model_path), str(png), "--tile", "64", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 0
+    assert "plain.png: no CRS; pixel outputs only" in capsys.readouterr().err
+    assert main(["predict", str(model_path), str(png), "--tile", "8", "--out", str(tmp_path / "o")]) == 2
+    assert "--tile 8: smaller than the model's minimum window" in capsys.readouterr().err
+    assert main(["predict", str(model_path), str(png), "--bands", "1,2,3", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_large_image_without_tile_gets_a_hint(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 300, 3), dtype=np.uint8)).save(png)  # the tiny model tests at 64 px
+    assert main(["predict", str(model_path), str(png), "--out", str(tmp_path / "o")]) == 0
+    assert "--tile SIZE" in capsys.readouterr().err
+
+
+MEMORY_SCRIPT = """
+import resource, sys, numpy as np, rasterio, torch
+from rasterio.transform import from_origin
+from harnet.engine.predictor import Detector
+torch.set_num_threads(1)
+path, model = sys.argv[1], sys.argv[2]
+size = 8200  # above the 8192 x 8192 limit of whole images
+with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs="EPSG:32633",
+                   transform=from_origin(0, 0, 1, 1), tiled=True, compress="deflate") as ds:
+    pass  # never written: GDAL reads the missing blocks as zeros
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+det = Detector.from_checkpoint(model, device="cpu")
+out = det.predict_tiled(path, tile=1024, overlap=0.0)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, len(out["boxes"]))
+"""
+
+
+@pytest.mark.slow
+def test_raster_above_the_old_limit_in_bounded_memory(model_path: Path, tmp_path: Path) -> None:
+    pytest.importorskip("rasterio")
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "huge.tif"), str(model_path)],
+                            capture_output=True, text=True, timeout=300, check=True)
+    growth_mb = float(result.stdout.split()[0])
+    # One float RGB copy of the whole raster would be 807 MB; a batch of four 1024 px windows is 50 MB.
+    assert growth_mb < 400, result.stdout
