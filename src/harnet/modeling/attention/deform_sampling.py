@@ -73,8 +73,9 @@ def deform_conv2d_sampled(
 
 
 def deform_conv(module: DeformConv2d, x: Tensor, offset: Tensor) -> Tensor:
-    """``module(x, offset)``, through :func:`deform_conv2d_sampled` where :func:`use_sampling` says so."""
-    if module.groups != 1 or not use_sampling(x):
+    """``module(x, offset)``, through :func:`deform_conv2d_sampled` where :func:`use_sampling` says so (a
+    torchvision ``DeformConv2d`` with weight groups of 1; any other module, e.g. export's portable one, runs as is)."""
+    if not isinstance(module, DeformConv2d) or module.groups != 1 or not use_sampling(x):
         return module(x, offset)
     return deform_conv2d_sampled(x, offset, module.weight, module.bias, module.stride, module.padding,
                                  module.dilation)
