@@ -189,7 +189,8 @@ def main() -> None:
         "max_polygon_vs_affine_m": polygon_error, "geojson_vs_gpkg_max_deg": float(lonlat_error),
     }
     if args.picture:
-        picture = Image.open(out / "mosaic_pred.png")
+        predict_rasters(detector, [tif], work / "picture", 0.3, TILE, 0.25)  # the CLI's default --score
+        picture = Image.open(work / "picture" / "mosaic_pred.png")
         picture.thumbnail((800, 800))
         Path(args.picture).parent.mkdir(parents=True, exist_ok=True)
         picture.save(args.picture, optimize=True)
