@@ -2,89 +2,45 @@
 
 from __future__ import annotations
 
-import glob
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor
-from torchvision.transforms.v2.functional import to_pil_image
 
+from harnet.deploy.draw import CLASS_COLORS as CLASS_COLORS
+from harnet.deploy.draw import DRAW_MIN_SIZE
+from harnet.deploy.draw import draw_detections as draw_numpy
+from harnet.deploy.files import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from harnet.deploy.files import expand_inputs as expand_inputs
 from harnet.engine.predictor import Detector
 from harnet.engine.runfolder import remove_outputs
 from harnet.utils.atomic import atomic_file, write_text_atomic
 from harnet.utils.errors import one_line
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 # What predict_files writes into its output folder, and replaces as a set when it writes there again.
 PREDICT_OUTPUTS = ("*_pred.png", "detections.json", "skipped.txt")
-# matplotlib's tab10: distinct colours, one per class (cycled beyond ten classes).
-CLASS_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
-DRAW_MIN_SIZE = 512
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
-    except TypeError:
-        return ImageFont.load_default()
 
 
 def draw_detections(
     image: Tensor, boxes: Tensor, labels: Sequence[int], scores: Sequence[float], class_names: Sequence[str],
     min_size: int = DRAW_MIN_SIZE,
 ) -> Image.Image:
-    """The image with its detections drawn, readable at a glance.
+    """The image with its detections drawn, readable at a glance (:func:`harnet.deploy.draw.draw_detections`,
+    the torch-free drawing that ``python -m harnet.deploy`` uses too, so both give the same pictures).
 
-    ``image`` is a float CHW tensor in [0, 1] and ``boxes`` (n, 4) XYXY in its pixels. An image whose
-    short side is under ``min_size`` is upscaled (bilinear) to that size first, and line width and font
-    size follow the drawing's size, so a 128 px image still gets legible labels. Each class has its own
-    colour; the label "name score" sits on a filled tag above its box (inside it at the top edge), and
-    higher-scoring boxes are drawn last, on top."""
-    picture = to_pil_image((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu()).convert("RGB")
-    scale = max(1.0, min_size / max(1, min(picture.size)))
-    if scale > 1:
-        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
-                                 Image.Resampling.BILINEAR)
-    short = min(picture.size)
-    width, font = max(2, round(short / 200)), _font(max(12, round(short / 28)))
-    draw = ImageDraw.Draw(picture)
-    for k in sorted(range(len(labels)), key=lambda i: float(scores[i])):
-        x0, y0, x1, y1 = (float(v) * scale for v in boxes[k].tolist())
-        label = int(labels[k])
-        color = CLASS_COLORS[label % len(CLASS_COLORS)]
-        draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
-        text = f"{class_names[label]} {float(scores[k]):.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        pad = max(1, width // 2)
-        tag_h = bottom - top + 2 * pad
-        ty = y0 - tag_h if y0 - tag_h >= 0 else y0
-        draw.rectangle((x0, ty, x0 + right - left + 2 * pad, ty + tag_h), fill=color)
-        luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        draw.text((x0 + pad - left, ty + pad - top), text, font=font,
-                  fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
-    return picture
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders as their image files (sorted), globs expanded. Missing -> error."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            paths.append(p)
-        elif any(ch in item for ch in "*?["):
-            paths += sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
-        else:
-            raise FileNotFoundError(f"{item}: no such file, folder or matching glob")
-    return paths
+    ``image`` is a float CHW tensor in [0, 1] (one channel is drawn as grey) and ``boxes`` (n, 4) XYXY in its
+    pixels. An image whose short side is under ``min_size`` is upscaled (bilinear) to that size first, and
+    line width and font size follow the drawing's size, so a 128 px image still gets legible labels. Each
+    class has its own colour; the label "name score" sits on a filled tag above its box (inside it at the
+    top edge), and higher-scoring boxes are drawn last, on top."""
+    pixels = image.detach().float().cpu()
+    if pixels.shape[0] == 1:
+        pixels = pixels.expand(3, -1, -1)
+    return draw_numpy(pixels.numpy(), boxes.detach().float().cpu().numpy(), labels, scores, class_names, min_size)
 
 
 @dataclass
