@@ -13,7 +13,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harnet.config.io import ConfigError
 from harnet.engine.checkpoint import CheckpointError
@@ -250,11 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table = run_result.markdown()
         print(f"{run_result.run}: {run_result.size} px network input, {run_result.threads} threads, "
               f"median of {run_result.repeats}\n{table}")
-        if args.out:
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(run_result.to_dict(), indent=1))
-            out.with_suffix(".md").write_text(table + "\n")
+        _write_bench(args.out, run_result.to_dict(), table)
         return 0
     device = resolve_device(args.device)
     sizes = tuple(args.sizes or (320, 512, 800))
@@ -264,12 +260,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     table = result.markdown()
     print(f"device {result.device} {result.device_name}, {result.threads} threads, backbone {result.backbone}, "
           f"median of {result.repeats}\n{table}")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=1))
-        out.with_suffix(".md").write_text(table + "\n")
+    _write_bench(args.out, result.to_dict(), table)
     return 0
+
+
+def _write_bench(out: str | None, data: dict[str, Any], table: str) -> None:
+    """A bench's results as ``out`` (JSON) and the same name with ``.md`` (its table); nothing without ``out``."""
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+        path.with_suffix(".md").write_text(table + "\n")
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

@@ -50,6 +50,28 @@ class PredictReport:
     skipped: list[str] = field(default_factory=list)  # "path: reason"
     notes: list[str] = field(default_factory=list)  # "path: advice" (e.g. use --tile)
 
+    def skip(self, path: Path, error: BaseException) -> None:
+        """An unreadable file (or raster window): one line naming it, the rest still processed."""
+        message = one_line(error)
+        self.skipped.append(message if str(path) in message else f"{path}: {message}")
+
+    def add(self, path: Path, det: dict[str, Any], category_ids: Sequence[int]) -> None:
+        """One image's detections as COCO-style records (XYWH pixel boxes, the dataset's category ids)."""
+        self.images.append(str(path))
+        for box, score, label, name in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                           det["labels"].tolist(), det["names"]):
+            x0, y0, x1, y1 = box
+            self.detections.append({
+                "file_name": str(path), "category_id": category_ids[label], "category_name": name,
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
+            })
+
+    def write(self, out_dir: Path) -> None:
+        """skipped.txt (when any) and detections.json, last, so a complete detections.json means a finished call."""
+        if self.skipped:
+            write_text_atomic("\n".join(self.skipped) + "\n", out_dir / "skipped.txt")
+        write_text_atomic(json.dumps(self.detections, indent=1), out_dir / "detections.json")
+
 
 def predict_files(
     detector: Detector, paths: list[Path], out_dir: Path | None, score_thresh: float,
@@ -69,27 +91,17 @@ def predict_files(
         try:
             image = detector.to_tensor(path)
         except Exception as e:  # any unreadable image is reported, the rest still processed
-            message = one_line(e)
-            report.skipped.append(message if str(path) in message else f"{path}: {message}")
+            report.skip(path, e)
             continue
         (det,) = detector.predict(image, score_thresh)
-        report.images.append(str(path))
+        report.add(path, det, detector.category_ids)
         if (hint := detector.tile_hint(image.shape[-2:])) is not None:
             report.notes.append(f"{path}: {hint}")
-        for box, score, label, name in zip(det["boxes"].tolist(), det["scores"].tolist(),
-                                           det["labels"].tolist(), det["names"]):
-            x0, y0, x1, y1 = box
-            report.detections.append({
-                "file_name": str(path), "category_id": detector.category_ids[label], "category_name": name,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
-            })
         if out_dir is not None:
             drawn = draw_detections(image, det["boxes"], det["labels"].tolist(), det["scores"].tolist(),
                                     detector.class_names, draw_min_size)
             with atomic_file(out_dir / f"{path.stem}_pred.png") as f:
                 drawn.save(f, format="PNG")
     if out_dir is not None:
-        if report.skipped:
-            write_text_atomic("\n".join(report.skipped) + "\n", out_dir / "skipped.txt")
-        write_text_atomic(json.dumps(report.detections, indent=1), out_dir / "detections.json")
+        report.write(out_dir)
     return report

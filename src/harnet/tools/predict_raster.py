@@ -9,7 +9,6 @@ note saying why there is no map output.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from harnet.data.raster import open_raster
@@ -17,8 +16,7 @@ from harnet.engine.predictor import Detector
 from harnet.engine.runfolder import remove_outputs
 from harnet.tools.geo_output import geo_available, write_geo_outputs
 from harnet.tools.predict import PREDICT_OUTPUTS, PredictReport, draw_detections
-from harnet.utils.atomic import atomic_file, write_text_atomic
-from harnet.utils.errors import one_line
+from harnet.utils.atomic import atomic_file
 
 OVERVIEW_SIDE = 2048
 TILED_OUTPUTS = (*PREDICT_OUTPUTS, "*.gpkg", "*.geojson")
@@ -43,17 +41,9 @@ def predict_rasters(
             finally:
                 raster.close()
         except Exception as e:  # unreadable file or window: reported, the rest still processed
-            message = one_line(e)
-            report.skipped.append(message if str(path) in message else f"{path}: {message}")
+            report.skip(path, e)
             continue
-        report.images.append(str(path))
-        for box, score, label, name in zip(det["boxes"].tolist(), det["scores"].tolist(),
-                                           det["labels"].tolist(), det["names"]):
-            x0, y0, x1, y1 = box
-            report.detections.append({
-                "file_name": str(path), "category_id": detector.category_ids[label], "category_name": name,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
-            })
+        report.add(path, det, detector.category_ids)
         if out_dir is None or picture is None:
             continue
         scale = picture.shape[-1] / raster.width
@@ -69,7 +59,5 @@ def predict_rasters(
         else:
             write_geo_outputs(out_dir, path.stem, det, detector.class_names, raster.crs, raster.transform)
     if out_dir is not None:
-        if report.skipped:
-            write_text_atomic("\n".join(report.skipped) + "\n", out_dir / "skipped.txt")
-        write_text_atomic(json.dumps(report.detections, indent=1), out_dir / "detections.json")
+        report.write(out_dir)
     return report
