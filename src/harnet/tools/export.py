@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from harnet.config.io import from_dict
 from harnet.config.model import HARNetConfig, to_dict
+from harnet.deploy.metadata import ExportInfo, load_export_info, metadata_path
 from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
 from harnet.modeling.attention.deform_portable import make_portable
 from harnet.modeling.harnet import HARNet, merge_prediction_sets
@@ -234,30 +234,9 @@ def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[i
     }
 
 
-def metadata_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".json")
-
-
-@dataclass
-class ExportedModel:
-    """An export's metadata, loaded back: the config for pre/post-processing and the class names."""
-
-    config: HARNetConfig
-    class_names: list[str]
-    category_ids: list[int]
-    info: dict[str, Any]
-
-
-def load_metadata(path: str | Path) -> ExportedModel:
-    """Read ``<model file>.json`` (pass the model file or the JSON itself)."""
-    path = Path(path)
-    meta = path if path.suffix == ".json" else metadata_path(path)
-    if not meta.is_file():
-        raise FileNotFoundError(f"{meta}: export metadata not found (written by harnet export beside the model)")
-    info = json.loads(meta.read_text())
-    config = from_dict(HARNetConfig, info["model"], "model")
-    return ExportedModel(config, list(info["class_names"]), list(info["category_ids"]), info)
+# An export's metadata, read back (the same reader ``python -m harnet.deploy`` uses, which has no torch).
+ExportedModel = ExportInfo
+load_metadata = load_export_info
 
 
 # --- one call ----------------------------------------------------------------------------------
