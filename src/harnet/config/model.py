@@ -328,7 +328,9 @@ def preset_fragment(name: str) -> dict[str, Any]:
     return merge({}, _cached_fragment("presets", name))
 
 
+@cache
 def preset_switches(name: str) -> tuple[bool, bool, bool, bool]:
+    """The attention switches preset ``name`` sets (built once: ``preset_name`` compares against all of them)."""
     return HARNetConfig.preset(name).switches
 
 
