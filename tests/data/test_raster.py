@@ -90,3 +90,23 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
     (tmp_path / "empty.tif").write_bytes(b"")
     with pytest.raises(BadImageError, match="empty file"):
         open_raster(tmp_path / "empty.tif")
+
+
+@pytest.mark.parametrize("strip_rows", [7, 512])
+def test_decimated_reads_equal_gdal_nearest_in_any_strips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          strip_rows: int) -> None:
+    """The overview and the stretch sample are read in full-resolution strips and decimated in numpy (GDAL's own
+    decimated read decodes blocks again per output row): the same pixels as GDAL's nearest out_shape read."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.enums import Resampling
+
+    import harnet.data.raster as raster_module
+
+    monkeypatch.setattr(raster_module, "DECIMATE_STRIP_ROWS", strip_rows)
+    data = np.random.default_rng(3).integers(0, 256, (3, 50, 70), dtype=np.uint8)
+    path = _geotiff(tmp_path / "big.tif", data)
+    overview = open_raster(path).overview(20)
+    with rasterio.open(path) as ds:
+        expected = ds.read([1, 2, 3], out_shape=(3, 14, 20), resampling=Resampling.nearest)
+    assert overview.shape == (3, 14, 20)
+    np.testing.assert_array_equal((overview.numpy() * 255).round().astype(np.uint8), expected)

@@ -77,6 +77,60 @@ def test_soft_nms_max_keep_and_min_score() -> None:
     assert empty_keep.numel() == 0 and empty_scores.numel() == 0
 
 
+def reference_soft_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, sigma: float,
+                       max_keep: int | None) -> dict[int, float]:
+    """Gaussian Soft-NMS written literally, one class and one pick at a time (float64): index -> decayed score."""
+    out: dict[int, float] = {}
+    for label in labels.unique().tolist():
+        idx = torch.where(labels == label)[0]
+        current = {int(i): float(scores[i]) for i in idx}
+        picks = 0
+        while current and (max_keep is None or picks < max_keep):
+            best = max(current, key=lambda i: current[i])
+            if current[best] < SOFT_NMS_MIN_SCORE:
+                break
+            out[best] = current.pop(best)
+            picks += 1
+            iou = box_iou(boxes[best][None].double(), boxes.double())[0]
+            for i in current:
+                current[i] *= math.exp(-float(iou[i]) ** 2 / sigma)
+    return out
+
+
+def clustered_candidates(seed: int, objects: int = 30, per_object: int = 20,
+                         num_labels: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates as a detector gives them: clusters of jittered boxes around objects, some touching."""
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.rand(objects, 2, generator=g) * 200).repeat_interleave(per_object, 0)
+    sides = (8 + torch.rand(objects, 1, generator=g) * 30).repeat_interleave(per_object, 0)
+    centres = centres + torch.randn(centres.shape, generator=g) * sides * 0.2
+    sides = sides * (1 + 0.2 * torch.randn(sides.shape, generator=g))
+    n = objects * per_object
+    scores = 0.05 + 0.95 * torch.rand(n, generator=g) ** 2
+    return (torch.cat([centres - sides / 2, centres + sides / 2], dim=1), scores,
+            torch.randint(0, num_labels, (n,), generator=g))
+
+
+@pytest.mark.parametrize("block", [3, 64])
+@pytest.mark.parametrize(("seed", "num_labels", "max_keep"), [(0, 1, None), (1, 3, None), (2, 2, 40), (3, 1, 7)])
+def test_batched_soft_nms_equals_one_pick_at_a_time(monkeypatch: pytest.MonkeyPatch, block: int, seed: int,
+                                                    num_labels: int, max_keep: int | None) -> None:
+    """Several picks per step (boxes that cannot change each other's turn) = the literal algorithm: the same
+    boxes, the same pick order, the same decayed scores (to float32 rounding of the decay products)."""
+    import harnet.modeling.postprocess as postprocess
+
+    monkeypatch.setattr(postprocess, "SOFT_NMS_BLOCK", block)
+    boxes, scores, labels = clustered_candidates(seed, num_labels=num_labels)
+    keep, kept = soft_nms(boxes, scores, labels, SIGMA, max_keep=max_keep)
+    expected = reference_soft_nms(boxes, scores, labels, SIGMA, max_keep)
+    if max_keep is not None:  # the best max_keep over all classes
+        expected = dict(sorted(expected.items(), key=lambda kv: -kv[1])[:max_keep])
+    assert sorted(keep.tolist()) == sorted(expected)
+    for i, score in zip(keep.tolist(), kept.tolist()):
+        assert score == pytest.approx(expected[i], rel=1e-5, abs=1e-7)
+    assert kept.tolist() == sorted(kept.tolist(), reverse=True)
+
+
 def reference_box_voting(kept_boxes: list[list[float]], kept_scores: list[float], kept_labels: list[int],
                          boxes: list[list[float]], scores: list[float], labels: list[int],
                          thresh: float, neighbors: int = 4) -> tuple[list[list[float]], list[float]]:

@@ -39,6 +39,8 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 # GDAL's block cache for window reads, in MB. Its default (5 % of the machine's memory) would let the cache,
 # not the window batch, set the memory of a tiled prediction.
 GDAL_CACHE_MB = 64
+# Rows per full-resolution strip of a decimated read (overview picture, stretch sample).
+DECIMATE_STRIP_ROWS = 512
 # Suffixes read through rasterio when it is installed (GDAL's block-wise formats); other files go through PIL.
 GDAL_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc", ".hdf", ".sid"}
 
@@ -147,26 +149,39 @@ class GdalRaster:
         dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
         self.stretch = None if dtype == np.uint8 else self._stretch()
 
-    def _read(self, out_shape: tuple[int, int] | None = None, window: Window | None = None,
-              masked: bool = False) -> Any:
+    def _read(self, window: Window | None = None, masked: bool = False) -> Any:
         from rasterio.windows import Window as RioWindow
 
         unique = sorted(set(self.bands))
         rio_window = None if window is None else RioWindow(window.x, window.y, window.width, window.height)
-        shape = None if out_shape is None else (len(unique), *out_shape)
         import rasterio
 
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            data = self._ds.read(unique, window=rio_window, out_shape=shape, masked=masked,
-                                 resampling=self._resampling.nearest)
+            data = self._ds.read(unique, window=rio_window, masked=masked)
         order = [unique.index(b) for b in self.bands]
         return data[order]
+
+    def _decimated(self, shape: tuple[int, int], masked: bool = False) -> Any:
+        """The whole raster at ``shape`` (rows, cols), nearest pixel, read in full-resolution strips.
+
+        Why not GDAL's own ``out_shape`` read: on a tiled, compressed GeoTIFF without overviews it
+        decodes blocks again for every output row (36 s for a 4,000 px raster whose full read takes
+        0.2 s). A strip of :data:`DECIMATE_STRIP_ROWS` rows bounds the memory whatever the width."""
+        rows = np.minimum(((np.arange(shape[0]) + 0.5) * self.height / shape[0]).astype(np.int64), self.height - 1)
+        cols = np.minimum(((np.arange(shape[1]) + 0.5) * self.width / shape[1]).astype(np.int64), self.width - 1)
+        parts = []
+        for top in range(0, self.height, DECIMATE_STRIP_ROWS):
+            wanted = rows[(rows >= top) & (rows < top + DECIMATE_STRIP_ROWS)] - top
+            if wanted.size:
+                height = min(DECIMATE_STRIP_ROWS, self.height - top)
+                parts.append(self._read(Window(0, top, self.width, height), masked=masked)[:, wanted][:, :, cols])
+        return np.ma.concatenate(parts, axis=1) if masked else np.concatenate(parts, axis=1)
 
     def _stretch(self) -> tuple[np.ndarray, np.ndarray]:
         scale = min(1.0, STRETCH_OVERVIEW / max(self.width, self.height))
         shape = (max(1, round(self.height * scale)), max(1, round(self.width * scale)))
         try:
-            sample = self._read(shape, masked=True)
+            sample = self._decimated(shape, masked=True)
         except Exception as e:
             raise BadImageError(f"{self.path}: cannot read an overview for the 2-98 % stretch "
                                 f"({first_line(e)})") from None
@@ -174,7 +189,7 @@ class GdalRaster:
 
     def read(self, window: Window) -> Tensor:
         try:
-            data = self._read(window=window)
+            data = self._read(window)
         except Exception as e:  # a corrupt block, a file truncated on disk
             raise BadImageError(f"{self.path}: window x={window.x} y={window.y} {window.width}x{window.height} "
                                 f"unreadable ({first_line(e)})") from None
@@ -183,7 +198,7 @@ class GdalRaster:
     def overview(self, max_side: int) -> Tensor:
         scale = min(1.0, max_side / max(self.width, self.height))
         shape = (max(1, round(self.height * scale)), max(1, round(self.width * scale)))
-        return _scale(self._read(shape), self.stretch)
+        return _scale(self._decimated(shape), self.stretch)
 
     def close(self) -> None:
         self._ds.close()

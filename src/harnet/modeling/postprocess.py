@@ -64,16 +64,19 @@ def _by_class(labels: Tensor) -> tuple[Tensor, Tensor]:
     return table, table >= 0
 
 
-def _row_iou(picked: Tensor, boxes: Tensor) -> Tensor:
-    """IoU of ``picked[g]`` (G, 4) with every box of its row ``boxes[g]`` (G, M, 4) -> (G, M).
+def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of every box of ``a[g]`` (G, K, 4) with every box of ``b[g]`` (G, M, 4) -> (G, K, M).
 
     A zero-area pair (IoU 0/0) counts as no overlap."""
-    p = picked[:, None, :]
-    wh = (torch.minimum(p[..., 2:], boxes[..., 2:]) - torch.maximum(p[..., :2], boxes[..., :2])).clamp(min=0)
+    p, q = a[:, :, None, :], b[:, None, :, :]
+    wh = (torch.minimum(p[..., 2:], q[..., 2:]) - torch.maximum(p[..., :2], q[..., :2])).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     area_p = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])
-    return (inter / (area + area_p - inter)).nan_to_num(0.0)
+    area_q = (q[..., 2] - q[..., 0]) * (q[..., 3] - q[..., 1])
+    return (inter / (area_p + area_q - inter)).nan_to_num(0.0)
+
+
+SOFT_NMS_BLOCK = 64  # candidates per class examined per step of the batched Soft-NMS
 
 
 def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float,
@@ -81,31 +84,70 @@ def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float,
     """Gaussian Soft-NMS per class: pick the best box, decay the others by exp(-IoU^2 / sigma), repeat
     until every remaining score is below ``min_score`` (the authors' ``cpu_soft_nms``, method 2).
 
-    Every class runs at once, one pick per class per iteration, so the loop is as long as the
-    longest class's pick sequence. Returns (indices, decayed scores), sorted by decayed score (pick
-    order within a class). Since picked scores only decrease, the top ``max_keep`` overall are
-    among each class's first ``max_keep`` picks: with ``max_keep`` the loop stops there.
+    Returns (indices, decayed scores), sorted by decayed score (pick order within a class). Since
+    picked scores only decrease, the top ``max_keep`` overall are among each class's first
+    ``max_keep`` picks: with ``max_keep`` the loop stops there.
+
+    Why batched: picking one box per step makes the loop as long as the candidate list (thousands of
+    steps for a dense image, each a handful of tiny tensor ops). Each step here takes every class's
+    ``SOFT_NMS_BLOCK`` best remaining boxes in score order and computes, from their pairwise IoUs, what
+    one-at-a-time picking would do among them: box j is the next pick if, decayed by the picks before
+    it, it still scores at least as high as every later box of the block (decayed by the same picks)
+    and every box outside the block (which can only have decayed further). The longest such run is
+    picked at once and the rest decayed by all of it. Boxes that do not overlap are picked together,
+    so the steps follow the overlap structure, not the candidate count; the picks and scores are the
+    one-at-a-time algorithm's, up to float rounding of the decay products.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0)
     table, valid = _by_class(labels)
-    rows = torch.arange(table.shape[0], device=boxes.device)
+    classes, width = table.shape
+    rows = torch.arange(classes, device=boxes.device)[:, None]
     table_boxes = boxes[table.clamp(min=0)]
     current = torch.where(valid, scores[table.clamp(min=0)], torch.full_like(table, -1, dtype=scores.dtype))
+    budget = torch.full((classes,), width if max_keep is None else min(max_keep, width), device=boxes.device)
+    order = torch.arange(min(SOFT_NMS_BLOCK, width), device=boxes.device)
     keep, kept_scores = [], []
-    for _ in range(table.shape[1] if max_keep is None else min(max_keep, table.shape[1])):
-        best_score, best = current.max(dim=1)
-        active = best_score >= min_score
-        if not bool(active.any()):
+    while True:
+        alive = current >= min_score  # a box below the floor never rises again: drop it from the table
+        width = int(alive.sum(dim=1).max())
+        if width == 0:
             break
-        keep.append(table[rows[active], best[active]])
-        kept_scores.append(best_score[active])
-        current[rows, best] = -1.0  # picked (or, for an inactive class, already below min_score)
-        iou = _row_iou(table_boxes[rows, best], table_boxes)
-        current = torch.where(current >= 0, current * torch.exp(-(iou * iou) / sigma), current)
+        if width <= current.shape[1] // 2:
+            current, by_score = current.sort(dim=1, descending=True)
+            current, by_score = current[:, :width], by_score[:, :width]
+            table, table_boxes = table.gather(1, by_score), table_boxes[rows, by_score]
+        block = min(SOFT_NMS_BLOCK, width)
+        top, position = current.topk(min(block + 1, current.shape[1]), dim=1)
+        outside = top[:, block] if top.shape[1] > block else torch.full_like(top[:, 0], -1.0)
+        top, position = top[:, :block], position[:, :block]
+        block_boxes = table_boxes[rows, position]
+        iou = _pairwise_iou(block_boxes, block_boxes)
+        later = (order[None, :block] > order[:block, None])  # [i, l]: l comes after i in the block
+        log_decay = torch.where(later, -(iou * iou) / sigma, torch.zeros_like(iou))  # pick i decays a later l
+        # after[g, j, l]: box l of the block once the boxes before j are picked.
+        after = top[:, None, :] * torch.exp(torch.cumsum(log_decay, dim=1) - log_decay)
+        mine = after.diagonal(dim1=1, dim2=2)  # (G, block): box j when its turn comes
+        rivals = torch.where(later, after, torch.full_like(after, -1.0)).amax(dim=2)
+        ok = (mine >= torch.maximum(rivals, outside[:, None])) & (mine >= min_score)
+        count = torch.minimum(ok.to(torch.int64).cumprod(dim=1).sum(dim=1), budget)
+        most = int(count.max())
+        if most == 0:
+            break
+        picked = order[None, :most] < count[:, None]
+        budget -= count
+        position = position[:, :most]
+        keep.append(table[rows, position][picked])
+        kept_scores.append(mine[:, :most][picked])
+        iou = _pairwise_iou(block_boxes[:, :most], table_boxes)
+        decay = torch.where(picked[:, :, None], iou * iou, torch.zeros_like(iou)).sum(dim=1)
+        current[rows.expand_as(position)[picked], position[picked]] = -1.0
+        current = torch.where(current >= 0, current * torch.exp(-decay / sigma), current)
+    if not keep:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device), scores.new_empty(0)
     keep_t, kept_t = torch.cat(keep), torch.cat(kept_scores)
-    order = torch.argsort(kept_t, descending=True, stable=True)[:max_keep]
-    return keep_t[order], kept_t[order]
+    ranked = torch.argsort(kept_t, descending=True, stable=True)[:max_keep]
+    return keep_t[ranked], kept_t[ranked]
 
 
 def box_voting(kept_boxes: Tensor, kept_scores: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor,
