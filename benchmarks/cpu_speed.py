@@ -80,6 +80,7 @@ def bench_demo(checkpoint: str, size: int, threads: int, repeats: int) -> dict[s
         export_onnx(plain.model, onnx_path, size=(size, size))  # type: ignore[arg-type]
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no spinning into torch's turn
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     feed = {"images": batch.numpy()}
 

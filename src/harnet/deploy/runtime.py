@@ -24,17 +24,23 @@ class Runtime(Protocol):
 
 
 class OnnxRuntime:
-    """An onnxruntime CPU session; ``threads`` sets its intra-op thread pool (None: onnxruntime's default)."""
+    """An onnxruntime CPU session; ``threads`` sets its intra-op thread pool (None: onnxruntime's default).
+
+    ``spin=False`` lets the pool's threads sleep as soon as a run ends. onnxruntime's default keeps them
+    spinning for a while, the fastest for one stream of runs, but several sessions (or torch) timed in
+    turn in one process then steal each other's cores; benchmarks that interleave turn it off."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, spin: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

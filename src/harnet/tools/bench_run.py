@@ -1,7 +1,8 @@
 """``harnet bench RUN --formats ...``: one trained checkpoint in each deployable form, measured in one process.
 
-Per format: val AP (the checkpoint's own data, each format's full pipeline: PyTorch's ``model(images)``
-for ``torch``, :mod:`harnet.deploy`'s numpy pre/post-processing around the runtime for the others),
+Per format: val AP (the checkpoint's own data, each format's full pipeline: for ``torch``, ``model(images)``
+with the network as :class:`~harnet.engine.predictor.Detector` runs it (folded norms, channels_last);
+for the others, :mod:`harnet.deploy`'s numpy pre/post-processing around the runtime),
 network latency at a fixed square input (median, the formats interleaved so a noisy machine slows
 them alike; ratios to onnxruntime fp32 are what to read), FPS of the whole pipeline on the val
 images, the peak resident memory one inference adds, and the file size. The exports are made from
@@ -10,6 +11,7 @@ the checkpoint into a scratch folder; int8 is calibrated on the training images.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 import time
@@ -26,8 +28,10 @@ from harnet.config.io import merge
 from harnet.data.build import build_dataset
 from harnet.deploy.detector import DeployedDetector
 from harnet.deploy.preprocess import preprocess as np_preprocess
+from harnet.deploy.runtime import OnnxRuntime
 from harnet.engine import checkpoint
 from harnet.engine.evaluation import evaluate_predictions
+from harnet.engine.fast_inference import optimize_for_inference
 from harnet.modeling.harnet import HARNet
 from harnet.tools.bench import peak_memory_mb
 from harnet.tools.export import RawNetwork, export_model
@@ -104,9 +108,14 @@ def bench_run(run: str | Path, formats: Sequence[str] = ("torch", "onnx", "onnx-
                 res = export_model(model, Path(tmp) / f"{fmt}.onnx", "onnx", ckpt["class_names"], ckpt["category_ids"],
                                    verify=False, precision=precision, calibration=calibration)  # type: ignore[arg-type]
                 paths[fmt] = res.path
-        detectors = {fmt: DeployedDetector(p, threads=threads) for fmt, p in paths.items() if fmt != "torch"}
-        raw = RawNetwork(model).eval()
-        x_torch = torch.from_numpy(network_input)
+        # onnxruntime pools that sleep between runs: spinning ones would steal the cores of the format timed next.
+        detectors = {fmt: DeployedDetector(p, threads=threads, runtime=OnnxRuntime(p, threads, spin=False)
+                                           if fmt.startswith("onnx") else None)
+                     for fmt, p in paths.items() if fmt != "torch"}
+        # The torch row is the network as Detector (harnet predict) runs it: folded norms, channels_last.
+        fast = optimize_for_inference(copy.deepcopy(model), torch.device("cpu"))
+        raw = RawNetwork(fast).eval()
+        x_torch = torch.from_numpy(network_input).contiguous(memory_format=torch.channels_last)
         calls: dict[str, Callable[[], Any]] = {}
         for fmt in formats:
             calls[fmt] = (lambda: raw(x_torch)) if fmt == "torch" else _runtime_call(detectors[fmt], network_input)
@@ -127,7 +136,7 @@ def bench_run(run: str | Path, formats: Sequence[str] = ("torch", "onnx", "onnx-
             start = time.perf_counter()
             if fmt == "torch":
                 with torch.inference_mode():
-                    predictions = [model([image])[0] for image in images]
+                    predictions = [fast([image])[0] for image in images]
             else:
                 detections = [detectors[fmt].predict([image.numpy()])[0] for image in images]
                 predictions = [{k: torch.from_numpy(np.asarray(d[k])) for k in ("boxes", "scores", "labels")}

@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calib-count", type=int, default=100, help="use at most this many calibration images")
     ex.add_argument("--float-parts", default=None,
                     help="int8: comma-separated parts kept in float (predictors, deform; '' for none; "
-                         "default: predictors,deform)")
+                         "default: deform)")
     ex.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
                     help="ONNX exporter: torch.onnx's TorchScript-based one (fast) or torch.export (torch >= 2.6)")
     ex.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),

@@ -14,9 +14,10 @@ difference between a graph that works and one that does not:
   followed by two quantize/dequantize pairs and int8 would be slower than fp32.
 - *U8 activations, S8 weights*: the combination x86 CPUs run fastest (VNNI / the u8s8 GEMM).
 
-Parts that lose accuracy in int8 stay in float (``nodes_to_exclude``): by default the last
-predictor convs (the logits and box deltas themselves) and the deformable conv (onnxruntime has no
-int8 ``DeformConv``). The export metadata records what was kept in float and how it was calibrated.
+Parts may stay in float (``nodes_to_exclude``): by default only the deformable conv (onnxruntime has
+no int8 ``DeformConv``); ``predictors`` also keeps the last convs (the logits and box deltas
+themselves) in float, which costs more time than it saves AP (docs/RESULTS.md, "int8"). The export
+metadata records what was kept in float and how it was calibrated.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FLOAT_PARTS = {
     "predictors": lambda node: node.op_type == "Conv" and "/predictor/" in node.name,
     "deform": lambda node: node.op_type == "DeformConv",
 }
-DEFAULT_FLOAT_PARTS = ("predictors", "deform")
+DEFAULT_FLOAT_PARTS = ("deform",)
 
 
 def shape_nodes(model: Any) -> list[str]:

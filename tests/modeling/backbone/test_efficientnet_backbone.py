@@ -103,3 +103,32 @@ def test_wrong_file_is_rejected(tmp_path: Path) -> None:
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     with pytest.raises(ValueError, match="not an efficientnet_lite0 state_dict"):
         EfficientNetLite0Backbone(BackboneConfig("efficientnet_lite0", weights=str(path)))
+
+
+def test_fixed_same_padding_equals_timm_at_any_size_and_exports_without_shape_ops(tmp_path: Path) -> None:
+    """The stride-2 convs' TF "same" padding is fixed for sides that are multiples of the stride (every HAR-Net
+    batch) and still size-dependent in eager mode: outputs equal timm's Conv2dSame for even and odd sizes; the
+    traced graph holds no Shape op (so the exported Pads are constants that onnxruntime folds into the convs)."""
+    import copy
+
+    from harnet.modeling.backbone.efficientnet import FixedSamePadConv2d, fix_same_padding
+
+    torch.manual_seed(0)
+    reference = timm.create_model(TIMM_ARCH, pretrained=False, features_only=True, out_indices=(2, 3, 4)).eval()
+    fixed = fix_same_padding(copy.deepcopy(reference)).eval()
+    assert sum(isinstance(m, FixedSamePadConv2d) for m in fixed.modules()) == 5
+    assert list(fixed.state_dict()) == list(reference.state_dict())
+    with torch.no_grad():
+        for h, w in ((64, 96), (77, 50)):
+            x = torch.randn(1, 3, h, w)
+            for a, b in zip(reference(x), fixed(x)):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    onnx = pytest.importorskip("onnx")
+    import inspect
+
+    path = tmp_path / "body.onnx"
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    torch.onnx.export(fixed, (torch.randn(1, 3, 64, 64),), str(path), input_names=["x"], opset_version=17,
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, **legacy)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Pad" in ops and "Shape" not in ops

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harnet.config.model import BackboneConfig
@@ -77,6 +79,68 @@ def efficientnet_lite0_state(weights: str) -> dict[str, Tensor]:
     return state
 
 
+def same_padding(kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF "same" padding (before, after) of an input whose size is a multiple of ``stride``: then the
+    total, max(effective kernel - stride, 0), does not depend on the size."""
+    total = max((kernel - 1) * dilation + 1 - stride, 0)
+    return total // 2, total - total // 2
+
+
+class FixedSamePadConv2d(nn.Conv2d):
+    """timm's ``Conv2dSame`` (TF "same" padding, asymmetric for a stride-2 conv) with the padding fixed
+    for inputs whose sides are multiples of the stride, which every HAR-Net input is (batches are padded
+    to ``transform.size_divisible``, a multiple of 32).
+
+    Why: timm computes the padding from the input's size at every call, which an exported graph
+    carries as a dozen shape operations and a ``Pad`` per conv; a constant ``Pad`` is folded into the
+    conv by onnxruntime. Other sizes (eager mode only) still get the size-dependent padding, so the
+    module computes what ``Conv2dSame`` does for any input.
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> FixedSamePadConv2d:
+        fixed = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,  # type: ignore[arg-type]
+                    conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
+        fixed.weight, fixed.bias = conv.weight, conv.bias
+        return fixed
+
+    def padding_for(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) TF "same" padding of a ``height`` x ``width`` input."""
+        pads = []
+        for size, k, s, d in ((width, *self._dims(1)), (height, *self._dims(0))):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return pads[0], pads[1], pads[2], pads[3]
+
+    def _dims(self, axis: int) -> tuple[int, int, int]:
+        return self.kernel_size[axis], self.stride[axis], self.dilation[axis]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing() or _compiling():
+            left, right = same_padding(*self._dims(1))
+            top, bottom = same_padding(*self._dims(0))
+        else:  # eager: exact for any size
+            left, right, top, bottom = self.padding_for(x.shape[-2], x.shape[-1])
+        # value=0.0 spelled out: the ONNX Pad then gets a constant value input, which onnxruntime's
+        # PadFusion needs to fold the Pad into the conv.
+        return self._conv_forward(F.pad(x, (left, right, top, bottom), value=0.0), self.weight, self.bias)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def fix_same_padding(body: nn.Module) -> nn.Module:
+    """Replace every timm ``Conv2dSame`` in ``body`` by a :class:`FixedSamePadConv2d` (same parameters, same
+    state_dict keys); in place."""
+    for name, module in list(body.named_modules()):
+        if type(module).__name__ == "Conv2dSame" and isinstance(module, nn.Conv2d):
+            parent, _, child = name.rpartition(".")
+            setattr(body.get_submodule(parent) if parent else body, child, FixedSamePadConv2d.from_conv(module))
+    return body
+
+
 class EfficientNetLite0Backbone(nn.Module):
     """timm ``tf_efficientnet_lite0`` features at strides 8/16/32, exposing ``c3``, ``c4``, ``c5``.
 
@@ -89,7 +153,8 @@ class EfficientNetLite0Backbone(nn.Module):
         if not 0 <= cfg.trainable_layers <= 5:
             raise ValueError(f"backbone.trainable_layers must be in 0..5, got {cfg.trainable_layers}")
         timm = _timm()
-        body = timm.create_model(TIMM_ARCH, pretrained=False, features_only=True, out_indices=(2, 3, 4))
+        body = fix_same_padding(timm.create_model(TIMM_ARCH, pretrained=False, features_only=True,
+                                                  out_indices=(2, 3, 4)))
         if cfg.weights:
             state = efficientnet_lite0_state(cfg.weights)
             state = {k: v for k, v in state.items() if not k.startswith(("conv_head.", "bn2.", "classifier."))}
