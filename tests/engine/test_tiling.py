@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from harnet.config.model import InferenceConfig
 from harnet.data.raster import TensorRaster, Window
@@ -108,3 +112,19 @@ def test_tile_below_the_minimum_is_refused(tiny_model: torch.nn.Module) -> None:
         predict_tiled(tiny_model, TensorRaster(torch.rand(3, 64, 64)), tile=8)
 
 
+
+
+def test_voting_absorbs_twins_from_other_windows_soft_nms_alone_decays_them() -> None:
+    """With box voting, a box of another window claimed by a kept box (IoU >= box_voting_iou) is averaged into it
+    and removed; Soft-NMS without voting only decays it (exp(-IoU^2 / sigma))."""
+    boxes = torch.tensor([[390.0, 10, 450, 60], [392.0, 10, 452, 60]])
+    scores, labels, windows = torch.tensor([0.9, 0.6]), torch.tensor([0, 0]), torch.tensor([0, 1])
+    iou = float(box_iou(boxes[:1], boxes[1:])[0, 0])
+    voting = InferenceConfig(nms="soft_nms", box_voting_iou=0.6, final_score_thresh=0.05)
+    out_boxes, out_scores, _, merged = merge_across_windows(boxes, scores, labels, windows, voting, cell=400)
+    assert merged == 1 and out_scores.tolist() == pytest.approx([0.9])
+    torch.testing.assert_close(out_boxes[0], (0.9 * boxes[0] + 0.6 * boxes[1]) / 1.5)
+    soft = replace(voting, box_voting_iou=None)
+    _, out_scores, _, merged = merge_across_windows(boxes, scores, labels, windows, soft, cell=400)
+    assert merged == 0
+    assert out_scores.tolist() == pytest.approx([0.9, 0.6 * math.exp(-iou * iou / soft.soft_nms_sigma)])

@@ -25,8 +25,10 @@ The merge, in two steps:
    suppress or re-score them a second time (Soft-NMS decays twice, voting divides twice). So the recipe is
    applied across windows only: class-aware, a box suppresses or decays boxes of *other* windows: hard NMS
    at ``nms_iou``, or Gaussian Soft-NMS with the model's sigma; with box voting, a kept box is averaged
-   (score-weighted) with the other windows' boxes it claims at ``box_voting_iou``. The voted score stays
-   the kept box's: both twins are already votes of their own window's candidates.
+   (score-weighted) with the other windows' boxes it claims at ``box_voting_iou``, and those are removed:
+   they are the same object seen from another window, absorbed into the vote (Soft-NMS alone would only
+   decay them, leaving low-scoring twins). The voted score stays the kept box's: both twins are already
+   votes of their own window's candidates.
 """
 
 from __future__ import annotations
@@ -188,7 +190,6 @@ def merge_across_windows(boxes: Tensor, scores: Tensor, labels: Tensor, window_i
     alive = [True] * len(current)
     soft = cfg.nms == "soft_nms"
     min_score = max(cfg.final_score_thresh, SOFT_NMS_MIN_SCORE) if soft else cfg.final_score_thresh
-    claimed: set[int] = set()
     picked: set[int] = set()
     heap = [(-current[i], i) for i in neighbours]
     heapq.heapify(heap)
@@ -204,9 +205,10 @@ def merge_across_windows(boxes: Tensor, scores: Tensor, labels: Tensor, window_i
         for j, iou in neighbours[i]:
             if j in picked or not alive[j]:
                 continue
-            if cfg.box_voting_iou is not None and iou >= cfg.box_voting_iou and j not in claimed:
-                claimed.add(j)
+            if cfg.box_voting_iou is not None and iou >= cfg.box_voting_iou:
                 voters.append((original[j], j))
+                alive[j] = False  # absorbed into box i's vote: the same object seen from another window
+                continue
             if soft:
                 current[j] *= math.exp(-(iou * iou) / cfg.soft_nms_sigma)
                 heapq.heappush(heap, (-current[j], j))
