@@ -92,6 +92,27 @@ def test_int8_export_keeps_any_size(model: HARNet, tmp_path: Path) -> None:
         assert logits.shape == tuple(expected[0].shape) and deltas.shape == tuple(expected[1].shape)
 
 
+def test_fp16_export_matches_pytorch_within_half_precision(model: HARNet, tmp_path: Path) -> None:
+    """--fp16: fp16 weights and activations, fp32 inputs/outputs, DeformConv kept in fp32; any size; outputs
+    within half precision of PyTorch's."""
+    import onnx
+
+    path = _export(model, tmp_path / "model.fp16.onnx", precision="fp16")
+    graph = onnx.load(str(path)).graph
+    assert all(t.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for t in [*graph.input, *graph.output])
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+    info = json.loads(Path(str(path) + ".json").read_text())["precision"]
+    assert info["precision"] == "fp16" and info["float32_ops"] == ["DeformConv"]
+    detector = DeployedDetector(path, threads=1)
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 64)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = RawNetwork(model)(x)
+        for got, exp in zip(detector.runtime.run(x.numpy()), expected):
+            assert got.shape == tuple(exp.shape)
+            np.testing.assert_allclose(got, exp.numpy(), atol=0.05, rtol=0.01)
+
+
 def test_deploy_cli_without_torch_writes_predicts_json(ckpt_path: Path, model: HARNet, tmp_path: Path) -> None:
     """python -m harnet.deploy in a process where importing torch fails: detections.json as harnet predict's."""
     path = _export(model, tmp_path / "model.onnx")
