@@ -47,6 +47,17 @@ def _export(model: HARNet, path: Path, fmt: str = "onnx", **kwargs: object) -> P
     return export_model(model, path, fmt, names, list(range(1, 7)), verify=False, **kwargs).path  # type: ignore[arg-type]
 
 
+def _assert_network_matches(model: HARNet, detector: DeployedDetector, atol: float, rtol: float = 1e-7) -> None:
+    """The exported network's raw outputs against PyTorch's, on two batch sizes and aspect ratios."""
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 64)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = RawNetwork(model)(x)
+        for got, exp in zip(detector.runtime.run(x.numpy()), expected):
+            assert got.shape == tuple(exp.shape)
+            np.testing.assert_allclose(got, exp.numpy(), atol=atol, rtol=rtol)
+
+
 def test_deploy_gives_pytorch_detections(model: HARNet, tmp_path: Path) -> None:
     path = _export(model, tmp_path / "model.onnx")
     detector = DeployedDetector(path, threads=1)
@@ -70,13 +81,7 @@ def test_portable_exports_match_pytorch(model: HARNet, tmp_path: Path, fmt: str)
         import onnx
 
         assert "DeformConv" not in {n.op_type for n in onnx.load(str(path)).graph.node}
-    detector = DeployedDetector(path, threads=1)
-    for shape in [(1, 3, 64, 96), (2, 3, 96, 64)]:
-        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            expected = RawNetwork(model)(x)
-        for got, exp in zip(detector.runtime.run(x.numpy()), expected):
-            np.testing.assert_allclose(got, exp.numpy(), atol=1e-3)
+    _assert_network_matches(model, DeployedDetector(path, threads=1), atol=1e-3)
 
 
 def test_int8_export_keeps_any_size(model: HARNet, tmp_path: Path) -> None:
@@ -103,14 +108,7 @@ def test_fp16_export_matches_pytorch_within_half_precision(model: HARNet, tmp_pa
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
     info = json.loads(Path(str(path) + ".json").read_text())["precision"]
     assert info["precision"] == "fp16" and info["float32_ops"] == ["DeformConv"]
-    detector = DeployedDetector(path, threads=1)
-    for shape in [(1, 3, 64, 96), (2, 3, 96, 64)]:
-        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            expected = RawNetwork(model)(x)
-        for got, exp in zip(detector.runtime.run(x.numpy()), expected):
-            assert got.shape == tuple(exp.shape)
-            np.testing.assert_allclose(got, exp.numpy(), atol=0.05, rtol=0.01)
+    _assert_network_matches(model, DeployedDetector(path, threads=1), atol=0.05, rtol=0.01)
 
 
 def test_deploy_cli_without_torch_writes_predicts_json(ckpt_path: Path, model: HARNet, tmp_path: Path) -> None:

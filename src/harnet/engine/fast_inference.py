@@ -16,15 +16,19 @@ rounding (tests/engine/test_fast_inference.py).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 
 from harnet.modeling.fold_bn import fold_batch_norms
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
 EXAMPLE_SIZE = 64  # the pass that reads which norm follows which conv; any size the model accepts
 
 
-def optimize_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+def optimize_for_inference(model: ModuleT, device: torch.device) -> ModuleT:
     """``model`` in eval mode, its BatchNorms folded and, on the CPU, in ``channels_last``; in place.
 
     ``model`` follows the detection contract (a list of CHW images in, detections out); it must not
