@@ -132,10 +132,8 @@ class GdalRaster:
 
     def __init__(self, path: str | Path, bands: Sequence[int] | None = None) -> None:
         import rasterio
-        from rasterio.enums import Resampling
 
         self.path = str(path)
-        self._resampling = Resampling
         try:
             self._ds: Any = rasterio.open(self.path)
         except Exception as e:
