@@ -158,3 +158,15 @@ def test_deployment_path_follows_the_test_sizes_and_anchor_rule(model: HARNet, s
         logits, deltas = RawNetwork(test_model)(batch.images)
         expected = test_model(images)
     _assert_same_detections(postprocess_raw(logits, deltas, batch, cfg), expected)
+
+
+def test_export_refuses_an_efficientnet_body_whose_batches_are_not_multiples_of_32(tmp_path: Path) -> None:
+    """EfficientNet-Lite's stride-2 convs are exported with the padding of even sizes: a size_divisible that
+    lets a stage see odd sizes would export a different network, so export says so instead."""
+    pytest.importorskip("timm")
+    path = random_checkpoint(tmp_path / "lite.pt", [
+        *TINY, "model.backbone={name: efficientnet_lite0, norm: bn, trainable_layers: 5, weights: null}",
+        "model.transform.size_divisible=16"])
+    model = checkpoint.build_model(checkpoint.load(path)).eval()
+    with pytest.raises(ValueError, match="size_divisible is 16: exporting an EfficientNet-Lite body needs"):
+        export_model(model, tmp_path / "lite.onnx", "onnx", ["a"], [1], verify=False)

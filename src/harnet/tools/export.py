@@ -38,6 +38,7 @@ from harnet.config.model import HARNetConfig, to_dict
 from harnet.deploy.metadata import ExportInfo, load_export_info, metadata_path
 from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
 from harnet.modeling.attention.deform_portable import make_portable
+from harnet.modeling.backbone.efficientnet import FixedSamePadConv2d
 from harnet.modeling.harnet import HARNet, merge_prediction_sets
 from harnet.modeling.postprocess import DenseOutputs, build_box_coder
 from harnet.modeling.preprocess import original_sizes, to_input_pixels
@@ -266,6 +267,10 @@ def export_model(model: HARNet, path: str | Path, fmt: Format, class_names: Sequ
     model = model.cpu().eval()
     if precision != "fp32" and fmt != "onnx":
         raise ValueError(f"{precision} export is ONNX only (--format onnx)")
+    divisible = model.config.transform.size_divisible
+    if divisible % 32 and any(isinstance(m, FixedSamePadConv2d) for m in model.modules()):
+        raise ValueError(f"transform.size_divisible is {divisible}: exporting an EfficientNet-Lite body needs a "
+                         "multiple of 32 (its stride-2 convs are exported with the padding of even sizes)")
     portable = portable or fmt == "openvino"
     if fmt == "openvino":
         path.mkdir(parents=True, exist_ok=True)

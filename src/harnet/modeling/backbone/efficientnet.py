@@ -94,7 +94,8 @@ class FixedSamePadConv2d(nn.Conv2d):
     Why: timm computes the padding from the input's size at every call, which an exported graph
     carries as a dozen shape operations and a ``Pad`` per conv; a constant ``Pad`` is folded into the
     conv by onnxruntime. Other sizes (eager mode only) still get the size-dependent padding, so the
-    module computes what ``Conv2dSame`` does for any input.
+    module computes what ``Conv2dSame`` does for any input; export refuses a ``size_divisible`` that is
+    not a multiple of 32.
     """
 
     @classmethod
@@ -116,7 +117,7 @@ class FixedSamePadConv2d(nn.Conv2d):
         return self.kernel_size[axis], self.stride[axis], self.dilation[axis]
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.jit.is_tracing() or _compiling():
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
             left, right = same_padding(*self._dims(1))
             top, bottom = same_padding(*self._dims(0))
         else:  # eager: exact for any size
@@ -124,11 +125,6 @@ class FixedSamePadConv2d(nn.Conv2d):
         # value=0.0 spelled out: the ONNX Pad then gets a constant value input, which onnxruntime's
         # PadFusion needs to fold the Pad into the conv.
         return self._conv_forward(F.pad(x, (left, right, top, bottom), value=0.0), self.weight, self.bias)
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def fix_same_padding(body: nn.Module) -> nn.Module:
