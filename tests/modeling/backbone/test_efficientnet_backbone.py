@@ -109,13 +109,15 @@ def test_fixed_same_padding_equals_timm_at_any_size_and_exports_without_shape_op
     """The stride-2 convs' TF "same" padding is fixed for sides that are multiples of the stride (every HAR-Net
     batch) and still size-dependent in eager mode: outputs equal timm's Conv2dSame for even and odd sizes; the
     traced graph holds no Shape op (so the exported Pads are constants that onnxruntime folds into the convs)."""
-    import copy
-
     from harnet.modeling.backbone.efficientnet import FixedSamePadConv2d, fix_same_padding
 
     torch.manual_seed(0)
     reference = timm.create_model(TIMM_ARCH, pretrained=False, features_only=True, out_indices=(2, 3, 4)).eval()
-    fixed = fix_same_padding(copy.deepcopy(reference)).eval()
+    after_timm = torch.rand(1)
+    torch.manual_seed(0)
+    fixed = fix_same_padding(timm.create_model(TIMM_ARCH, pretrained=False, features_only=True,
+                                               out_indices=(2, 3, 4))).eval()
+    assert torch.equal(torch.rand(1), after_timm)  # no RNG drawn: later layers initialise as before
     assert sum(isinstance(m, FixedSamePadConv2d) for m in fixed.modules()) == 5
     assert list(fixed.state_dict()) == list(reference.state_dict())
     with torch.no_grad():

@@ -100,8 +100,10 @@ class FixedSamePadConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> FixedSamePadConv2d:
-        fixed = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,  # type: ignore[arg-type]
-                    conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
+        """The same conv, sharing ``conv``'s parameters. Built with ``skip_init``: initialising fresh weights
+        would draw from the global RNG and change every later layer's initialisation."""
+        fixed = torch.nn.utils.skip_init(cls, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                                         conv.dilation, conv.groups, conv.bias is not None)
         fixed.weight, fixed.bias = conv.weight, conv.bias
         return fixed
 
