@@ -130,43 +130,78 @@ def _by_class(labels: np.ndarray) -> np.ndarray:
     return table
 
 
-def _row_iou(picked: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of ``picked[g]`` (G, 4) with every box of row ``boxes[g]`` (G, M, 4); 0/0 -> 0."""
-    p = picked[:, None, :]
-    wh = np.clip(np.minimum(p[..., 2:], boxes[..., 2:]) - np.maximum(p[..., :2], boxes[..., :2]), 0, None)
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a[g]`` (G, K, 4) with every box of ``b[g]`` (G, M, 4) -> (G, K, M); 0/0 -> 0."""
+    p, q = a[:, :, None, :], b[:, None, :, :]
+    wh = np.clip(np.minimum(p[..., 2:], q[..., 2:]) - np.maximum(p[..., :2], q[..., :2]), 0, None)
     inter = wh[..., 0] * wh[..., 1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nan_to_num(inter / (box_area(boxes) + box_area(p) - inter), nan=0.0)
+        return np.nan_to_num(inter / (box_area(p) + box_area(q) - inter), nan=0.0)
+
+
+SOFT_NMS_BLOCK = 64  # as harnet.modeling.postprocess: candidates per class examined per step
 
 
 def soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: float,
              max_keep: int | None = None, min_score: float = SOFT_NMS_MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian Soft-NMS per class, every class at once (one pick per class per step), as
-    :func:`harnet.modeling.postprocess.soft_nms`: (indices, decayed scores) by decreasing score."""
+    """Gaussian Soft-NMS per class, batched as :func:`harnet.modeling.postprocess.soft_nms` (see there: each
+    step picks every box of a class's best ``SOFT_NMS_BLOCK`` whose turn cannot change): (indices, decayed
+    scores) by decreasing score."""
     if boxes.shape[0] == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
     table = _by_class(labels)
-    valid = table >= 0
-    rows = np.arange(table.shape[0])
+    classes, width = table.shape
+    rows = np.arange(classes)[:, None]
     safe = np.clip(table, 0, None)
     table_boxes = boxes[safe]
-    current = np.where(valid, scores[safe], np.float32(-1)).astype(np.float32)
+    current = np.where(table >= 0, scores[safe], np.float32(-1)).astype(np.float32)
+    budget = np.full(classes, width if max_keep is None else min(max_keep, width))
+    order = np.arange(min(SOFT_NMS_BLOCK, width))
+    sigma32 = np.float32(sigma)
     keep, kept_scores = [], []
-    steps = table.shape[1] if max_keep is None else min(max_keep, table.shape[1])
-    for _ in range(steps):
-        best = current.argmax(axis=1)
-        best_score = current[rows, best]
-        active = best_score >= min_score
-        if not active.any():
+    while True:
+        width = int((current >= min_score).sum(axis=1).max())  # below the floor never rises again
+        if width == 0:
             break
-        keep.append(table[rows[active], best[active]])
-        kept_scores.append(best_score[active])
-        current[rows, best] = -1.0
-        iou = _row_iou(table_boxes[rows, best], table_boxes)
-        current = np.where(current >= 0, current * np.exp(-(iou * iou) / np.float32(sigma)), current).astype(np.float32)
-    keep_a, kept_a = np.concatenate(keep), np.concatenate(kept_scores)
-    order = np.argsort(-kept_a, kind="stable")[:max_keep]
-    return keep_a[order], kept_a[order]
+        if width <= current.shape[1] // 2:
+            by_score = np.argsort(-current, axis=1, kind="stable")[:, :width]
+            current, table = np.take_along_axis(current, by_score, 1), np.take_along_axis(table, by_score, 1)
+            table_boxes = table_boxes[rows, by_score]
+        block = min(SOFT_NMS_BLOCK, width)
+        n = min(block + 1, current.shape[1])
+        best = np.argpartition(-current, n - 1, axis=1)[:, :n] if n < current.shape[1] else \
+            np.broadcast_to(np.arange(n), (classes, n))
+        position = np.take_along_axis(best, np.argsort(-np.take_along_axis(current, best, 1), axis=1,
+                                                       kind="stable"), 1)
+        top = np.take_along_axis(current, position, 1)
+        outside = top[:, block] if top.shape[1] > block else np.full(classes, -1, dtype=np.float32)
+        top, position = top[:, :block], position[:, :block]
+        block_boxes = table_boxes[rows, position]
+        iou = _pairwise_iou(block_boxes, block_boxes)
+        later = order[None, :block] > order[:block, None]
+        log_decay = np.where(later, -(iou * iou) / sigma32, np.float32(0))
+        after = top[:, None, :] * np.exp(np.cumsum(log_decay, axis=1) - log_decay)
+        mine = np.diagonal(after, axis1=1, axis2=2)
+        rivals = np.where(later, after, np.float32(-1)).max(axis=2)
+        ok = (mine >= np.maximum(rivals, outside[:, None])) & (mine >= min_score)
+        count = np.minimum(np.cumprod(ok, axis=1).sum(axis=1), budget)
+        most = int(count.max())
+        if most == 0:
+            break
+        picked = order[None, :most] < count[:, None]
+        budget = budget - count
+        position = position[:, :most]
+        keep.append(table[rows, position][picked])
+        kept_scores.append(mine[:, :most][picked])
+        iou = _pairwise_iou(block_boxes[:, :most], table_boxes)
+        decay = np.where(picked[:, :, None], iou * iou, np.float32(0)).sum(axis=1)
+        current[np.broadcast_to(rows, position.shape)[picked], position[picked]] = -1.0
+        current = np.where(current >= 0, current * np.exp(-decay / sigma32), current).astype(np.float32)
+    if not keep:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    keep_a, kept_a = np.concatenate(keep), np.concatenate(kept_scores).astype(np.float32)
+    ranked = np.argsort(-kept_a, kind="stable")[:max_keep]
+    return keep_a[ranked], kept_a[ranked]
 
 
 def box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, kept_labels: np.ndarray, boxes: np.ndarray,
