@@ -14,8 +14,8 @@ from harnet.tools.video import is_video_source
 av = pytest.importorskip("av")
 
 
-def _clip(path: Path, frames: int = 4, size: int = 64) -> Path:
-    with av.open(str(path), mode="w") as container:
+def _clip(path: Path, frames: int = 4, size: int = 64, container_format: str | None = None) -> Path:
+    with av.open(str(path), mode="w", format=container_format) as container:
         stream = container.add_stream("mpeg4", rate=5)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -58,3 +58,23 @@ def test_truncated_video_keeps_what_was_written(trained_run: Path, tmp_path: Pat
         assert str(broken) in err[0]
     else:
         assert (tmp_path / "out" / "broken_detections.jsonl").exists()
+
+
+def test_truncated_stream_keeps_every_frame_before_the_cut(trained_run: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """An MPEG-TS recording cut in half (a camera's stream dropped mid-write) has no trailing index to lose:
+    the frames before the cut are predicted and written, the run ends normally."""
+    clip = _clip(tmp_path / "clip.ts", frames=12, container_format="mpegts")
+    with av.open(str(clip)) as whole:
+        assert sum(1 for _ in whole.decode(video=0)) == 12
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    with av.open(str(cut)) as readable:
+        decodable = sum(1 for _ in readable.decode(video=0))
+    assert 0 < decodable < 12
+    assert main(["predict", str(trained_run), str(cut), "--out", str(tmp_path / "out"), "--score", "0"]) == 0
+    assert f"{decodable} frames" in capsys.readouterr().out
+    lines = (tmp_path / "out" / "cut_detections.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == list(range(decodable))
+    with av.open(str(tmp_path / "out" / "cut_pred.mp4")) as written:
+        assert sum(1 for _ in written.decode(video=0)) == decodable
