@@ -4,11 +4,12 @@ int8 is ``onnxruntime.quantization.quantize_static`` in QDQ form with per-channe
 calibrated on the user's own images preprocessed exactly as at test time. Three things make the
 difference between a graph that works and one that does not:
 
-- *Shape arithmetic stays in float.* EfficientNet-Lite's TF-style "same" padding and the FPN's
-  upsampling compute sizes from ``Shape`` through float ``Div``/``Ceil``/``Mul`` nodes. Quantizing
-  those rounds a pad of 2 px to 1 px, so a 320 px batch loses feature-map rows and the outputs
-  hold the wrong number of anchors (12,216 instead of 12,804). Every node whose inputs all derive
-  from ``Shape`` or constants is excluded (:func:`shape_nodes`), which keeps any batch and image size.
+- *Shape arithmetic stays in float.* The graph computes sizes from ``Shape`` (the FPN's upsampling,
+  the head's reshapes; EfficientNet-Lite's "same" padding did too before it became constant) through
+  float ``Div``/``Ceil``/``Mul`` nodes. Quantizing those rounded a pad of 2 px to 1 px, so a 320 px
+  batch lost feature-map rows and the outputs held the wrong number of anchors (12,216 instead of
+  12,804). Every node whose inputs all derive from ``Shape`` or constants is excluded
+  (:func:`shape_nodes`), which keeps any batch and image size.
 - *Folding first.* ``quant_pre_process`` runs onnxruntime's graph optimiser, which folds the frozen
   batch norms (``Mul`` + ``Add`` after each conv) into the convs; unfolded, each conv would be
   followed by two quantize/dequantize pairs and int8 would be slower than fp32.

@@ -79,13 +79,6 @@ def efficientnet_lite0_state(weights: str) -> dict[str, Tensor]:
     return state
 
 
-def same_padding(kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TF "same" padding (before, after) of an input whose size is a multiple of ``stride``: then the
-    total, max(effective kernel - stride, 0), does not depend on the size."""
-    total = max((kernel - 1) * dilation + 1 - stride, 0)
-    return total // 2, total - total // 2
-
-
 class FixedSamePadConv2d(nn.Conv2d):
     """timm's ``Conv2dSame`` (TF "same" padding, asymmetric for a stride-2 conv) with the padding fixed
     for inputs whose sides are multiples of the stride, which every HAR-Net input is (batches are padded
@@ -120,8 +113,8 @@ class FixedSamePadConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            left, right = same_padding(*self._dims(1))
-            top, bottom = same_padding(*self._dims(0))
+            # Any side that is a multiple of the stride has the padding of a side of one stride.
+            left, right, top, bottom = self.padding_for(self.stride[0], self.stride[1])
         else:  # eager: exact for any size
             left, right, top, bottom = self.padding_for(x.shape[-2], x.shape[-1])
         # value=0.0 spelled out: the ONNX Pad then gets a constant value input, which onnxruntime's
