@@ -15,12 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harnet.deploy import DeployedDetector
+from harnet.deploy import DeployedDetector, Predictor
 from harnet.engine import checkpoint
-from harnet.engine.predictor import Detector
 from harnet.modeling.harnet import HARNet
 from harnet.tools.export import RawNetwork, export_model
-from harnet.tools.predict import predict_files
 from tests_support import TINY, random_checkpoint
 
 ALL_ATTENTIONS = [*TINY, "model.num_classes=6", "model.aligned.stages=[c4, c5]",
@@ -47,7 +45,7 @@ def _export(model: HARNet, path: Path, fmt: str = "onnx", **kwargs: object) -> P
     return export_model(model, path, fmt, names, list(range(1, 7)), verify=False, **kwargs).path  # type: ignore[arg-type]
 
 
-def _assert_network_matches(model: HARNet, detector: DeployedDetector, atol: float, rtol: float = 1e-7) -> None:
+def _assert_network_matches(model: HARNet, detector: Predictor, atol: float, rtol: float = 1e-7) -> None:
     """The exported network's raw outputs against PyTorch's, on two batch sizes and aspect ratios."""
     for shape in [(1, 3, 64, 96), (2, 3, 96, 64)]:
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
@@ -111,26 +109,71 @@ def test_fp16_export_matches_pytorch_within_half_precision(model: HARNet, tmp_pa
     _assert_network_matches(model, DeployedDetector(path, threads=1), atol=0.05, rtol=0.01)
 
 
-def test_deploy_cli_without_torch_writes_predicts_json(ckpt_path: Path, model: HARNet, tmp_path: Path) -> None:
-    """python -m harnet.deploy in a process where importing torch fails: detections.json as harnet predict's."""
-    path = _export(model, tmp_path / "model.onnx")
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i, image in enumerate(_images()):
-        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    blocker = ("import sys; sys.modules.update(torch=None, torchvision=None); "
-               "from harnet.deploy.__main__ import main; import runpy; "
-               "sys.exit(main(sys.argv[1:]))")
+NO_TORCH = ("import sys; sys.modules.update(torch=None, torchvision=None, timm=None); "
+            "from harnet.tools.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def _without_torch(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``harnet ARGV`` in a process where importing torch fails."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-c", blocker, str(path), str(folder), "--out", str(tmp_path / "np"),
-                    "--score", "0.2", "--threads", "1"], check=True, env=env)
-    predict_files(Detector.from_checkpoint(ckpt_path, device="cpu"), sorted(folder.iterdir()), tmp_path / "pt", 0.2)
-    got = json.loads((tmp_path / "np" / "detections.json").read_text())
-    expected = json.loads((tmp_path / "pt" / "detections.json").read_text())
-    assert len(expected) > 5 and len(got) == len(expected)
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *argv], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _same_detections(got: list[dict], expected: list[dict]) -> None:
+    assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert (a["file_name"], a["category_id"], a["category_name"]) == (b["file_name"], b["category_id"],
                                                                           b["category_name"])
         assert abs(a["score"] - b["score"]) < 1e-4
         np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+
+
+def test_predict_without_torch_matches_the_checkpoint(ckpt_path: Path, model: HARNet, tmp_path: Path) -> None:
+    """``harnet predict model.onnx`` in a process where torch cannot be imported writes the detections.json of
+    ``harnet predict model.pt``; a command that needs torch says so in one line (exit 2)."""
+    from harnet.tools.cli import main
+
+    path = _export(model, tmp_path / "model.onnx")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    done = _without_torch("predict", str(path), str(folder), "--out", str(tmp_path / "np"), "--score", "0.2",
+                          "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert main(["predict", str(ckpt_path), str(folder), "--out", str(tmp_path / "pt"), "--score", "0.2"]) == 0
+    expected = json.loads((tmp_path / "pt" / "detections.json").read_text())
+    assert len(expected) > 5
+    _same_detections(json.loads((tmp_path / "np" / "detections.json").read_text()), expected)
     assert (tmp_path / "np" / "0_pred.png").is_file()
+    refused = _without_torch("train", "--config", "demo")
+    assert refused.returncode == 2 and "needs PyTorch" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_tiled_geotiff_without_torch_matches_the_checkpoint(ckpt_path: Path, model: HARNet, tmp_path: Path) -> None:
+    """--tile on a GeoTIFF: the exported model without torch writes the checkpoint's detections and maps."""
+    rasterio = pytest.importorskip("rasterio")
+    gpd = pytest.importorskip("geopandas")
+    from rasterio.transform import from_origin
+
+    from harnet.tools.cli import main
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (3, 150, 210), dtype=np.uint8)
+    tif = tmp_path / "ortho.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=210, height=150, count=3, dtype="uint8", crs="EPSG:32611",
+                       transform=from_origin(500000, 4000000, 0.1, 0.1)) as ds:
+        ds.write(data)
+    path = _export(model, tmp_path / "model.onnx")
+    args = [str(tif), "--tile", "96", "--overlap", "0.25", "--score", "0.2", "--no-progress"]
+    done = _without_torch("predict", str(path), *args, "--out", str(tmp_path / "np"), "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert main(["predict", str(ckpt_path), *args, "--out", str(tmp_path / "pt")]) == 0
+    expected = json.loads((tmp_path / "pt" / "detections.json").read_text())
+    assert expected
+    _same_detections(json.loads((tmp_path / "np" / "detections.json").read_text()), expected)
+    got, want = gpd.read_file(tmp_path / "np" / "ortho.gpkg"), gpd.read_file(tmp_path / "pt" / "ortho.gpkg")
+    assert got.crs == want.crs and len(got) == len(want) == len(expected)
+    assert (tmp_path / "np" / "ortho.geojson").is_file()

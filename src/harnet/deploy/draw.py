@@ -12,6 +12,9 @@ from PIL import Image, ImageDraw, ImageFont
 CLASS_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                 (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 DRAW_MIN_SIZE = 512
+# The upscaling for legible labels stops where the long side reaches this: a 50,000 x 8 px strip would
+# otherwise become a picture of a million pixels a side.
+DRAW_MAX_SIDE = 4096
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -23,10 +26,19 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float],
                     class_names: Sequence[str], min_size: int = DRAW_MIN_SIZE) -> Image.Image:
-    """``image``: float CHW RGB in [0, 1]; ``boxes`` (n, 4) XYXY in its pixels. Higher scores are drawn last."""
+    """``image``: float CHW RGB in [0, 1] (one channel is drawn as grey); ``boxes`` (n, 4) XYXY in its pixels.
+
+    An image whose short side is under ``min_size`` is upscaled (bilinear, the long side at most
+    :data:`DRAW_MAX_SIDE`) and line width and font size follow the drawing's size, so a 128 px image still
+    gets legible labels. Each class has its own colour; the "name score" tag sits above its box (inside it at
+    the top edge), and higher scores are drawn last, on top."""
+    image = np.asarray(image)
+    if image.shape[0] == 1:
+        image = np.repeat(image, 3, axis=0)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
     picture = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
-    scale = max(1.0, min_size / max(1, min(picture.size)))
+    scale = max(1.0, min(min_size / max(1, min(picture.size)), DRAW_MAX_SIDE / max(picture.size)))
     if scale > 1:
         picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
                                  Image.Resampling.BILINEAR)

@@ -19,6 +19,7 @@ from torch import nn
 
 from harnet.config.io import ConfigError, from_dict, merge
 from harnet.config.model import HARNetConfig, resolve_model_dict, to_dict
+from harnet.engine.errors import CheckpointError as CheckpointError
 from harnet.engine.upgrade import saved_version, upgrade_config, upgrade_state_dict
 from harnet.modeling.build import build_detector
 
@@ -35,10 +36,6 @@ from harnet.utils.errors import first_line
 # the number of EMA updates, so that --resume continues both exactly. Without EMA only "model" exists.
 TRAIN_MODEL_KEY = "train_model"
 EMA_UPDATES_KEY = "ema_updates"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: unreadable, unsafe, or made for another model."""
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:

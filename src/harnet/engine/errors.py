@@ -1,4 +1,5 @@
-"""What training raises for the user to act on."""
+"""What training and checkpoint loading raise for the user to act on (torch-free: the command line catches
+these without importing torch)."""
 
 from __future__ import annotations
 
@@ -12,3 +13,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     A ``KeyboardInterrupt`` so that callers (notebooks, ``harnet`` exiting with 130) treat it as one.
     """
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, unsafe, or made for another model."""

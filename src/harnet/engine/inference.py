@@ -13,17 +13,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from harnet.config.experiment import ExperimentConfig, load_experiment
 from harnet.config.io import ConfigError, merge, parse_overrides
+from harnet.config.model import HARNetConfig
 from harnet.data.build import build_dataset
 from harnet.data.issues import write_issues
 from harnet.data.loader import collate_fn
-from harnet.data.raster import TensorRaster
+from harnet.deploy.predictor import Predictor
+from harnet.deploy.raster import ArrayRaster
+from harnet.deploy.tiling import DEFAULT_OVERLAP
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
 from harnet.engine.evaluation import EVAL_OUTPUTS, EvalResult, evaluate_predictions, to_coco_results
-from harnet.engine.runfolder import remove_outputs
-from harnet.engine.tiling import DEFAULT_OVERLAP, predict_tiled
+from harnet.engine.torch_runtime import TorchRuntime, checkpoint_info
 from harnet.engine.tta import TTAConfig, tta_predict
 from harnet.utils.atomic import write_text_atomic
+from harnet.utils.outputs import remove_outputs
 
 
 @torch.inference_mode()
@@ -33,24 +36,34 @@ def predict_dataset(
 ) -> tuple[list[int], list[dict[str, Tensor]]]:
     """Detections for every image of ``dataset`` (in its order): (image ids, per-image dicts on CPU).
     With ``tta``, each batch goes through test-time augmentation instead of one forward pass; with ``tile``,
-    each image is predicted in windows of that size (:func:`harnet.engine.tiling.predict_tiled`)."""
+    each image is predicted in windows of that size by the prediction pipeline
+    (:meth:`harnet.deploy.predictor.Predictor.predict_tiled`, as ``harnet predict --tile``)."""
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
                         num_workers=num_workers)
+    tiled = None
+    if tile is not None:
+        config: HARNetConfig = model.config  # type: ignore[assignment]
+        info = checkpoint_info(config, [str(i) for i in range(config.num_classes)], list(range(config.num_classes)))
+        tiled = Predictor(TorchRuntime(model, device), info, batch_size, tta)
     image_ids: list[int] = []
     predictions: list[dict[str, Tensor]] = []
-    for images, targets in loader:
-        batch = [img.to(device) for img in images]
-        if tile is not None:
-            run = (lambda views: tta_predict(model, views, tta)) if tta is not None else None
-            outputs = [predict_tiled(model, TensorRaster(img), tile, overlap, device=device, predict_batch=run,
-                                     batch_size=batch_size).detections for img in batch]
-        else:
-            outputs = tta_predict(model, batch, tta) if tta is not None else model(batch)
-        image_ids += [int(t["image_id"]) for t in targets]
-        predictions += [{k: v.cpu() for k, v in out.items()} for out in outputs]
-    model.train(was_training)
+    try:
+        for images, targets in loader:
+            batch = [img.to(device) for img in images]
+            if tiled is not None:
+                assert tile is not None
+                outputs = []
+                for img in images:
+                    det = tiled.predict_tiled(ArrayRaster(img.numpy()), tile, overlap).detections
+                    outputs.append({k: torch.from_numpy(det[k]) for k in ("boxes", "scores", "labels")})
+            else:
+                outputs = tta_predict(model, batch, tta) if tta is not None else model(batch)
+            image_ids += [int(t["image_id"]) for t in targets]
+            predictions += [{k: v.cpu() for k, v in out.items()} for out in outputs]
+    finally:
+        model.train(was_training)
     return image_ids, predictions
 
 

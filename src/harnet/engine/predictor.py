@@ -1,4 +1,10 @@
-"""High-level prediction API: ``Detector.from_checkpoint(path).predict(images)``."""
+"""High-level prediction API in PyTorch terms: ``Detector.from_checkpoint(path).predict(images)``.
+
+A thin face on :class:`harnet.deploy.predictor.Predictor` with the torch backend
+(:class:`~harnet.engine.torch_runtime.TorchRuntime`): it takes files, PIL images and tensors and answers
+tensors, while pre-processing, decoding, suppression, test-time augmentation and tiling are the pipeline's,
+the same for a checkpoint as for its exports.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from harnet.data.image_io import load_image
-from harnet.data.raster import Raster, open_raster
+from harnet.deploy.predictor import Predictor
+from harnet.deploy.raster import ArrayRaster, Raster, open_raster
+from harnet.deploy.tiling import DEFAULT_OVERLAP
+from harnet.deploy.tta import TTAConfig
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
 from harnet.engine.fast_inference import optimize_for_inference
-from harnet.engine.tiling import DEFAULT_OVERLAP, predict_tiled
-from harnet.engine.tta import TTAConfig, tta_predict
-
-# An image this many times the model's test size (long side) is shrunk enough for objects to vanish.
-TILE_HINT_RATIO = 2.0
+from harnet.engine.torch_runtime import TorchRuntime, checkpoint_info
 
 ImageInput = str | Path | Image.Image | Tensor
+
+
+def _tensors(det: dict[str, Any]) -> dict[str, Any]:
+    return {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v) for k, v in det.items()}
 
 
 class Detector:
@@ -47,7 +57,17 @@ class Detector:
         self.class_names = list(class_names)
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
         self.batch_size = batch_size
-        self.tta = tta  # test-time augmentation (flip, scales) when set
+        info = checkpoint_info(self.model.config, self.class_names, self.category_ids)  # type: ignore[arg-type]
+        self.predictor = Predictor(TorchRuntime(self.model, self.device), info, batch_size, tta)
+
+    @property
+    def tta(self) -> TTAConfig | None:
+        """Test-time augmentation (flip, scales) when set."""
+        return self.predictor.tta
+
+    @tta.setter
+    def tta(self, value: TTAConfig | None) -> None:
+        self.predictor.tta = value
 
     @classmethod
     def from_checkpoint(
@@ -71,53 +91,34 @@ class Detector:
             return image.float() / 255
         return image
 
-    @torch.inference_mode()
     def predict(
         self, images: ImageInput | Sequence[ImageInput], score_thresh: float = 0.0
     ) -> list[dict[str, Any]]:
-        """One dict per image: ``boxes`` (n, 4) XYXY pixels, ``scores``, ``labels``, ``names``."""
+        """One dict per image: ``boxes`` (n, 4) XYXY pixels, ``scores``, ``labels`` (tensors), ``names``."""
         single = isinstance(images, (str, Path, Image.Image, Tensor))
         items: list[ImageInput] = [images] if single else list(images)  # type: ignore[arg-type, list-item]
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(items), self.batch_size):
-            batch = [self.to_tensor(x).to(self.device) for x in items[start : start + self.batch_size]]
-            outputs = tta_predict(self.model, batch, self.tta) if self.tta is not None else self.model(batch)
-            for out in outputs:
-                keep = out["scores"] >= score_thresh
-                kept: dict[str, Any] = {k: v[keep].cpu() for k, v in out.items()}
-                kept["names"] = [self.class_names[i] for i in kept["labels"].tolist()]
-                results.append(kept)
-        return results
+        arrays = [self.to_tensor(x).detach().float().cpu().numpy() for x in items]
+        return [_tensors(det) for det in self.predictor.predict(arrays, score_thresh)]
 
     def tile_hint(self, size: Sequence[int]) -> str | None:
         """Advice for an image of ``size`` (h, w) much larger than the model's test size, else None."""
-        config = getattr(self.model, "config", None)
-        if config is None:
-            return None
-        short, _ = config.transform.test_sizes
-        if max(int(v) for v in size) <= TILE_HINT_RATIO * short:
-            return None
-        return (f"{int(size[1])}x{int(size[0])} px shrunk to the model's {short} px test size; objects may vanish: "
-                "predict it in windows with --tile SIZE (the size of the training tiles)")
+        return self.predictor.tile_hint(size)
 
-    @torch.inference_mode()
     def predict_tiled(
-        self, image: str | Path | Raster, tile: int, overlap: float = DEFAULT_OVERLAP, *,
+        self, image: str | Path | Raster | Tensor, tile: int, overlap: float = DEFAULT_OVERLAP, *,
         bands: Sequence[int] | None = None, score_thresh: float = 0.0, progress: bool = False,
     ) -> dict[str, Any]:
-        """Detections of a raster of any size (a file or an open :class:`~harnet.data.raster.Raster`), read and
-        predicted window by window at the model's scale and merged at the seams (:mod:`harnet.engine.tiling`).
-        Same keys as :meth:`predict`, boxes in the raster's pixels."""
-        raster = open_raster(image, bands) if isinstance(image, (str, Path)) else image
+        """Detections of a raster of any size (a file, an open :class:`~harnet.deploy.raster.Raster` or a CHW
+        tensor), read and predicted window by window at the model's scale and merged at the seams
+        (:mod:`harnet.deploy.tiling`). Same keys as :meth:`predict`, boxes in the raster's pixels."""
+        if isinstance(image, Tensor):
+            raster: Raster = ArrayRaster(image.detach().float().cpu().numpy())
+        else:
+            raster = open_raster(image, bands) if isinstance(image, (str, Path)) else image
         try:
-            run = (lambda images: tta_predict(self.model, images, self.tta)) if self.tta is not None else None
-            result = predict_tiled(self.model, raster, tile, overlap, batch_size=self.batch_size, device=self.device,
-                                   predict_batch=run, progress=progress)
+            result = self.predictor.predict_tiled(raster, tile, overlap, score_thresh)
         finally:
             if isinstance(image, (str, Path)):
                 raster.close()
-        det = result.detections
-        keep = det["scores"] >= score_thresh
-        out: dict[str, Any] = {k: v[keep] for k, v in det.items()}
-        out["names"] = [self.class_names[i] for i in out["labels"].tolist()]
-        return out
+        return _tensors(result.detections)
+

@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 from harnet.config.io import ConfigError
 from harnet.engine.errors import TrainingError
 from harnet.utils.atomic import TEMP_SUFFIX, remove_stale_temps
+from harnet.utils.outputs import outputs, remove_outputs
 
 try:
     import fcntl
@@ -74,26 +75,6 @@ class RunExistsError(ConfigError):
 
 class RunLockedError(RuntimeError):
     """Another live process (or one this machine cannot check) uses the run folder."""
-
-
-def outputs(folder: str | Path, patterns: Sequence[str]) -> list[Path]:
-    """The files and folders in ``folder`` that match ``patterns`` (names or globs), sorted; [] for none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted({p for pattern in patterns for p in folder.glob(pattern)})
-
-
-def remove_outputs(folder: str | Path, patterns: Sequence[str]) -> list[Path]:
-    """Delete what :func:`outputs` finds (a tool's previous outputs, before it writes new ones, so that the
-    folder never holds a mix of two runs); returns what was deleted. Nothing else in ``folder`` is touched."""
-    found = outputs(folder, patterns)
-    for path in found:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    return found
 
 
 def run_files(run_dir: str | Path) -> list[Path]:

@@ -54,6 +54,7 @@ from harnet.engine.inference import evaluate_checkpoint
 from harnet.engine.trainer import Trainer, train
 from harnet.engine.upgrade import upgrade_config
 from harnet.modeling.build import build_detector
+from harnet.tools.ablation_rows import ROW_NAMES, ROWS, AblationRow
 from harnet.tools.bench import median_latency_ms
 from harnet.utils.atomic import write_text_atomic
 from harnet.utils.complexity import count_flops
@@ -67,31 +68,6 @@ SOFT_NMS_DIR = "soft_nms"
 _DEPENDENCY = re.compile(r"\{out\}/([A-Za-z0-9][A-Za-z0-9_.-]*)/seed\{seed\}")
 
 
-@dataclass(frozen=True)
-class AblationRow:
-    name: str
-    overrides: tuple[str, ...]  # ``--set`` items applied on top of the experiment config
-    description: str
-    # The row whose run of the same seed this row's runs start from (``train.init_from``: the paper's
-    # two-phase recipe); they are queued after every independent run and wait for it. None: from scratch.
-    init_from_row: str | None = None
-
-
-ROWS: tuple[AblationRow, ...] = (
-    AblationRow("torchvision_retinanet", ("detector=torchvision_retinanet", "model.preset=retinanet"),
-                "torchvision's RetinaNet, same recipe"),
-    AblationRow("retinanet", ("model.preset=retinanet",), "no attention"),
-    AblationRow("spatial", ("model.preset=spatial",), "spatial attention"),
-    AblationRow("channel", ("model.preset=channel",), "channel attention (cross-level GN + SE)"),
-    AblationRow("aligned", ("model.preset=aligned",), "aligned attention (deformable C5)"),
-    AblationRow("hybrid", ("model.preset=hybrid",), "all three + joint dual prediction"),
-    AblationRow("hybrid_no_spatial", ("model.preset=hybrid_no_spatial",), "hybrid - spatial"),
-    AblationRow("hybrid_no_channel", ("model.preset=hybrid_no_channel",), "hybrid - channel"),
-    AblationRow("hybrid_no_aligned", ("model.preset=hybrid_no_aligned",), "hybrid - aligned"),
-    AblationRow("hybrid_no_dual", ("model.preset=hybrid_no_dual",),
-                "hybrid - set 2 (its extra conv, SE and predictors: one prediction set)"),
-)
-ROW_NAMES = tuple(row.name for row in ROWS)
 
 
 @dataclass(frozen=True)

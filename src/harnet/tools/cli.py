@@ -2,7 +2,9 @@
 
 Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
 with status 2 (usage/config) or 1 (runtime: bad data, NaN loss, unwritable output); ``--debug`` shows
-the full traceback instead. Ctrl-C exits with 130 (128 + SIGINT, the shell convention) after training
+the full traceback instead. The command starts without importing torch: ``harnet predict`` with an
+exported model runs on a machine without it, and a command that needs it says so in one line (status 2).
+Ctrl-C exits with 130 (128 + SIGINT, the shell convention) after training
 saved a checkpoint. Anything else is a bug: one line, status 1, and a hint to rerun with ``--debug``.
 """
 
@@ -16,22 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harnet.config.io import ConfigError
-from harnet.engine.checkpoint import CheckpointError
-from harnet.engine.upgrade import upgrade_config
-from harnet.utils.errors import one_line
-
-
-class UsageError(ValueError):
-    """A command-line argument that cannot work (e.g. an input path that does not exist): status 2."""
+from harnet.engine.errors import CheckpointError
+from harnet.utils.errors import UsageError, one_line
 
 if TYPE_CHECKING:
-    from harnet.engine.predictor import Detector
-    from harnet.engine.tta import TTAConfig
+    from harnet.deploy.tta import TTAConfig
+
+# Packages without which a command cannot run at all; the message names the one missing.
+TORCH_PACKAGES = {"torch", "torchvision", "timm"}
 
 
 def _tta(args: argparse.Namespace) -> TTAConfig | None:
     """``--tta`` (flip + the paper's two scales), ``--tta-scales``/``--tta-no-flip`` -> a TTAConfig, else None."""
-    from harnet.engine.tta import PAPER_SCALES, TTAConfig
+    from harnet.deploy.tta import PAPER_SCALES, TTAConfig
 
     if not (args.tta or args.tta_scales is not None or args.tta_no_flip):
         return None
@@ -66,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harnet.config.experiment import config_path, load_experiment
     from harnet.engine.distributed import launched_as_main
     from harnet.engine.trainer import train
+    from harnet.engine.upgrade import upgrade_config
 
     overrides = [*args.set, *(["data.skip_bad=true"] if args.skip_bad else []),
                  *(["train.skip_nonfinite=true"] if args.skip_nonfinite else [])]
@@ -107,63 +107,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from harnet.data.raster import parse_bands
-    from harnet.engine.predictor import Detector
-    from harnet.engine.tiling import check_tile
-    from harnet.tools.predict import expand_inputs, predict_files
-    from harnet.tools.video import is_video_source
+    from harnet.deploy.raster import parse_bands
+    from harnet.deploy.run import predict_inputs, sort_inputs
+    from harnet.deploy.tiling import check_tile
+    from harnet.tools.predict import is_export, open_predictor
 
+    if not Path(args.model).exists():
+        raise UsageError(f"{args.model}: {'model file' if is_export(args.model) else 'checkpoint'} not found")
     try:
         bands = parse_bands(args.bands)
         if args.tile is not None:
             check_tile(args.tile, args.overlap)
-        elif args.bands is not None:
-            raise ValueError("--bands: selects raster bands for tiled prediction; add --tile SIZE")
     except ValueError as e:
         raise UsageError(str(e)) from None
-    videos = ([args.source] if args.source is not None else []) + [i for i in args.images if is_video_source(i)]
-    if not videos and not args.images:
-        raise UsageError("predict needs image files, folders, globs, a video or --source")
-    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, tta=_tta(args))
-    if videos:
-        return _predict_videos(detector, videos, Path(args.out), args.score)
-    try:
-        paths = expand_inputs(args.images)
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
-    if args.tile is not None:
-        from harnet.tools.predict_raster import predict_rasters
-
-        report = predict_rasters(detector, paths, Path(args.out), args.score, args.tile, args.overlap, bands,
-                                 progress=not args.no_progress)
-    else:
-        report = predict_files(detector, paths, Path(args.out), args.score)
-    print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+    inputs = sort_inputs(args.images, args.source, args.tile, bands)
+    predictor = open_predictor(args.model, backend=args.backend, threads=args.threads, device=args.device,
+                               tta=_tta(args))
+    run = predict_inputs(predictor, inputs, Path(args.out), args.score, tile=args.tile, overlap=args.overlap,
+                         bands=bands, progress=not args.no_progress)
+    report = run.report
+    if inputs.images:
+        print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+    for video in run.videos:
+        print(f"{video.source}: {video.frames} frames, {video.detections} detections, {video.fps:.1f} FPS"
+              f" -> {video.video_path}, {video.jsonl_path}")
     for line in report.notes:
         print(f"note: {line}", file=sys.stderr)
     for line in report.skipped:
         print(f"skipped {line}", file=sys.stderr)
-    return 1 if report.skipped and not report.images else 0
-
-
-def _predict_videos(detector: Detector, sources: list[str], out: Path, score: float) -> int:
-    from harnet.tools.video import predict_video
-
-    failed = False
-    for source in sources:
-        try:
-            report = predict_video(detector, source, out, score)
-        except Exception as e:  # unreadable file or stream: one line naming it
-            message = one_line(e)
-            print(f"harnet: {message if source in message else f'{source}: {message}'}", file=sys.stderr)
-            failed = True
-            continue
-        print(f"{source}: {report.frames} frames, {report.detections} detections, {report.fps:.1f} FPS"
-              f" -> {report.video_path}, {report.jsonl_path}")
-        if report.error:
-            print(f"harnet: {report.error}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+    for line in run.video_errors:
+        print(f"harnet: {line}", file=sys.stderr)
+    return 1 if run.failed else 0
 
 
 def _float_parts(text: str | None) -> list[str] | None:
@@ -319,7 +293,7 @@ def _add_tta_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from harnet.config.model import HYBRID_MINUS, PRESETS
-    from harnet.tools.ablation import ROW_NAMES
+    from harnet.tools.ablation_rows import ROW_NAMES
 
     p = argparse.ArgumentParser(prog="harnet", description="HAR-Net object detection")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -375,13 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip bad images/annotations (listed in OUT/skipped.txt) instead of stopping")
     ev.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="detect objects in image files, folders or globs")
-    pr.add_argument("checkpoint", metavar="CKPT")
+    pr = sub.add_parser("predict", help="detect objects in images, rasters and videos with any model file")
+    pr.add_argument("model", metavar="MODEL",
+                    help="a run folder or .pt (PyTorch), an exported .onnx (fp32, fp16, int8) or an OpenVINO .xml "
+                         "or its folder (these run without torch)")
     pr.add_argument("images", nargs="*", help="image files, folders, globs, or video files / stream URLs")
     pr.add_argument("--source", help="a video file, camera index (0) or stream URL (rtsp://...)")
     pr.add_argument("--out", default="predictions")
     pr.add_argument("--score", type=float, default=0.3)
-    pr.add_argument("--device", default="auto")
+    pr.add_argument("--device", default="auto", help="PyTorch device of a checkpoint (auto, cpu, cuda)")
+    pr.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                    help="what runs the network (default: the model file decides)")
+    pr.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: its own)")
     pr.add_argument("--tile", type=int, metavar="SIZE",
                     help="predict window by window (windows of SIZE px, each at the model's scale: use the "
                          "training tile size); any raster size; GeoTIFFs get a GeoPackage and a GeoJSON")
@@ -485,6 +464,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"harnet: {one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if args.debug:
+            raise
+        package = (e.name or "").split(".")[0]
+        if package in TORCH_PACKAGES:
+            print(f"harnet: error: `harnet {args.command}` needs PyTorch ({package} is not installed: pip install "
+                  "torch torchvision timm); without it, `harnet predict` runs exported models (.onnx, OpenVINO)",
+                  file=sys.stderr)
+            return 2
+        print(f"harnet: error: {one_line(e)} (pip install {package})", file=sys.stderr)
+        return 1
     except Exception as e:  # a bug, not a user error: still one line, the traceback is one flag away
         if args.debug:
             raise

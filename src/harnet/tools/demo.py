@@ -14,9 +14,9 @@ from pathlib import Path
 
 from harnet.config.experiment import builtin_config, load_experiment
 from harnet.data.build import shapes_split
-from harnet.engine.predictor import Detector
+from harnet.deploy.run import Inputs, predict_inputs
+from harnet.engine.torch_runtime import load_predictor
 from harnet.engine.trainer import train
-from harnet.tools.predict import predict_files
 
 
 def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -85,12 +85,12 @@ def run_demo(out: Path = Path("runs/demo"), threads: int | None = None, override
     curves = plot_curves(result.run_dir / "metrics.csv", out / "curves.png",
                          f"harnet demo: {cfg.model.preset_name}, {cfg.model.backbone.name}")
     val_dir, _ = shapes_split(cfg.data.shapes, "val")
-    detector = Detector.from_checkpoint(result.run_dir / "last.pt", device=cfg.train.device)
+    predictor = load_predictor(result.run_dir / "last.pt", device=cfg.train.device)
     pictures = out / "predictions"
-    predict_files(detector, sorted(val_dir.glob("*.png"))[:6], pictures, score_thresh=0.3)
+    predict_inputs(predictor, Inputs(images=sorted(val_dir.glob("*.png"))[:6]), pictures, score_thresh=0.3)
     minutes = (time.perf_counter() - start) / 60
     ap = result.final.stats["AP"]
-    print(f"[demo] AP@[.5:.95] = {ap:.3f} on {len(detector.class_names)} classes, in {minutes:.1f} min "
+    print(f"[demo] AP@[.5:.95] = {ap:.3f} on {len(predictor.class_names)} classes, in {minutes:.1f} min "
           f"(training and evaluation {train_minutes:.1f} min)")
     print(f"[demo] run folder: {result.run_dir}  curves: {curves}  pictures: {pictures}")
     return ap

@@ -24,3 +24,7 @@ def one_line(error: BaseException) -> str:
         head, sep, rest = last.partition(": ")
         return rest if sep and " " not in head else last
     return lines[0]
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work (e.g. an input path that does not exist): status 2."""

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harnet.deploy.video import is_video_source
 from harnet.tools.cli import main
-from harnet.tools.video import is_video_source
 
 av = pytest.importorskip("av")
 
@@ -78,3 +78,39 @@ def test_truncated_stream_keeps_every_frame_before_the_cut(trained_run: Path, tm
     assert [json.loads(line)["frame"] for line in lines] == list(range(decodable))
     with av.open(str(tmp_path / "out" / "cut_pred.mp4")) as written:
         assert sum(1 for _ in written.decode(video=0)) == decodable
+
+
+def test_images_and_a_video_in_one_call_are_all_predicted(trained_run: Path, shapes_root: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    image = sorted((shapes_root / "val").glob("*.png"))[0]
+    clip = _clip(tmp_path / "clip.mp4", frames=2)
+    out = tmp_path / "out"
+    assert main(["predict", str(trained_run), str(image), str(clip), "--out", str(out), "--score", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 images" in printed and "2 frames" in printed
+    assert {d["file_name"] for d in json.loads((out / "detections.json").read_text())} <= {str(image)}
+    assert (out / f"{image.stem}_pred.png").is_file()
+    assert len((out / "clip_detections.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("option", [["--tile", "64"], ["--tile", "64", "--bands", "1"]])
+def test_tile_or_bands_with_a_video_is_refused_in_one_line(trained_run: Path, tmp_path: Path, option: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    clip = _clip(tmp_path / "clip.mp4", frames=1)
+    assert main(["predict", str(trained_run), str(clip), *option, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tile" in err[0] and str(clip) in err[0]
+
+
+def test_audio_only_file_is_named_in_one_line(trained_run: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    sound = tmp_path / "sound.mp4"
+    with av.open(str(sound), mode="w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    assert main(["predict", str(trained_run), str(sound), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(sound) in err[0] and "no video stream" in err[0]

@@ -1,8 +1,9 @@
 """Rasters read window by window: GeoTIFFs (and anything GDAL reads) through rasterio, plain images through PIL.
 
-Tiled prediction (:mod:`harnet.engine.tiling`) asks a raster for one window at a time, so an orthomosaic of
-any size is never decoded whole when GDAL can read it in blocks. rasterio is an optional extra
-(``pip install -e ".[geo]"``); without it every file goes through PIL, which decodes the image once.
+Tiled prediction (:mod:`harnet.deploy.predict_raster`, any backend) asks a raster for one window at a
+time, so an orthomosaic of any size is never decoded whole when GDAL can read it in blocks. rasterio is an
+optional extra (``pip install -e ".[geo]"``); without it every file goes through PIL, which decodes the
+image once.
 
 Pixel values become float RGB in [0, 1], the model's input:
 
@@ -20,17 +21,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
-from harnet.data.image_io import BadImageError, pil_to_rgb_array
+from harnet.deploy.tiling import Window
 from harnet.utils.errors import first_line
+from harnet.utils.image_decode import BadImageError, pil_to_rgb_array
 
 # Long side of the decimated read the percentile stretch is computed from: enough pixels for stable
 # percentiles, a few MB whatever the raster's size.
@@ -48,30 +47,25 @@ GDAL_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc", ".hdf",
 Affine6 = tuple[float, float, float, float, float, float]
 
 
-@dataclass(frozen=True)
-class Window:
-    """A pixel rectangle of a raster: column ``x``, row ``y``, ``width`` x ``height``."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-
-
 class Raster(Protocol):
-    """What tiled prediction reads: the size, the georeference (if any) and windows as float RGB."""
+    """What tiled prediction reads: the size, the georeference (if any) and windows as float RGB.
+
+    ``georef_note`` says why a raster that looks georeferenced has no usable ``crs``/``transform`` (e.g.
+    ground control points), so the user is told what to do rather than "no CRS"."""
 
     path: str
     width: int
     height: int
     crs: str | None  # WKT, None for a plain image
     transform: Affine6 | None  # pixel -> map coordinates, None without a CRS
+    georef_note: str | None
 
-    def read(self, window: Window) -> Tensor:
-        """(3, height, width) float32 RGB in [0, 1]."""
+    def read(self, window: Window) -> np.ndarray | None:
+        """(3, height, width) float32 RGB in [0, 1]; None when every pixel of the window is nodata (the
+        network is not run on it)."""
         ...
 
-    def overview(self, max_side: int) -> Tensor:
+    def overview(self, max_side: int) -> np.ndarray:
         """The whole raster downscaled to at most ``max_side`` px on its long side, as :meth:`read`."""
         ...
 
@@ -117,14 +111,14 @@ def percentile_stretch(sample: np.ndarray, valid: np.ndarray | None = None) -> t
     return np.asarray(lows), np.asarray(highs)
 
 
-def _scale(data: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -> Tensor:
+def _scale(data: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """(3, h, w) raw band values -> float32 [0, 1]: /255 for 8-bit data, else the stretch."""
     if stretch is None:
-        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32) / 255.0)
+        return np.ascontiguousarray(data, dtype=np.float32) / np.float32(255.0)
     lo, hi = stretch
     values = (data.astype(np.float64) - lo[:, None, None]) / (hi - lo)[:, None, None]
     values = np.clip(np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-    return torch.from_numpy(values.astype(np.float32))
+    return values.astype(np.float32)
 
 
 class GdalRaster:
@@ -144,6 +138,12 @@ class GdalRaster:
         self.crs = ds.crs.to_wkt() if ds.crs is not None else None
         t = ds.transform
         self.transform: Affine6 | None = (t.a, t.b, t.c, t.d, t.e, t.f) if self.crs is not None else None
+        gcps, _ = ds.gcps
+        self.georef_note = ("georeferenced by ground control points (GCPs), not by an affine transform: warp it "
+                            "first (gdalwarp -t_srs EPSG:... in.tif out.tif)") if self.crs is None and gcps else None
+        # Masks are read only where the raster has nodata or a mask band: the masked read costs a second pass.
+        self.has_nodata = ds.nodata is not None or any(
+            "all_valid" not in [f.name for f in flags] for flags in ds.mask_flag_enums)
         dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
         self.stretch = None if dtype == np.uint8 else self._stretch()
 
@@ -185,15 +185,19 @@ class GdalRaster:
                                 f"({first_line(e)})") from None
         return percentile_stretch(np.asarray(sample.data), ~np.ma.getmaskarray(sample))
 
-    def read(self, window: Window) -> Tensor:
+    def read(self, window: Window) -> np.ndarray | None:
         try:
-            data = self._read(window)
+            data = self._read(window, masked=self.has_nodata)
         except Exception as e:  # a corrupt block, a file truncated on disk
             raise BadImageError(f"{self.path}: window x={window.x} y={window.y} {window.width}x{window.height} "
                                 f"unreadable ({first_line(e)})") from None
+        if self.has_nodata:
+            if np.ma.getmaskarray(data).all():
+                return None
+            data = np.ma.getdata(data)
         return _scale(data, self.stretch)
 
-    def overview(self, max_side: int) -> Tensor:
+    def overview(self, max_side: int) -> np.ndarray:
         scale = min(1.0, max_side / max(self.width, self.height))
         shape = (max(1, round(self.height * scale)), max(1, round(self.width * scale)))
         return _scale(self._decimated(shape), self.stretch)
@@ -211,6 +215,7 @@ class PilRaster:
         self.path = str(path)
         self.crs: str | None = None
         self.transform: Affine6 | None = None
+        self.georef_note: str | None = None
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p}: image file not found")
@@ -228,33 +233,35 @@ class PilRaster:
         self._array = array
         self.height, self.width = int(array.shape[0]), int(array.shape[1])
 
-    def read(self, window: Window) -> Tensor:
+    def read(self, window: Window) -> np.ndarray:
         part = self._array[window.y : window.y + window.height, window.x : window.x + window.width]
-        values = np.asarray(part, dtype=np.float32) / 255.0 if part.dtype == np.uint8 else part
-        return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))
+        values = np.asarray(part, dtype=np.float32) / np.float32(255.0) if part.dtype == np.uint8 else part
+        return np.ascontiguousarray(values.transpose(2, 0, 1), dtype=np.float32)
 
-    def overview(self, max_side: int) -> Tensor:
+    def overview(self, max_side: int) -> np.ndarray:
         step = max(1, int(np.ceil(max(self.width, self.height) / max_side)))
-        return self.read(Window(0, 0, self.width, self.height))[:, ::step, ::step].contiguous()
+        return np.ascontiguousarray(self.read(Window(0, 0, self.width, self.height))[:, ::step, ::step])
 
     def close(self) -> None:
         self._array = np.empty((0, 0, 3), dtype=np.uint8)
 
 
-class TensorRaster:
-    """An image already in memory (float CHW in [0, 1]) seen as a raster: what evaluation tiles."""
+class ArrayRaster:
+    """An image already in memory (float CHW in [0, 1], numpy) seen as a raster: what evaluation and
+    ``Predictor.predict_tiled`` on an array tile."""
 
-    def __init__(self, image: Tensor, name: str = "<image>") -> None:
+    def __init__(self, image: np.ndarray, name: str = "<image>") -> None:
         self.path = name
-        self.image = image
+        self.image = np.asarray(image, dtype=np.float32)
         self.height, self.width = int(image.shape[-2]), int(image.shape[-1])
         self.crs: str | None = None
         self.transform: Affine6 | None = None
+        self.georef_note: str | None = None
 
-    def read(self, window: Window) -> Tensor:
+    def read(self, window: Window) -> np.ndarray:
         return self.image[:, window.y : window.y + window.height, window.x : window.x + window.width]
 
-    def overview(self, max_side: int) -> Tensor:
+    def overview(self, max_side: int) -> np.ndarray:
         step = max(1, int(np.ceil(max(self.width, self.height) / max_side)))
         return self.image[:, ::step, ::step]
 

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from harnet.engine.predictor import Detector
-from harnet.tools.predict import draw_detections
+from harnet.deploy.draw import draw_detections
+from harnet.deploy.predictor import Predictor
 from harnet.utils.errors import one_line
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"}
@@ -47,7 +46,14 @@ def open_source(source: str) -> Any:
         return av.open(f"/dev/video{source}", format="v4l2")
     if "://" not in source and not Path(source).exists():
         raise FileNotFoundError(f"{source}: no such video file")
-    return av.open(source)
+    try:
+        container = av.open(source)
+    except Exception as e:
+        raise ValueError(f"{source}: not a video FFmpeg can read ({one_line(e)})") from None
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{source}: no video stream (audio or data only)")
+    return container
 
 
 def output_stem(source: str) -> str:
@@ -69,6 +75,7 @@ class VideoReport:
     video_path: Path | None
     jsonl_path: Path | None
     error: str | None = None
+    source: str = ""
 
     @property
     def fps(self) -> float:
@@ -104,15 +111,15 @@ class _Writer:
             self.container.close()
 
 
-def predict_video(detector: Detector, source: str, out_dir: Path | None, score_thresh: float,
-                  max_frames: int | None = None) -> VideoReport:
-    """Run ``detector`` on each frame of ``source``; with ``out_dir``, write ``<stem>_pred.mp4`` (the
+def predict_video(predictor: Predictor, source: str, out_dir: Path | None, score_thresh: float,
+                  max_frames: int | None = None, stem: str | None = None) -> VideoReport:
+    """Run ``predictor`` on each frame of ``source``; with ``out_dir``, write ``<stem>_pred.mp4`` (the
     frames with their detections drawn, at the source's size) and ``<stem>_detections.jsonl`` (one line
     per frame: ``frame``, ``time`` in seconds, ``boxes`` XYXY pixels, ``scores``, ``labels``, ``names``).
 
     A decoding error ends the run early: what was written stays, ``error`` says which frame failed."""
     container = open_source(source)
-    stem = output_stem(source)
+    stem = stem or output_stem(source)
     video_path = jsonl_path = None
     writer: _Writer | None = None
     lines = None
@@ -136,8 +143,8 @@ def predict_video(detector: Detector, source: str, out_dir: Path | None, score_t
                 error = f"{source}: frame {frames}: {one_line(e)}"
                 break
             rgb = frame.to_ndarray(format="rgb24")
-            image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255)
-            (det,) = detector.predict(image, score_thresh)
+            image = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255)
+            (det,) = predictor.predict([image], score_thresh)
             detections += len(det["scores"])
             if lines is not None and writer is not None:
                 seconds = float(frame.time) if frame.time is not None else None
@@ -147,7 +154,7 @@ def predict_video(detector: Detector, source: str, out_dir: Path | None, score_t
                 }) + "\n")
                 lines.flush()
                 drawn = draw_detections(image, det["boxes"], det["labels"].tolist(), det["scores"].tolist(),
-                                        detector.class_names, min_size=0)
+                                        predictor.class_names, min_size=0)
                 writer.write(np.asarray(drawn))
             frames += 1
     finally:
@@ -157,4 +164,4 @@ def predict_video(detector: Detector, source: str, out_dir: Path | None, score_t
             lines.close()
         if writer is not None:
             writer.close()
-    return VideoReport(frames, detections, seconds, video_path, jsonl_path, error)
+    return VideoReport(frames, detections, seconds, video_path, jsonl_path, error, source)

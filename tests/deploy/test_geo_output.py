@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
-from harnet.tools.geo_output import box_ring, map_to_pixel, pixel_to_map, write_geo_outputs
+from harnet.deploy.geo_output import box_ring, map_to_pixel, pixel_to_map, write_geo_outputs
 
 NORTH_UP = (0.1, 0.0, 500000.0, 0.0, -0.1, 4000000.0)  # UTM, 0.1 m pixels
 ROTATED = (0.08, 0.06, 500000.0, 0.06, -0.08, 4000000.0)
@@ -32,9 +32,10 @@ def test_geopackage_in_the_raster_crs_and_geojson_in_lonlat(tmp_path: Path) -> N
     from pyproj import CRS, Transformer
 
     crs = CRS.from_epsg(32633).to_wkt()
-    det = {"boxes": torch.tensor([[10.0, 20, 30, 40], [100, 100, 150, 120]]), "scores": torch.tensor([0.9, 0.5]),
-           "labels": torch.tensor([0, 1])}
-    written = write_geo_outputs(tmp_path, "ortho", det, ["tree", "shrub"], crs, NORTH_UP)
+    det = {"boxes": np.array([[10.0, 20, 30, 40], [100, 100, 150, 120]], np.float32),
+           "scores": np.array([0.9, 0.5], np.float32), "labels": np.array([0, 1])}
+    written, note = write_geo_outputs(tmp_path, "ortho", det, ["tree", "shrub"], crs, NORTH_UP)
+    assert note is None
     assert [p.name for p in written] == ["ortho.gpkg", "ortho.geojson"]
     frame = gpd.read_file(tmp_path / "ortho.gpkg")
     assert frame.crs.to_epsg() == 32633
