@@ -101,3 +101,96 @@ def test_raster_above_the_old_limit_in_bounded_memory(model_path: Path, tmp_path
     growth_mb = float(result.stdout.split()[0])
     # One float RGB copy of the whole raster would be 807 MB; a batch of four 1024 px windows is 50 MB.
     assert growth_mb < 400, result.stdout
+
+
+LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
+
+
+def test_hostile_rasters_each_end_in_one_line_or_correct_output(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An engineering (LOCAL_CS) CRS, a raster georeferenced by GCPs, a truncated GeoTIFF and two rasters of
+    one name in two folders, in one call: every raster is predicted, each problem is one line naming its file,
+    no map is lost or replaced, and detections.json is written."""
+    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("geopandas")
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (3, 96, 128), dtype=np.uint8)
+    local = _write_geotiff(tmp_path / "local.tif", data)
+    with rasterio.open(local, "r+") as ds:
+        ds.crs = CRS.from_wkt(LOCAL_CS)
+    gcps = tmp_path / "gcps.tif"
+    with rasterio.open(gcps, "w", driver="GTiff", width=128, height=96, count=3, dtype="uint8") as ds:
+        ds.write(data)
+        ds.gcps = ([GroundControlPoint(0, 0, 500000, 4000000), GroundControlPoint(96, 128, 500012, 3999990),
+                    GroundControlPoint(0, 128, 500012, 4000000)], CRS.from_epsg(32633))
+    broken = _write_geotiff(tmp_path / "broken.tif", rng.integers(0, 256, (3, 256, 256), dtype=np.uint8))
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    twins = [_write_geotiff(tmp_path / d / "ortho.tif", data) for d in ("a", "b")]
+    out = tmp_path / "out"
+    inputs = [local, gcps, broken, *twins]
+    assert main(["predict", str(model_path), *map(str, inputs), "--tile", "64", "--score", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    files = {p.name for p in out.iterdir()}
+    assert {"detections.json", "local.gpkg", "a_ortho.gpkg", "a_ortho.geojson", "b_ortho.gpkg",
+            "b_ortho.geojson"} <= files
+    assert "local.geojson" not in files and not any(name.startswith(".") for name in files)
+    assert f"{local}: no local.geojson: its CRS has no transformation to lon/lat" in err
+    assert f"{gcps}: georeferenced by ground control points" in err
+    assert f"{broken}:" in err and "windows unreadable, the rest predicted" in err
+    predicted = {d["file_name"] for d in json.loads((out / "detections.json").read_text())}
+    assert {str(p) for p in twins} <= predicted
+
+
+def test_overlap_that_would_predict_each_pixel_too_often_is_refused(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((384, 512, 3), dtype=np.uint8)).save(png)
+    assert main(["predict", str(model_path), str(png), "--tile", "64", "--overlap", "0.99",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overlap 0.99" in err[0]
+
+
+def test_long_strip_gets_a_bounded_picture(model_path: Path, tmp_path: Path) -> None:
+    png = tmp_path / "strip.png"
+    Image.fromarray(np.full((8, 3000, 3), 128, dtype=np.uint8)).save(png)
+    out = tmp_path / "o"
+    assert main(["predict", str(model_path), str(png), "--tile", "64", "--overlap", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    with Image.open(out / "strip_pred.png") as picture:
+        assert max(picture.size) <= 4096
+
+
+def test_nodata_windows_are_not_predicted_and_counted(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rasterio = pytest.importorskip("rasterio")
+    data = np.zeros((3, 64, 256), dtype=np.uint8)
+    data[:, :, :64] = np.random.default_rng(3).integers(1, 256, (3, 64, 64), dtype=np.uint8)
+    tif = _write_geotiff(tmp_path / "border.tif", data)
+    with rasterio.open(tif, "r+") as ds:
+        ds.nodata = 0
+    assert main(["predict", str(model_path), str(tif), "--tile", "64", "--overlap", "0", "--out",
+                 str(tmp_path / "o"), "--no-progress"]) == 0
+    assert f"{tif}: 4 windows (3 all nodata, not predicted)" in capsys.readouterr().err
+
+
+def test_unwritable_output_folder_fails_before_predicting(
+    model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((50, 70, 3), dtype=np.uint8)).save(png)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["predict", str(model_path), str(png), "--out", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{blocker / 'out'}: output folder is not writable" in err[0]

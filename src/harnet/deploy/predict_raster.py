@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from harnet.deploy.draw import draw_detections
 from harnet.deploy.geo_output import geo_available, write_geo_outputs
 from harnet.deploy.predictor import Predictor, TiledResult
-from harnet.deploy.raster import open_raster
+from harnet.deploy.raster import Raster, open_raster
 from harnet.deploy.report import PredictReport, output_stems
 from harnet.deploy.tiling import window_grid
 from harnet.utils.atomic import atomic_file
+from harnet.utils.errors import one_line
 
 OVERVIEW_SIDE = 2048
 
@@ -64,37 +66,52 @@ def predict_rasters(
             finally:
                 if bar is not None:
                     bar.close()
-            picture = raster.overview(OVERVIEW_SIDE) if out_dir is not None else None
         except Exception as e:  # a raster that fails as a whole: reported, the rest still processed
             report.skip(path, e)
             raster.close()
             continue
-        raster.close()
         det = result.detections
         report.add(path, det, predictor.category_ids)
         report.notes.append(summary(path, result))
         if result.unreadable:
             report.skip(path, f"{len(result.unreadable)} of {result.windows} windows unreadable, the rest predicted "
-                               f"(first: {result.unreadable[0]})")
-        if out_dir is None or picture is None:
-            continue
+                              f"(first: {result.unreadable[0]})")
+        if out_dir is not None:
+            try:
+                _write_outputs(predictor, raster, det, out_dir, stem, report)
+            finally:
+                raster.close()
+        else:
+            raster.close()
+    return report
+
+
+def _write_outputs(predictor: Predictor, raster: Raster, det: dict[str, Any], out_dir: Path, stem: str,
+                   report: PredictReport) -> None:
+    """The overview picture and the map outputs of one raster; a failure of either is reported, and the
+    raster's detections (already in the report) are kept."""
+    path = raster.path
+    try:
+        picture = raster.overview(OVERVIEW_SIDE)
+    except Exception as e:  # e.g. a truncated file: the windows read before the cut are still predicted
+        report.skip(path, f"overview picture not drawn ({one_line(e)})")
+    else:
         scale = picture.shape[-1] / raster.width
         drawn = draw_detections(picture, det["boxes"] * scale, det["labels"].tolist(), det["scores"].tolist(),
                                 predictor.class_names)
         with atomic_file(out_dir / f"{stem}_pred.png") as f:
             drawn.save(f, format="PNG")
-        if raster.crs is None or raster.transform is None:
-            why = raster.georef_note or "no CRS"
-            report.notes.append(f"{path}: {why}; pixel outputs only (detections.json, {stem}_pred.png)")
-        elif not geo_available():
-            report.notes.append(f"{path}: has a CRS, but no GeoPackage/GeoJSON without geopandas and pyogrio "
-                                '(pip install "harnet[geo]")')
-        else:
-            try:
-                _, note = write_geo_outputs(out_dir, stem, det, predictor.class_names, raster.crs, raster.transform)
-            except Exception as e:  # a CRS or driver problem: the pixel outputs stand, the map is reported
-                report.skip(path, f"map outputs not written: {e}")
-                continue
-            if note:
-                report.notes.append(f"{path}: {note}")
-    return report
+    if raster.crs is None or raster.transform is None:
+        why = raster.georef_note or "no CRS"
+        report.notes.append(f"{path}: {why}; pixel outputs only (detections.json, {stem}_pred.png)")
+    elif not geo_available():
+        report.notes.append(f"{path}: has a CRS, but no GeoPackage/GeoJSON without geopandas and pyogrio "
+                            '(pip install "harnet[geo]")')
+    else:
+        try:
+            _, note = write_geo_outputs(out_dir, stem, det, predictor.class_names, raster.crs, raster.transform)
+        except Exception as e:  # a CRS or driver problem: the pixel outputs stand, the map is reported
+            report.skip(path, f"map outputs not written ({one_line(e)})")
+            return
+        if note:
+            report.notes.append(f"{path}: {note}")
