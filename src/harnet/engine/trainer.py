@@ -101,7 +101,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
-                 overwrite: bool = False, hooks: Sequence[TrainerHook] = ()) -> None:
+                 overwrite: bool = False, hooks: Sequence[TrainerHook[Trainer]] = ()) -> None:
         """``resume`` continues the run in ``cfg.output_dir``; a new run into a folder that holds one is
         refused unless ``overwrite``, which deletes that run's files first. The folder stays locked until
         :meth:`fit` returns or :meth:`close` is called. ``hooks`` are called by :meth:`fit` in their order
@@ -425,7 +425,7 @@ class Trainer:
 
 
 def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True, overwrite: bool = False,
-          hooks: Sequence[TrainerHook] = ()) -> TrainResult:
+          hooks: Sequence[TrainerHook[Trainer]] = ()) -> TrainResult:
     """Train (or resume) the experiment; returns the final evaluation (None on ranks other than 0).
 
     A new run into a folder that already holds a run is refused (:class:`harnet.engine.runfolder.RunExistsError`)
