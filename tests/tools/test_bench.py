@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harnet.config.model import PRESETS
+from harnet.deploy.formats import BENCH_FORMATS
 from harnet.tools.bench import TORCHVISION, cpu_peak_memory, run_benchmark
+from harnet.tools.bench_run import bench_run
 from harnet.tools.cli import main
 
 
@@ -39,3 +43,19 @@ def test_bench_cli_writes_json_and_table(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert len(data["rows"]) == 1 + len(PRESETS) and data["rows"][0]["train_ms"] is None
     assert out.with_suffix(".md").is_file()
+
+
+def test_bench_formats_come_from_the_formats_table(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "RUN", "--formats", "onnx,torchscript"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown formats ['torchscript']; choose from " + ", ".join(BENCH_FORMATS) in err
+
+
+@pytest.mark.slow
+def test_bench_run_measures_the_checkpoint_and_an_export(trained_run: Path) -> None:
+    result = bench_run(trained_run, ["torch", "onnx"], size=64, threads=1, repeats=1, warmup=0)
+    torch_row, onnx_row = result.rows
+    assert (torch_row["format"], onnx_row["format"]) == ("torch", "onnx") and onnx_row["latency_ratio"] == 1.0
+    assert all(0 <= row["ap"] <= 1 and row["file_mb"] > 0 and row["val_images"] > 0 for row in result.rows)

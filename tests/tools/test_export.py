@@ -105,6 +105,11 @@ def test_onnx_runtime_equals_pytorch(ckpt_path: Path, model: HARNet, tmp_path: P
     assert meta.config == model.config and meta.class_names == ["class0", "class1", "class2", "class3",
                                                                 "class4", "class5"]
     assert json.loads((tmp_path / "model.onnx.json").read_text())["opset"] == 19
+    # The same metadata inside the model: the file alone is enough.
+    embedded = {e.key: e.value for e in onnx.load(str(out)).metadata_props}["harnet"]
+    assert embedded == (tmp_path / "model.onnx.json").read_text().rstrip("\n")
+    (tmp_path / "model.onnx.json").unlink()
+    assert load_metadata(out).config == model.config
 
 
 @pytest.mark.slow
@@ -116,6 +121,8 @@ def test_torchscript_equals_pytorch(model: HARNet, tmp_path: Path) -> None:
     extra = {"harnet.json": ""}
     traced = torch.jit.load(str(out), _extra_files=extra)
     assert json.loads(extra["harnet.json"])["model"]["aligned"]["stages"] == ["c4", "c5"]
+    result.metadata_path.unlink()  # read from the archive, without torch
+    assert load_metadata(out).config == model.config and load_metadata(out).info["export_format"] == "torchscript"
     images = _images()
     batch = preprocess(images, model.config)
     with torch.no_grad(), torch.jit.optimized_execution(False):
@@ -137,6 +144,57 @@ def test_dynamo_exporter(model: HARNet, tmp_path: Path) -> None:
 def test_export_of_a_missing_checkpoint_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "/nonexistent.pt"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--int8", "--calib", "EMPTY"], "--calib EMPTY: no images there"),
+    (["--int8"], "int8 export needs calibration images: --calib"),
+    (["--int8", "--fp16"], "--int8 and --fp16 exclude each other"),
+    (["--int8", "--format", "openvino", "--calib", "EMPTY"], "--int8 needs --format onnx"),
+    (["--fp16", "--format", "onnx-int8"], "--format onnx-int8 is int8 already; --fp16"),
+    (["--format", "torchscript", "--portable"], "--format torchscript has no portable variant"),
+    (["--calib", "EMPTY"], "--calib is for int8 exports"),
+    (["--format", "onnx-fp16", "--float-parts", "deform"], "--float-parts is for int8 exports"),
+])
+def test_export_options_are_checked_against_the_formats_table(
+        ckpt_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    """Every refusal is a usage error (status 2, one line) before the checkpoint is exported."""
+    (tmp_path / "EMPTY").mkdir()  # the tests run in tmp_path
+    (tmp_path / "EMPTY" / "notes.txt").write_text("not an image")
+    assert main(["export", str(ckpt_path), "--out", str(tmp_path / "out.onnx"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harnet: error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_int8_export_without_calibration_fails_before_exporting(model: HARNet, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="int8 export needs calibration images"):
+        export_model(model, tmp_path / "m.onnx", "onnx-int8", ["a"] * 6, list(range(1, 7)))
+    with pytest.raises(ValueError, match=r"unknown float parts \['head'\]"):
+        export_model(model, tmp_path / "m.onnx", "onnx", ["a"] * 6, list(range(1, 7)), precision="int8",
+                     calibration=_images(), float_parts=["head"])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_int8_cli_writes_the_default_file_beside_the_checkpoint(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``--format onnx-int8`` (what ``--int8`` means) -> RUN/model.int8.onnx, its metadata inside."""
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    run = tmp_path / "run"
+    ckpt = random_checkpoint(run / "best.pt", [*TINY, "model.num_classes=2", "model.aligned.stages=[c5]"])
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, image in enumerate(_images()):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(calib / f"{i}.png")
+    assert main(["export", str(run), "--format", "onnx-int8", "--calib", str(calib)]) == 0
+    assert "metadata inside it" in capsys.readouterr().out
+    out = ckpt.parent / "model.int8.onnx"
+    (ckpt.parent / "model.int8.onnx.json").unlink()
+    info = load_metadata(out).info
+    assert info["export_format"] == "onnx-int8" and info["precision"]["calibration_images"] == 2
 
 
 @pytest.mark.parametrize("stride_mode", ["level", "torchvision"])

@@ -26,9 +26,11 @@ import torch
 from harnet.config.experiment import ExperimentConfig, load_experiment
 from harnet.config.io import merge
 from harnet.data.build import build_dataset
-from harnet.deploy.detector import DeployedDetector
+from harnet.deploy.formats import BENCH_FORMATS, CHECKPOINT, DEFAULT_BENCH_FORMATS, EXPORT_FORMATS, parse_bench_formats
+from harnet.deploy.metadata import load_export_info
+from harnet.deploy.predictor import Predictor
 from harnet.deploy.preprocess import preprocess as np_preprocess
-from harnet.deploy.runtime import OnnxRuntime
+from harnet.deploy.runtime import OnnxRuntime, open_runtime
 from harnet.engine import checkpoint
 from harnet.engine.evaluation import evaluate_predictions
 from harnet.engine.fast_inference import optimize_for_inference
@@ -36,7 +38,7 @@ from harnet.modeling.harnet import HARNet
 from harnet.tools.bench import peak_memory_mb
 from harnet.tools.export import RawNetwork, export_model
 
-FORMATS = ("torch", "onnx", "onnx-fp16", "onnx-int8", "openvino")
+FORMATS = BENCH_FORMATS  # the checkpoint ("torch") and every export harnet.deploy runs
 
 
 @dataclass
@@ -64,16 +66,14 @@ def _files_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 2**20
 
 
-def _runtime_call(detector: DeployedDetector, images: np.ndarray) -> Callable[[], Any]:
+def _runtime_call(detector: Predictor, images: np.ndarray) -> Callable[[], Any]:
     return lambda: detector.runtime.run(images)
 
 
-def bench_run(run: str | Path, formats: Sequence[str] = ("torch", "onnx", "onnx-int8", "openvino"), size: int = 320,
+def bench_run(run: str | Path, formats: Sequence[str] = DEFAULT_BENCH_FORMATS, size: int = 320,
               threads: int = 2, repeats: int = 20, warmup: int = 3, data: str | None = None, calib_count: int = 50,
               progress: Callable[[str], None] | None = None) -> RunBenchResult:
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"unknown formats {unknown}; choose from {', '.join(FORMATS)}")
+    formats = parse_bench_formats(",".join(formats))
     torch.set_num_threads(threads)
     say = progress or (lambda _: None)
     ckpt = checkpoint.load(run)
@@ -91,34 +91,30 @@ def bench_run(run: str | Path, formats: Sequence[str] = ("torch", "onnx", "onnx-
     with tempfile.TemporaryDirectory() as tmp:
         paths: dict[str, Path] = {}
         for fmt in formats:
-            if fmt == "torch":
+            if fmt == CHECKPOINT:
                 paths[fmt] = Path(ckpt["path"])
                 continue
             say(f"exporting {fmt}")
-            if fmt == "openvino":
-                res = export_model(model, Path(tmp) / "openvino", "openvino", ckpt["class_names"],
-                                   ckpt["category_ids"], verify=False)
-                paths[fmt] = res.path.parent
-            else:
-                precision = fmt.split("-")[1] if "-" in fmt else "fp32"
-                calibration: list[torch.Tensor] = []
-                if precision == "int8":
-                    train = build_dataset(data_cfg, "train", class_names=ckpt["class_names"])
-                    calibration = [train[i][0].as_subclass(torch.Tensor) for i in range(min(calib_count, len(train)))]
-                res = export_model(model, Path(tmp) / f"{fmt}.onnx", "onnx", ckpt["class_names"], ckpt["category_ids"],
-                                   verify=False, precision=precision, calibration=calibration)  # type: ignore[arg-type]
-                paths[fmt] = res.path
+            spec = EXPORT_FORMATS[fmt]
+            calibration: list[torch.Tensor] = []
+            if spec.precision == "int8":
+                train = build_dataset(data_cfg, "train", class_names=ckpt["class_names"])
+                calibration = [train[i][0].as_subclass(torch.Tensor) for i in range(min(calib_count, len(train)))]
+            out = Path(tmp) / spec.default_name()
+            export_model(model, out, spec.name, ckpt["class_names"], ckpt["category_ids"], verify=False,
+                         calibration=calibration)
+            paths[fmt] = out  # the model file, or the OpenVINO folder (file MB: all its files)
         # onnxruntime pools that sleep between runs: spinning ones would steal the cores of the format timed next.
-        detectors = {fmt: DeployedDetector(p, threads=threads, runtime=OnnxRuntime(p, threads, spin=False)
-                                           if fmt.startswith("onnx") else None)
-                     for fmt, p in paths.items() if fmt != "torch"}
+        detectors = {fmt: Predictor(OnnxRuntime(p, threads, spin=False) if EXPORT_FORMATS[fmt].runtime == "onnxruntime"
+                                    else open_runtime(p, threads=threads), load_export_info(p))
+                     for fmt, p in paths.items() if fmt != CHECKPOINT}
         # The torch row is the network as Detector (harnet predict) runs it: folded norms, channels_last.
         fast = optimize_for_inference(copy.deepcopy(model), torch.device("cpu"))
         raw = RawNetwork(fast).eval()
         x_torch = torch.from_numpy(network_input).contiguous(memory_format=torch.channels_last)
         calls: dict[str, Callable[[], Any]] = {}
         for fmt in formats:
-            calls[fmt] = (lambda: raw(x_torch)) if fmt == "torch" else _runtime_call(detectors[fmt], network_input)
+            calls[fmt] = (lambda: raw(x_torch)) if fmt == CHECKPOINT else _runtime_call(detectors[fmt], network_input)
         say("timing networks")
         times: dict[str, list[float]] = {fmt: [] for fmt in calls}
         with torch.inference_mode():
@@ -134,7 +130,7 @@ def bench_run(run: str | Path, formats: Sequence[str] = ("torch", "onnx", "onnx-
         for fmt in formats:
             say(f"val AP: {fmt}")
             start = time.perf_counter()
-            if fmt == "torch":
+            if fmt == CHECKPOINT:
                 with torch.inference_mode():
                     predictions = [fast([image])[0] for image in images]
             else:

@@ -110,10 +110,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from harnet.deploy.raster import parse_bands
     from harnet.deploy.run import predict_inputs, sort_inputs
     from harnet.deploy.tiling import check_tile
-    from harnet.tools.predict import is_export, open_predictor
+    from harnet.tools.predict import open_predictor
 
     if not Path(args.model).exists():
-        raise UsageError(f"{args.model}: {'model file' if is_export(args.model) else 'checkpoint'} not found")
+        kind = "model file" if Path(args.model).suffix.lower() in (".onnx", ".xml") else "checkpoint"
+        raise UsageError(f"{args.model}: {kind} not found")
     try:
         bands = parse_bands(args.bands)
         if args.tile is not None:
@@ -144,42 +145,60 @@ def _float_parts(text: str | None) -> list[str] | None:
     return None if text is None else [part for part in text.split(",") if part]
 
 
+if TYPE_CHECKING:
+    from harnet.deploy.formats import ExportFormat
+
+
+def _export_format(args: argparse.Namespace) -> ExportFormat:
+    """``--format`` with ``--int8``/``--fp16``/``--portable``/``--calib``, checked against the formats table."""
+    from harnet.deploy.formats import export_format
+
+    if args.int8 and args.fp16:
+        raise UsageError("--int8 and --fp16 exclude each other")
+    try:
+        spec = export_format(args.format, "int8" if args.int8 else "fp16" if args.fp16 else None)
+        spec.is_portable(args.portable)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if spec.precision == "int8" and not args.calib:
+        raise UsageError("int8 export needs calibration images: --calib IMAGES (files, folders or globs)")
+    if spec.precision != "int8" and (args.calib or args.float_parts is not None):
+        raise UsageError(f"--{'calib' if args.calib else 'float-parts'} is for int8 exports (--int8 or "
+                         f"--format onnx-int8), not --format {spec.name}")
+    return spec
+
+
+def _calibration_images(args: argparse.Namespace) -> list[Any]:
+    """The ``--calib`` images (at most ``--calib-count``) as float CHW tensors; none found names the arguments."""
+    import torch
+
+    from harnet.data.image_io import load_image
+    from harnet.deploy.files import IMAGE_SUFFIXES, expand_inputs
+
+    try:
+        paths = expand_inputs(args.calib)[: args.calib_count]
+    except FileNotFoundError as e:
+        raise UsageError(f"--calib: {e}") from None
+    if not paths:
+        raise UsageError(f"--calib {' '.join(args.calib)}: no images there (looked for "
+                         f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    return [load_image(p).as_subclass(torch.Tensor) for p in paths]
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from harnet.engine import checkpoint
     from harnet.tools.export import export_model
 
-    if args.int8 and args.fp16:
-        raise UsageError("--int8 and --fp16 exclude each other")
-    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
-    if precision != "fp32" and args.format != "onnx":
-        raise UsageError(f"--{precision} needs --format onnx")
-    if args.int8 and not args.calib:
-        raise UsageError("--int8 needs calibration images: --calib IMAGES (files, folders or globs)")
-    calibration = []
-    if args.int8:
-        import torch
-
-        from harnet.data.image_io import load_image
-        from harnet.tools.predict import expand_inputs
-
-        try:
-            paths = expand_inputs(args.calib)[: args.calib_count]
-        except FileNotFoundError as e:
-            raise UsageError(str(e)) from None
-        calibration = [load_image(p).as_subclass(torch.Tensor) for p in paths]
+    spec = _export_format(args)
+    calibration = _calibration_images(args) if spec.precision == "int8" else []
     ckpt = checkpoint.load(args.checkpoint)
-    stem = {"fp32": "model", "fp16": "model.fp16", "int8": "model.int8"}[precision]
-    if args.portable and args.format == "onnx":
-        stem += ".portable"
-    default = {"onnx": f"{stem}.onnx", "torchscript": "model.torchscript.pt", "openvino": "openvino"}[args.format]
-    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / default
-    result = export_model(checkpoint.build_model(ckpt), out, args.format, ckpt["class_names"], ckpt["category_ids"],  # type: ignore[arg-type]
-                          exporter=args.exporter, size=tuple(args.size) if args.size else None,
-                          portable=args.portable, precision=precision, calibration=calibration,  # type: ignore[arg-type]
-                          float_parts=_float_parts(args.float_parts))
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent / spec.default_name(args.portable)
+    result = export_model(checkpoint.build_model(ckpt), out, spec.name, ckpt["class_names"],  # type: ignore[arg-type]
+                          ckpt["category_ids"], exporter=args.exporter, size=tuple(args.size) if args.size else None,
+                          portable=args.portable, calibration=calibration, float_parts=_float_parts(args.float_parts))
     check = ("not checked (pip install onnxruntime to check)" if result.max_abs_diff is None
              else f"max |exported - PyTorch| = {result.max_abs_diff:.2e} on a check batch")
-    print(f"exported {result.path}  metadata {result.metadata_path}  ({check})")
+    print(f"exported {result.path}  metadata inside it and in {result.metadata_path.name}  ({check})")
     return 0
 
 
@@ -218,7 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.run:
         from harnet.tools.bench_run import bench_run
 
-        run_result = bench_run(args.run, args.formats.split(","), args.sizes[0] if args.sizes else 320,
+        run_result = bench_run(args.run, args.formats, args.sizes[0] if args.sizes else 320,
                                args.threads or 2, args.repeats, data=args.data,
                                progress=lambda m: print(f"[bench] {m}", file=sys.stderr))
         table = run_result.markdown()
@@ -245,6 +264,25 @@ def _write_bench(out: str | None, data: dict[str, Any], table: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1))
         path.with_suffix(".md").write_text(table + "\n")
+
+
+def _run_options() -> argparse.ArgumentParser:
+    """Options eval and bench share, declared once (an argparse parent)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--data", help="experiment YAML whose data section to use (default: the run's own; "
+                                        "bench: RUN mode)")
+    options.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (bench RUN mode: the CPU)")
+    return options
+
+
+def _bench_formats(text: str) -> list[str]:
+    """``--formats`` as a list, checked against the formats table (argparse turns the error into usage)."""
+    from harnet.deploy.formats import parse_bench_formats
+
+    try:
+        return parse_bench_formats(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
@@ -334,13 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip batches with a NaN/inf loss (counted) instead of stopping")
     tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="COCO AP of a checkpoint or run folder")
+    from harnet.deploy.formats import BENCH_FORMATS, CHECKPOINT, DEFAULT_BENCH_FORMATS, EXPORT_FORMATS
+
+    run_options = _run_options()
+    ev = sub.add_parser("eval", help="COCO AP of a checkpoint or run folder", parents=[run_options])
     ev.add_argument("checkpoint", metavar="RUN_OR_CKPT")
-    ev.add_argument("--data", help="experiment YAML whose data section to use (default: the run's own)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--split", choices=["train", "val"], default="val")
     ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
-    ev.add_argument("--device", default="auto")
     ev.add_argument("--tile", type=int, metavar="SIZE",
                     help="predict each image in windows of SIZE px (as predict --tile)")
     ev.add_argument("--overlap", type=float, default=0.25, help="with --tile: window overlap, a fraction of SIZE")
@@ -370,16 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
 
-    ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (+ metadata JSON)")
+    ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (metadata inside, "
+                                       "and in a .json beside it)")
     ex.add_argument("checkpoint", metavar="RUN_OR_CKPT")
-    ex.add_argument("--format", choices=["onnx", "torchscript", "openvino"], default="onnx")
-    ex.add_argument("--out", help="output file, or folder for openvino (default beside the checkpoint: model.onnx, "
-                                  "model.int8.onnx, model.fp16.onnx, openvino/, model.torchscript.pt)")
+    ex.add_argument("--format", choices=list(EXPORT_FORMATS), default="onnx",
+                    help="; ".join(f"{f.name}: {f.help}" for f in EXPORT_FORMATS.values()))
+    ex.add_argument("--out", help="output file, or folder for openvino (default beside the checkpoint: " + ", ".join(
+        f.default_name() + "/" * f.folder for f in EXPORT_FORMATS.values()) + "; .portable before the suffix)")
     ex.add_argument("--portable", action="store_true",
                     help="deformable conv as GridSample + MatMul (no DeformConv op; always so for openvino)")
-    ex.add_argument("--int8", action="store_true", help="static int8 quantization (onnxruntime, QDQ, per-channel)")
-    ex.add_argument("--fp16", action="store_true", help="fp16 weights and activations (inputs/outputs stay fp32)")
-    ex.add_argument("--calib", nargs="+", metavar="IMAGES", help="--int8 calibration images: files, folders, globs")
+    ex.add_argument("--int8", action="store_true", help="--format onnx-int8: static int8 quantization")
+    ex.add_argument("--fp16", action="store_true", help="--format onnx-fp16: fp16 weights and activations")
+    ex.add_argument("--calib", nargs="+", metavar="IMAGES", help="int8 calibration images: files, folders, globs")
     ex.add_argument("--calib-count", type=int, default=100, help="use at most this many calibration images")
     ex.add_argument("--float-parts", default=None,
                     help="int8: comma-separated parts kept in float (predictors, deform; '' for none; "
@@ -400,18 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     xp.set_defaults(func=cmd_explain)
 
     b = sub.add_parser("bench", help="latency/FLOPs/train step of every preset vs torchvision RetinaNet; "
-                                     "with RUN: that checkpoint's AP/latency/memory per export format")
+                                     "with RUN: that checkpoint's AP/latency/memory per export format",
+                       parents=[run_options])
     b.add_argument("run", nargs="?", metavar="RUN", help="a trained run or checkpoint: bench its export formats")
-    b.add_argument("--formats", default="torch,onnx,onnx-int8,openvino",
-                   help="RUN mode: torch, onnx, onnx-fp16, onnx-int8, openvino (comma-separated)")
-    b.add_argument("--data", help="RUN mode: experiment YAML whose data is used (default: the run's)")
+    b.add_argument("--formats", type=_bench_formats, default=",".join(DEFAULT_BENCH_FORMATS),
+                   help=f"RUN mode, comma-separated: {', '.join(BENCH_FORMATS)} ({CHECKPOINT}: the checkpoint itself)")
     b.add_argument("--backbone", default="resnet50")
     b.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="image sizes (default 320 512 800; RUN mode: the network input, default 320)")
     b.add_argument("--repeats", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--train-size", type=int, default=512, help="image size of the training-step timing")
-    b.add_argument("--device", default="auto")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--no-amp", action="store_true", help="on CUDA, skip the fp16-autocast rows")
     b.add_argument("--no-memory", action="store_true", help="on CPU, skip the peak-memory processes")

@@ -7,9 +7,10 @@ aligned attention's deformable conv included (ONNX ``DeformConv``, opset 19; onn
 runs it on the CPU). Resizing, anchors, top-k, Soft-NMS and box voting stay outside: they are
 data-dependent loops that exporters handle badly, and keeping them in Python means the deployed
 model decodes with the same code as training-time evaluation. :func:`preprocess` and
-:func:`postprocess_raw` are that code; a JSON file written beside the export holds everything they
-need (class names, transform, anchors, inference settings), so a deployer needs only that file,
-the exported model and ``harnet``::
+:func:`postprocess_raw` are that code; a JSON document holds everything they need (class names,
+transform, anchors, inference settings), written into the model file itself (ONNX ``metadata_props``,
+OpenVINO ``rt_info``, TorchScript extra files; :mod:`harnet.deploy.metadata` reads it) and, for older
+readers, beside it as ``<model>.json``, so a deployer needs only the exported model and ``harnet``::
 
     batch = preprocess(images, config)                        # list of CHW float RGB in [0, 1]
     logits, deltas = session.run(None, {"images": batch.images.numpy()})
@@ -35,7 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from harnet.config.model import HARNetConfig, to_dict
-from harnet.deploy.metadata import ExportInfo, load_export_info, metadata_path
+from harnet.deploy.formats import ExportFormat, Precision, export_format
+from harnet.deploy.metadata import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportInfo, load_export_info, metadata_path
 from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
 from harnet.modeling.attention.deform_portable import make_portable
 from harnet.modeling.backbone.efficientnet import FixedSamePadConv2d
@@ -44,12 +46,11 @@ from harnet.modeling.postprocess import DenseOutputs, build_box_coder
 from harnet.modeling.preprocess import original_sizes, to_input_pixels
 from harnet.modeling.preprocess import preprocess as preprocess_images
 from harnet.modeling.pyramid import LEVEL_STRIDES, level_shapes
+from harnet.tools.quantize import DEFAULT_FLOAT_PARTS, check_float_parts, convert_fp16, quantize_int8
 
 ONNX_OPSET = 19  # the first opset with DeformConv
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["cls_logits", "box_deltas"]
-Format = Literal["onnx", "torchscript", "openvino"]
-Precision = Literal["fp32", "fp16", "int8"]
 Exporter = Literal["torchscript", "dynamo"]
 
 
@@ -208,15 +209,16 @@ def export_torchscript(model: HARNet, path: Path, size: tuple[int, int] | None =
 # --- metadata ----------------------------------------------------------------------------------
 
 
-def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[int], fmt: Format,
+def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[int], fmt: ExportFormat,
              exporter: str, portable: bool = False, precision: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything :func:`preprocess` / :func:`postprocess_raw` need, as plain JSON."""
     t = model.config.transform
     short, long = t.test_sizes
     return {
-        "format": fmt,
+        "format": fmt.container,
+        "export_format": fmt.name,
         "exporter": exporter,
-        "opset": ONNX_OPSET if fmt != "torchscript" else None,
+        "opset": ONNX_OPSET if fmt.container != "torchscript" else None,
         "deform_conv": "GridSample + MatMul (portable)" if portable else "DeformConv",
         "precision": precision or {"precision": "fp32"},
         "torch": torch.__version__,
@@ -245,86 +247,107 @@ load_metadata = load_export_info
 
 @dataclass
 class ExportResult:
-    path: Path
-    metadata_path: Path
+    path: Path  # the model file (``model.xml`` inside an OpenVINO folder); the metadata is inside it too
+    metadata_path: Path  # the same metadata beside it, for readers from before it was embedded
     max_abs_diff: float | None  # exported vs PyTorch outputs on a check batch; None if not checked
 
 
-def export_model(model: HARNet, path: str | Path, fmt: Format, class_names: Sequence[str],
+def export_model(model: HARNet, path: str | Path, fmt: str, class_names: Sequence[str],
                  category_ids: Sequence[int], exporter: Exporter = "torchscript",
                  size: tuple[int, int] | None = None, verify: bool = True, portable: bool = False,
-                 precision: Precision = "fp32", calibration: Sequence[Tensor] = (),
+                 precision: Precision | None = None, calibration: Sequence[Tensor] = (),
                  float_parts: Sequence[str] | None = None) -> ExportResult:
-    """Export ``model`` (moved to the CPU) to ``path`` plus ``<path>.json``; by default run the export on
-    a differently sized batch and report its largest difference from PyTorch.
+    """Export ``model`` (moved to the CPU) to ``path``, its metadata embedded and in ``<model>.json``; by
+    default run the export on a differently sized batch and report its largest difference from PyTorch.
 
-    ``openvino``: ``path`` is a folder that receives ``model.xml`` + ``model.bin`` (converted by
-    OpenVINO from the portable ONNX graph). ``precision`` (ONNX only): ``int8`` quantizes statically
-    on ``calibration`` images (:mod:`harnet.tools.quantize`), ``fp16`` converts the weights."""
-    from harnet.tools.quantize import DEFAULT_FLOAT_PARTS, convert_fp16, quantize_int8
-
-    path = Path(path)
+    ``fmt``: a row of :data:`harnet.deploy.formats.EXPORT_FORMATS` (``onnx``, ``onnx-int8``, ``openvino``
+    ...); ``precision`` picks the row of that container (``"onnx"`` + ``"int8"`` is ``onnx-int8``).
+    ``openvino``: ``path`` is a folder that receives ``model.xml`` + ``model.bin`` (converted by OpenVINO
+    from the portable ONNX graph). ``int8`` quantizes statically on ``calibration`` images
+    (:mod:`harnet.tools.quantize`), ``fp16`` converts the weights."""
+    spec = export_format(fmt, precision)
     model = model.cpu().eval()
-    if precision != "fp32" and fmt != "onnx":
-        raise ValueError(f"{precision} export is ONNX only (--format onnx)")
     divisible = model.config.transform.size_divisible
     if divisible % 32 and any(isinstance(m, FixedSamePadConv2d) for m in model.modules()):
         raise ValueError(f"transform.size_divisible is {divisible}: exporting an EfficientNet-Lite body needs a "
                          "multiple of 32 (its stride-2 convs are exported with the padding of even sizes)")
-    portable = portable or fmt == "openvino"
-    if fmt == "openvino":
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / "model.xml"
+    portable = spec.is_portable(portable)
+    parts = DEFAULT_FLOAT_PARTS if float_parts is None else tuple(float_parts)
+    if spec.precision == "int8":  # before the minutes of exporting, not after
+        if not calibration:
+            raise ValueError("int8 export needs calibration images (--calib)")
+        check_float_parts(parts)
+    if spec.folder:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    path = spec.model_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    exporter_name = "torch.jit.trace" if spec.container == "torchscript" else exporter
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = path if fmt == "onnx" and precision == "fp32" else Path(tmp) / "fp32.onnx"
+        fp32 = path if spec.container == "onnx" and spec.precision == "fp32" else Path(tmp) / "fp32.onnx"
         info: dict[str, Any] | None = None
-        extra: dict[str, str] = {}
-        if fmt in ("onnx", "openvino"):
+        ir: Any = None  # the OpenVINO model, saved once its metadata is known
+        if spec.container != "torchscript":
             export_onnx(model, fp32, exporter, size, portable)
-        if fmt == "onnx" and precision == "int8":
-            parts = DEFAULT_FLOAT_PARTS if float_parts is None else tuple(float_parts)
-            info = quantize_int8(fp32, path, calibration, model.config, parts)
-        elif fmt == "onnx" and precision == "fp16":
+        if spec.precision == "int8":
+            batches = [preprocess([image], model.config).images.numpy() for image in calibration]
+            info = quantize_int8(fp32, path, batches, parts)
+        elif spec.precision == "fp16":
             info = convert_fp16(fp32, path)
-        elif fmt == "openvino":
-            info = _convert_openvino(fp32, path)
-        elif fmt == "torchscript":
-            pass
-        elif fmt != "onnx":
-            raise ValueError(f"unknown export format {fmt!r}; choose onnx, torchscript or openvino")
-        meta = metadata(model, class_names, category_ids, fmt, exporter if fmt != "torchscript" else "torch.jit.trace",
-                        portable, info)
-        text = json.dumps(meta, indent=1)
-        if fmt == "torchscript":
-            extra = {"harnet.json": text}
-            export_torchscript(model, path, size, extra_files=extra)
+        if spec.container == "openvino":
+            ir, info = _convert_openvino(fp32)
+        text = json.dumps(metadata(model, class_names, category_ids, spec, exporter_name, portable, info), indent=1)
+        if spec.container == "torchscript":
+            export_torchscript(model, path, size, extra_files={TORCHSCRIPT_EXTRA: text})
+        elif spec.container == "openvino":
+            _save_openvino(ir, path, text)
+        else:
+            _embed_onnx_metadata(path, text)
     metadata_path(path).write_text(text + "\n")
-    diff = _verify(model, path, fmt) if verify else None
+    diff = _verify(model, path, spec) if verify else None
     return ExportResult(path, metadata_path(path), diff)
 
 
-def _convert_openvino(onnx_path: Path, xml: Path) -> dict[str, Any]:
-    """OpenVINO's own converter on the portable ONNX graph -> IR (weights kept in fp32)."""
+def _embed_onnx_metadata(path: Path, text: str) -> None:
+    """``text`` as the ONNX model's ``metadata_props[harnet]`` (what :mod:`harnet.deploy.metadata` reads)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for entry in [e for e in model.metadata_props if e.key == METADATA_KEY]:
+        model.metadata_props.remove(entry)
+    model.metadata_props.add(key=METADATA_KEY, value=text)
+    onnx.save(model, str(path))
+
+
+def _convert_openvino(onnx_path: Path) -> tuple[Any, dict[str, Any]]:
+    """OpenVINO's own converter on the portable ONNX graph -> an in-memory model (weights kept in fp32)
+    and what the metadata records about it."""
     try:
         import openvino as ov
     except ImportError:
         raise RuntimeError("OpenVINO export needs openvino: pip install 'harnet[edge]'") from None
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-    return {"precision": "fp32", "converter": f"openvino.convert_model {ov.__version__}"}
+    info = {"precision": "fp32", "converter": f"openvino.convert_model {ov.__version__}"}
+    return ov.convert_model(str(onnx_path)), info
+
+
+def _save_openvino(ir: Any, xml: Path, text: str) -> None:
+    """The IR as ``xml`` + ``.bin``, ``text`` in its ``rt_info[harnet]``."""
+    import openvino as ov
+
+    ir.set_rt_info(text, [METADATA_KEY])
+    ov.save_model(ir, str(xml), compress_to_fp16=False)
 
 
 @torch.no_grad()
-def _verify(model: HARNet, path: Path, fmt: Format) -> float | None:
+def _verify(model: HARNet, path: Path, spec: ExportFormat) -> float | None:
     """Largest |exported - PyTorch| over both outputs on a batch unlike the export example."""
     example = _example_input(model.config, None, extra=1)
     expected = RawNetwork(model).eval()(example)
-    if fmt == "torchscript":
+    if spec.runtime == "torch":
         # Without the profiling executor's optimisation passes, which take seconds on a first call.
         with warnings.catch_warnings(), torch.jit.optimized_execution(False):
             warnings.simplefilter("ignore")
             got = [t.numpy() for t in torch.jit.load(str(path))(example)]
-    elif fmt == "openvino":
+    elif spec.runtime == "openvino":
         try:
             import openvino as ov
         except ImportError:

@@ -14,25 +14,18 @@ from harnet.deploy.draw import CLASS_COLORS as CLASS_COLORS
 from harnet.deploy.draw import draw_detections as draw_detections
 from harnet.deploy.files import IMAGE_SUFFIXES as IMAGE_SUFFIXES
 from harnet.deploy.files import expand_inputs as expand_inputs
+from harnet.deploy.formats import CHECKPOINT, runtime_for
 from harnet.deploy.predict_files import predict_files as predict_files
 from harnet.deploy.predictor import Predictor
 from harnet.deploy.runtime import Backend
 from harnet.deploy.tta import TTAConfig
-
-EXPORT_SUFFIXES = {".onnx", ".xml"}
-
-
-def is_export(model: str | Path) -> bool:
-    """An exported model (``.onnx``, OpenVINO ``.xml`` or a folder holding one) rather than a checkpoint."""
-    path = Path(model)
-    return path.suffix.lower() in EXPORT_SUFFIXES or (path.is_dir() and any(path.glob("*.xml")))
 
 
 def open_predictor(model: str | Path, *, backend: Backend | str = "auto", threads: int | None = None,
                    device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None) -> Predictor:
     """The pipeline for ``model``: an export through :meth:`Predictor.from_export` (no torch), a checkpoint
     through :func:`harnet.engine.torch_runtime.load_predictor` (imports torch only then)."""
-    if is_export(model):
+    if runtime_for(model) != CHECKPOINT:
         if backend == "torch":
             raise ValueError(f"{model}: an exported model runs with onnxruntime or openvino, not --backend torch")
         return Predictor.from_export(model, backend, threads, batch_size, tta)  # type: ignore[arg-type]

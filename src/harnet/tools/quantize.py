@@ -1,7 +1,9 @@
 """Reduced-precision ONNX exports: int8 (ONNX Runtime's static quantization) and fp16.
 
 int8 is ``onnxruntime.quantization.quantize_static`` in QDQ form with per-channel weights,
-calibrated on the user's own images preprocessed exactly as at test time. Three things make the
+calibrated on the user's own images preprocessed exactly as at test time (the caller,
+:func:`harnet.tools.export.export_model`, hands over the network inputs, so this module needs neither
+torch nor the exporter: the dependency runs one way). Three things make the
 difference between a graph that works and one that does not:
 
 - *Shape arithmetic stays in float.* The graph computes sizes from ``Shape`` (the FPN's upsampling,
@@ -29,10 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
-
-from harnet.config.model import HARNetConfig
-from harnet.tools.export import INPUT_NAMES, preprocess
 
 # Node groups that may stay in float in an int8 export, by name or op type.
 FLOAT_PARTS = {
@@ -40,6 +38,13 @@ FLOAT_PARTS = {
     "deform": lambda node: node.op_type == "DeformConv",
 }
 DEFAULT_FLOAT_PARTS = ("deform",)
+
+
+def check_float_parts(float_parts: Sequence[str]) -> None:
+    """A ``ValueError`` for names that are not in :data:`FLOAT_PARTS`."""
+    unknown = sorted(set(float_parts) - set(FLOAT_PARTS))
+    if unknown:
+        raise ValueError(f"unknown float parts {unknown}; choose from {sorted(FLOAT_PARTS)}")
 
 
 def shape_nodes(model: Any) -> list[str]:
@@ -59,29 +64,28 @@ def shape_nodes(model: Any) -> list[str]:
 
 
 class _Calibration:
-    """``CalibrationDataReader`` over images preprocessed one at a time, as ``harnet predict`` does."""
+    """``CalibrationDataReader`` over network inputs (one preprocessed image each, as ``harnet predict``
+    runs them), fed to the model's input ``name``."""
 
-    def __init__(self, images: Sequence[Tensor], config: HARNetConfig) -> None:
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            {INPUT_NAMES[0]: preprocess([image], config).images.numpy()} for image in images)
+    def __init__(self, batches: Sequence[np.ndarray], name: str) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = ({name: batch} for batch in batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: Sequence[Tensor], config: HARNetConfig,
+def quantize_int8(fp32: Path, out: Path, calibration: Sequence[np.ndarray],
                   float_parts: Sequence[str] = DEFAULT_FLOAT_PARTS, method: str = "minmax") -> dict[str, Any]:
     """Write the int8 (QDQ, per-channel) version of the fp32 ONNX model ``fp32`` to ``out``; returns
-    what the metadata records about it."""
+    what the metadata records about it. ``calibration``: network inputs, float32 ``(1, 3, H, W)`` each,
+    preprocessed as at test time."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not calibration:
         raise ValueError("int8 export needs calibration images (--calib)")
-    unknown = sorted(set(float_parts) - set(FLOAT_PARTS))
-    if unknown:
-        raise ValueError(f"unknown float parts {unknown}; choose from {sorted(FLOAT_PARTS)}")
+    check_float_parts(float_parts)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +94,8 @@ def quantize_int8(fp32: Path, out: Path, calibration: Sequence[Tensor], config: 
         model = onnx.load(str(folded))
         shapes = shape_nodes(model)
         kept_float = [n.name for n in model.graph.node if any(FLOAT_PARTS[p](n) for p in float_parts)]
-        reader = _Calibration(calibration, config)
+        initializers = {i.name for i in model.graph.initializer}
+        reader = _Calibration(calibration, next(i.name for i in model.graph.input if i.name not in initializers))
         quantize_static(str(folded), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,  # type: ignore[arg-type]
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=shapes + kept_float, calibrate_method=methods[method],
