@@ -177,7 +177,7 @@ def _runs(grid: _Grid, query_boxes: Tensor, query_labels: Tensor) -> _Runs:
     first column a candidate must start in the column, away from its first row in the row)."""
     values = grid.label_values
     device = query_boxes.device
-    code = torch.searchsorted(values, query_labels).clamp(max=max(values.numel() - 1, 0))
+    code = torch.searchsorted(values, query_labels.contiguous()).clamp(max=max(values.numel() - 1, 0))
     known = values[code] == query_labels if values.numel() else torch.zeros_like(query_labels, dtype=torch.bool)
     c1, r1, c2, r2, finite = _cell_span(query_boxes, grid.origin, grid.cell, grid.cols, grid.rows)
     lo_c, hi_c = c1.clamp(min=0), c2.clamp(max=grid.cols - 1)
@@ -383,8 +383,8 @@ def _voting_pairs(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, labels
         return _pairs(grid, _runs(grid, kept_boxes, kept_labels),
                       torch.arange(kept_boxes.shape[0], device=kept_boxes.device))
     order = torch.argsort(labels, stable=True)
-    lo = torch.searchsorted(labels[order], kept_labels)
-    count = torch.searchsorted(labels[order], kept_labels, right=True) - lo
+    lo = torch.searchsorted(labels[order], kept_labels.contiguous())
+    count = torch.searchsorted(labels[order], kept_labels.contiguous(), right=True) - lo
     k = _repeat(torch.arange(kept_boxes.shape[0], device=kept_boxes.device), count)
     j = order[_repeat(lo, count) + _ramp(count)]
     return k, j, _pair_iou(_coords(kept_boxes)[:, k], _coords(boxes)[:, j])
