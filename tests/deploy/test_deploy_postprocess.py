@@ -109,20 +109,21 @@ def test_soft_nms_numpy_torch_and_one_at_a_time(monkeypatch: pytest.MonkeyPatch,
     assert kept.dtype == np.float32 and len(keep) == (max_keep or len(keep)) and len(keep) > 20
 
 
-@pytest.mark.parametrize("dense_keys", [npp._DENSE_KEYS, 0])
-def test_overlapping_pairs_numpy_equal_torch(monkeypatch: pytest.MonkeyPatch, dense_keys: int) -> None:
+@pytest.mark.parametrize("table", [True, False])
+def test_overlapping_pairs_numpy_equal_torch(monkeypatch: pytest.MonkeyPatch, table: bool) -> None:
     """The grid's pairs (query, candidate, IoU): numpy and torch give the same ones in the same order, the
     IoUs bit for bit, and they are every same-class pair with IoU > 0 (queries: the candidates and others),
     whether a grid's runs are looked up in a table or binary searched."""
-    monkeypatch.setattr(npp, "_DENSE_KEYS", dense_keys)
-    monkeypatch.setattr(tpp, "_DENSE_KEYS", dense_keys)
+    if not table:
+        monkeypatch.setattr(npp, "_cell_starts", lambda key, keys: None)
+        monkeypatch.setattr(tpp, "_cell_starts", lambda key, keys: None)
     boxes, _, labels = _candidates(4, n=400, classes=3)
     boxes[:7, 2] = boxes[:7, 0]  # empty
     boxes[7] = [-30, -30, 500, 400]  # huge
     queries = np.concatenate([boxes, boxes[:50] + 2.5]).astype(np.float32)
     query_labels = np.concatenate([labels, labels[:50]])
     grid = npp._grid(boxes, labels)
-    assert (grid.starts is None) == (dense_keys == 0)
+    assert (grid.starts is not None) == table
     got = npp._pairs(grid, npp._runs(grid, queries, query_labels), np.arange(len(queries)))
     t_grid = tpp._grid(torch.from_numpy(boxes), torch.from_numpy(labels))
     t_got = tpp._pairs(t_grid, tpp._runs(t_grid, torch.from_numpy(queries), torch.from_numpy(query_labels)),

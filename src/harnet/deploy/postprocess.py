@@ -1,7 +1,12 @@
 """Detections from the exported network's outputs in numpy: per-level top-k, decoding, NMS or
-Gaussian Soft-NMS, box voting. The same algorithm, step for step and in float32, as
-:mod:`harnet.modeling.postprocess` (which is torchvision's RetinaNet post-processing plus the
-authors' Soft-NMS and voting), so a device without torch keeps the detections of ``harnet predict``.
+Gaussian Soft-NMS, box voting.
+
+Why a second copy of :mod:`harnet.modeling.postprocess`: that one is torch (it runs inside
+``HARNet.forward``, on the GPU, for training-time evaluation); this one is the torch-free runtime, the
+prediction path of every backend (PyTorch, onnxruntime, OpenVINO, a device without torch). Both run the
+same algorithm step for step, in float32, with the same helpers under the same names, so that they give
+the same detections; the tests hold them to each other and to a literal one-pick-at-a-time Soft-NMS.
+Change both together.
 """
 
 from __future__ import annotations
@@ -147,12 +152,12 @@ class _Grid(NamedTuple):
     """The candidates by place, to find the pairs that overlap without comparing every two boxes.
 
     A square grid is laid over the candidates and each is registered in every cell its box touches. Two
-    overlapping boxes both touch the cell of their intersection's top-left corner (the larger of their
-    first columns, the larger of their first rows), and a query reports a candidate from that cell only,
-    so from each cell it takes the candidates that start there in that direction or that it starts in
-    itself. The registrations are sorted by (kind, class, row, column), the kind (1 if the cell is not the
-    box's first column) + (2 if not its first row), so what a query takes from one grid row is a few
-    contiguous runs of candidates."""
+    overlapping boxes both touch the cell holding the top-left corner of their intersection (the larger of
+    their first columns, the larger of their first rows), and a query takes each candidate from that cell
+    only: outside its own first column it takes only candidates whose first column the cell is in, outside
+    its own first row only those whose first row it is in. The registrations are sorted by (kind, class,
+    row, column), the kind (1 if the cell is not in the box's first column) + (2 if not in its first row),
+    so what a query takes from one grid row is a few contiguous runs."""
 
     key: np.ndarray  # (R,) sorted: ((kind * classes + class code) * rows + row) * cols + col
     box: np.ndarray  # (R,) the candidate registered
@@ -165,11 +170,13 @@ class _Grid(NamedTuple):
     starts: np.ndarray | None  # (keys + 1,) where each key's registrations start, unless there are too many keys
 
 
-_DENSE_KEYS = 1 << 22  # up to this many cell keys, runs are found by a table lookup instead of a binary search
+_DENSE_KEYS = 1 << 16  # runs are looked up in a table of every cell key up to this many keys (or 8 per registration)
 
 
 def _cell_starts(key: np.ndarray, keys: int) -> np.ndarray | None:
-    if keys > _DENSE_KEYS:
+    """Where each cell key's registrations start in the sorted ``key`` (and where the last one ends), or
+    None when there are too many keys for a table (the runs are then binary searched)."""
+    if keys > max(_DENSE_KEYS, 8 * key.size):
         return None
     return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(np.bincount(key, minlength=keys))])
 

@@ -2,6 +2,12 @@
 optional box voting (the paper's test recipe, as the authors' ``merge_proposal_layer.py``).
 
 The default path (hard NMS, no voting) is torchvision's RetinaNet post-processing step for step.
+
+:mod:`harnet.deploy.postprocess` is a numpy copy of this module: this one, in torch, serves
+training-time evaluation (``HARNet.forward``, on the GPU); that one is the torch-free runtime every
+backend predicts through. Both run the same algorithm step for step, in float32, with the same helpers
+under the same names; the tests hold them to each other and to a literal one-pick-at-a-time Soft-NMS.
+Change both together.
 """
 
 from __future__ import annotations
@@ -96,12 +102,12 @@ class _Grid(NamedTuple):
     """The candidates by place, to find the pairs that overlap without comparing every two boxes.
 
     A square grid is laid over the candidates and each is registered in every cell its box touches. Two
-    overlapping boxes both touch the cell of their intersection's top-left corner (the larger of their
-    first columns, the larger of their first rows), and a query reports a candidate from that cell only,
-    so from each cell it takes the candidates that start there in that direction or that it starts in
-    itself. The registrations are sorted by (kind, class, row, column), the kind (1 if the cell is not the
-    box's first column) + (2 if not its first row), so what a query takes from one grid row is a few
-    contiguous runs of candidates."""
+    overlapping boxes both touch the cell holding the top-left corner of their intersection (the larger of
+    their first columns, the larger of their first rows), and a query takes each candidate from that cell
+    only: outside its own first column it takes only candidates whose first column the cell is in, outside
+    its own first row only those whose first row it is in. The registrations are sorted by (kind, class,
+    row, column), the kind (1 if the cell is not in the box's first column) + (2 if not in its first row),
+    so what a query takes from one grid row is a few contiguous runs."""
 
     key: Tensor  # (R,) sorted: ((kind * classes + class code) * rows + row) * cols + col
     box: Tensor  # (R,) the candidate registered
@@ -114,7 +120,15 @@ class _Grid(NamedTuple):
     starts: Tensor | None  # (keys + 1,) where each key's registrations start, unless there are too many keys
 
 
-_DENSE_KEYS = 1 << 22  # up to this many cell keys, runs are found by a table lookup instead of a binary search
+_DENSE_KEYS = 1 << 16  # runs are looked up in a table of every cell key up to this many keys (or 8 per registration)
+
+
+def _cell_starts(key: Tensor, keys: int) -> Tensor | None:
+    """Where each cell key's registrations start in the sorted ``key`` (and where the last one ends), or
+    None when there are too many keys for a table (the runs are then binary searched)."""
+    if keys > max(_DENSE_KEYS, 8 * key.numel()):
+        return None
+    return torch.cat([key.new_zeros(1), torch.cumsum(torch.bincount(key, minlength=keys), 0)])
 
 
 def _cell_span(boxes: Tensor, origin: tuple[float, float], cell: float, cols: int,
@@ -155,11 +169,8 @@ def _grid(boxes: Tensor, labels: Tensor) -> _Grid:
     kind = (col_off > 0).long() + 2 * (row_off > 0).long()
     key = (((kind * label_values.numel() + codes[box]) * rows + r1[box] + row_off) * cols) + c1[box] + col_off
     order = torch.argsort(key, stable=True)
-    keys = 4 * label_values.numel() * rows * cols
-    starts = None
-    if keys <= _DENSE_KEYS:
-        starts = torch.cat([key.new_zeros(1), torch.cumsum(torch.bincount(key, minlength=keys), 0)])
-    return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, _coords(boxes), starts)
+    return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, _coords(boxes),
+                 _cell_starts(key, 4 * label_values.numel() * rows * cols))
 
 
 class _Runs(NamedTuple):
@@ -208,13 +219,13 @@ def _runs(grid: _Grid, query_boxes: Tensor, query_labels: Tensor) -> _Runs:
 def _pairs(grid: _Grid, runs: _Runs, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Every (query, candidate) of the same class with IoU > 0, for the queries ``queries`` of ``runs``:
     (position in ``queries``, candidate, IoU), each pair once, grouped by query."""
-    first = runs.start[queries]
-    nrun = runs.start[queries + 1] - first
+    first = runs.start.index_select(0, queries)
+    nrun = runs.start.index_select(0, queries + 1) - first
     run = _repeat(first, nrun) + _ramp(nrun)
-    count = runs.length[run]
+    count = runs.length.index_select(0, run)
     q = _repeat(_repeat(torch.arange(queries.numel(), device=queries.device), nrun), count)
-    j = grid.box[_repeat(runs.lo[run], count) + _ramp(count)]
-    iou = _pair_iou(runs.coords[:, queries[q]], grid.coords[:, j])
+    j = grid.box.index_select(0, _repeat(runs.lo.index_select(0, run), count) + _ramp(count))
+    iou = _pair_iou(runs.coords.index_select(1, queries.index_select(0, q)), grid.coords.index_select(1, j))
     near = iou > 0
     return q[near], j[near], iou[near]
 
@@ -275,7 +286,7 @@ def _soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float, max_k
     budget = torch.full((table.shape[0],), n if max_keep is None else max_keep, dtype=torch.int64, device=device)
     keep, kept, pairs = [], [], []
     while True:
-        table_scores = current[table]
+        table_scores = current.take(table)
         alive = table_scores >= floor
         counts = torch.where(budget > 0, alive.sum(dim=1), 0)
         width = int(counts.max())
@@ -286,19 +297,19 @@ def _soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float, max_k
             table, alive, budget = table[live], alive[live], budget[live]
             live_first = torch.argsort((~alive).to(torch.uint8), dim=1, stable=True)[:, :width]
             table = torch.where(alive.gather(1, live_first), table.gather(1, live_first), n)
-            table_scores = current[table]
+            table_scores = current.take(table)
         groups, size = table.shape
         block = min(SOFT_NMS_BLOCK, size)
         by_score = torch.sort(table_scores, dim=1, descending=True, stable=True).indices  # ties: lower index
         idx = table.gather(1, by_score[:, :block])
-        score = current[idx]
+        score = current.take(idx)
         if size > block:  # the best box outside the block: every later box ranks below it
             outside = table.gather(1, by_score[:, block:block + 1])
-            bound = current[outside]
+            bound = current.take(outside)
         else:
             outside = torch.full((groups, 1), n, device=device)
             bound = score.new_full((groups, 1), -1.0)
-        near, exponent = _block_overlaps(coords[:, idx], sigma)
+        near, exponent = _block_overlaps(coords.index_select(1, idx.flatten()).view(5, groups, block), sigma)
         lower = bound.clamp(min=floor)
         open_ = torch.where(score >= floor, score, -1.0)  # -1: picked (or below the floor)
         pick = torch.full_like(score, -1.0)
@@ -327,10 +338,9 @@ def _soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float, max_k
         keep.append(new)
         kept.append(pick[picked])
         q, j, pair_iou = _pairs(grid, runs, new)
-        pairs.append((new[q], j, pair_iou))
+        pairs.append((new.index_select(0, q), j, pair_iou))
         decay = current.new_zeros(n + 1).index_add_(0, j, (pair_iou * pair_iou).to(current.dtype))
-        current = current * torch.exp(-decay / sigma)
-        current[new] = -1.0
+        current = (current * torch.exp(-decay / sigma)).index_fill_(0, new, -1.0)
     if not keep:
         return none, scores.new_empty(0), (none, none, boxes.new_empty(0))
     keep_t, kept_t = torch.cat(keep), torch.cat(kept)
@@ -401,7 +411,7 @@ def _box_voting(kept_boxes: Tensor, kept_scores: Tensor, pairs: tuple[Tensor, Te
     reach = iou >= iou_thresh  # an exact copy of a kept box has IoU 1 (or 0 when empty: then it reaches nothing)
     k, j = k[reach], j[reach]
     duplicate = torch.zeros(n, dtype=torch.bool, device=boxes.device)
-    duplicate[j[(kept_boxes[k] == boxes[j]).all(dim=1)]] = True
+    duplicate[j[(kept_boxes.index_select(0, k) == boxes.index_select(0, j)).all(dim=1)]] = True
     k, j = k[~duplicate[j]], j[~duplicate[j]]
     # Candidate j is claimed by the first kept box that reaches it.
     claimer = torch.full((n,), n_kept, dtype=torch.int64, device=boxes.device).scatter_reduce_(0, j, k, "amin")
