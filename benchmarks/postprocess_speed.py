@@ -43,6 +43,7 @@ from harnet.config.model import AnchorConfig, InferenceConfig
 from harnet.deploy import postprocess as npp
 from harnet.deploy.anchors import anchors_per_level, grid_anchors, level_shapes
 from harnet.modeling import postprocess as tpp
+from harnet.tools.bench import _device_name
 
 SIZE = 400
 ANCHORS = AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0))  # the trees config's
@@ -431,8 +432,8 @@ def main() -> None:
                    "soft_nms_picks": len(keep), "detections": len(new["scores"])},
         "recipe": asdict(RECIPE),
         "threads": args.threads,
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "numpy": np.__version__, "torch": torch.__version__},
+        "machine": {"cpu": _device_name(torch.device("cpu")), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
         "ms": timed,
         "speedup": {f"{lib}_{what}": round(timed[f"{lib}_{what}_old"]["median_ms"]
                                            / timed[f"{lib}_{what}_new"]["median_ms"], 2)

@@ -332,10 +332,11 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
         groups, size = table.shape
         block = min(SOFT_NMS_BLOCK, size)
         by_score = np.argsort(-table_scores, axis=1, kind="stable")  # ties: lower index first
-        idx = np.take_along_axis(table, by_score[:, :block], 1)
+        rows = np.arange(groups)[:, None]
+        idx = table[rows, by_score[:, :block]]
         score = np.take(current, idx)
         if size > block:  # the best box outside the block: every later box ranks below it
-            outside = np.take_along_axis(table, by_score[:, block:block + 1], 1)
+            outside = table[rows, by_score[:, block:block + 1]]
             bound = np.take(current, outside)
         else:
             outside, bound = np.full((groups, 1), n), np.full((groups, 1), -1, dtype=np.float32)

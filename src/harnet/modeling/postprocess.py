@@ -253,15 +253,17 @@ def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float,
 
     Why batched: picking one box per step makes the loop as long as the candidate list (thousands of
     steps for a dense image). The decay is exp(-IoU^2 / sigma), exactly 1 for boxes that do not overlap,
-    so a box's score changes only with the picks of boxes overlapping it, and it is picked with its
-    current score as soon as no overlapping box still waiting scores higher (tie: lower index). Each step
-    takes the ``SOFT_NMS_BLOCK`` best remaining boxes of every class (every box that outranks a block
-    box is in the block) and resolves them in rounds: a round picks every block box that outranks its
-    waiting overlapping block boxes and the best box outside the block (which can only decay further),
-    and decays the rest of the block by those picks; later rounds pick what those picks freed. The
-    step's picks then decay every candidate overlapping them, found through a grid over the
-    candidates (:class:`_Grid`) rather than against every box of the class. The picks and scores are
-    the one-at-a-time algorithm's, up to float rounding of the decay products.
+    so a box's score changes only with the picks of boxes overlapping it: once no waiting box that
+    overlaps it ranks higher (score, then lower index), nothing can change its score before its turn,
+    and it is picked with that score. Each step takes the ``SOFT_NMS_BLOCK`` best remaining boxes of
+    every class (so every box that outranks a block box is in the block) and resolves them in rounds: a
+    round picks every block box that outranks its waiting overlapping block boxes and the best box
+    outside the block (which can only decay further), and decays the rest of the block by those picks;
+    later rounds pick what those picks freed, until the rest ranks below the best box outside. All of a
+    step's picks come before any later one. They then decay every candidate overlapping them, found
+    through a grid over the candidates (:class:`_Grid`) rather than against every box of the class.
+    The picks, their order and their scores are the one-at-a-time algorithm's, up to float rounding of
+    the decay products.
     """
     keep, kept, _ = _soft_nms(boxes, scores, labels, sigma, max_keep, min_score)
     return keep, kept
