@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
@@ -111,24 +112,149 @@ def clustered_candidates(seed: int, objects: int = 30, per_object: int = 20,
             torch.randint(0, num_labels, (n,), generator=g))
 
 
-@pytest.mark.parametrize("block", [3, 64])
+def touching_window(seed: int, objects: int = 24,
+                    num_labels: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A dense window as on aerial trees: objects of 10-60 px, each touching one placed before it (their
+    centres half their sides apart), 20-40 jittered candidates per object with decreasing scores, so that
+    the candidates' overlaps chain into one big group per class."""
+    g = torch.Generator().manual_seed(seed)
+    centres, sides = [torch.zeros(2)], [10 + 50 * float(torch.rand(1, generator=g))]
+    for _ in range(objects - 1):
+        side = 10 + 50 * float(torch.rand(1, generator=g))
+        parent = int(torch.randint(0, len(centres), (1,), generator=g))
+        axis, sign = int(torch.randint(0, 2, (1,), generator=g)), float(torch.randint(0, 2, (1,), generator=g)) * 2 - 1
+        offset = torch.zeros(2)
+        offset[axis] = sign * (sides[parent] + side) / 2  # edge to edge
+        offset[1 - axis] = (float(torch.rand(1, generator=g)) - 0.5) * min(sides[parent], side)
+        centres.append(centres[parent] + offset)
+        sides.append(side)
+    boxes, scores, labels = [], [], []
+    for centre, side in zip(centres, sides):
+        n = int(torch.randint(20, 41, (1,), generator=g))
+        c = centre + torch.randn(n, 2, generator=g) * side * 0.12
+        s = side * torch.exp(torch.randn(n, 2, generator=g) * 0.15)
+        boxes.append(torch.cat([c - s / 2, c + s / 2], dim=1))
+        decreasing = torch.sort(torch.rand(n, generator=g), descending=True).values.clamp(min=0.08)
+        scores.append((0.3 + 0.65 * torch.rand(1, generator=g)) * decreasing**1.5)
+        labels.append(torch.randint(0, num_labels, (n,), generator=g))
+    return torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+
+
+def overlap_groups(boxes: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many groups the boxes form when two boxes of a class with IoU > 0 are one group."""
+    linked = (box_iou(boxes, boxes).nan_to_num(0.0) > 0) & (labels[:, None] == labels[None, :])
+    group = torch.arange(len(boxes))
+    while True:  # every box takes the smallest group id among the boxes it overlaps, until nothing changes
+        smaller = torch.where(linked, group[None, :], len(boxes)).amin(dim=1).minimum(group)
+        smaller = smaller[smaller]
+        if torch.equal(smaller, group):
+            return int(group.unique().numel())
+        group = smaller
+
+
+# The decayed scores are products of exp(-IoU^2 / sigma) in float32 against the reference's float64: an IoU is a
+# few roundings off (relative 2^-22), its square twice that, and the exponent of a box still above the 1e-3 floor
+# is at most ln(1000) ~ 7, so its exp is off by a relative 7 * 2^-21 ~ 3.3e-6 before the final product's roundings.
+RTOL = 1e-5
+
+
+def assert_one_at_a_time(keep: torch.Tensor, kept: torch.Tensor, expected: dict[int, float],
+                         max_keep: int | None) -> None:
+    """The literal algorithm's result: the same boxes, their scores to float32 rounding, in its order (by
+    decreasing score, a tie to the lower index) wherever two scores are further apart than that rounding."""
+    if max_keep is not None:  # the best max_keep over all classes
+        expected = dict(sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:max_keep])
+    got, got_scores = keep.tolist(), kept.tolist()
+    assert sorted(got) == sorted(expected)
+    for i, score in zip(got, got_scores):
+        assert score == pytest.approx(expected[i], rel=RTOL, abs=1e-7)
+    reference = [expected[i] for i in got]
+    assert all(a >= b * (1 - RTOL) for a, b in itertools.pairwise(reference))
+    assert got_scores == sorted(got_scores, reverse=True)
+    assert all(i < j for (i, a), (j, b) in itertools.pairwise(zip(got, got_scores)) if a == b)
+
+
+@pytest.mark.parametrize("block", [1, 3, 64])
 @pytest.mark.parametrize(("seed", "num_labels", "max_keep"), [(0, 1, None), (1, 3, None), (2, 2, 40), (3, 1, 7)])
 def test_batched_soft_nms_equals_one_pick_at_a_time(monkeypatch: pytest.MonkeyPatch, block: int, seed: int,
                                                     num_labels: int, max_keep: int | None) -> None:
-    """Several picks per step (boxes that cannot change each other's turn) = the literal algorithm: the same
+    """Several picks per step (boxes whose turn and score cannot change) = the literal algorithm: the same
     boxes, the same pick order, the same decayed scores (to float32 rounding of the decay products)."""
     import harnet.modeling.postprocess as postprocess
 
     monkeypatch.setattr(postprocess, "SOFT_NMS_BLOCK", block)
     boxes, scores, labels = clustered_candidates(seed, num_labels=num_labels)
     keep, kept = soft_nms(boxes, scores, labels, SIGMA, max_keep=max_keep)
-    expected = reference_soft_nms(boxes, scores, labels, SIGMA, max_keep)
-    if max_keep is not None:  # the best max_keep over all classes
-        expected = dict(sorted(expected.items(), key=lambda kv: -kv[1])[:max_keep])
-    assert sorted(keep.tolist()) == sorted(expected)
-    for i, score in zip(keep.tolist(), kept.tolist()):
-        assert score == pytest.approx(expected[i], rel=1e-5, abs=1e-7)
-    assert kept.tolist() == sorted(kept.tolist(), reverse=True)
+    assert_one_at_a_time(keep, kept, reference_soft_nms(boxes, scores, labels, SIGMA, max_keep), max_keep)
+
+
+@pytest.mark.parametrize("block", [3, 64])
+@pytest.mark.parametrize(("seed", "num_labels", "max_keep"), [(0, 1, None), (1, 1, 30), (2, 3, None), (3, 3, 50)])
+def test_soft_nms_on_a_dense_window(monkeypatch: pytest.MonkeyPatch, block: int, seed: int, num_labels: int,
+                                    max_keep: int | None) -> None:
+    """Touching objects: all candidates of a class are one group of overlapping boxes, the case where
+    the picks of one step depend on each other most; still the literal algorithm's result."""
+    import harnet.modeling.postprocess as postprocess
+
+    monkeypatch.setattr(postprocess, "SOFT_NMS_BLOCK", block)
+    boxes, scores, labels = touching_window(seed, num_labels=num_labels)
+    assert overlap_groups(boxes, labels) == num_labels
+    keep, kept = soft_nms(boxes, scores, labels, SIGMA, max_keep=max_keep)
+    assert_one_at_a_time(keep, kept, reference_soft_nms(boxes, scores, labels, SIGMA, max_keep), max_keep)
+    assert len(keep) == max_keep or len(keep) > 100
+
+
+def test_soft_nms_on_one_object_and_on_one_box() -> None:
+    """One object's candidates (one group, every box overlapping the best), and a single candidate."""
+    boxes, scores, labels = touching_window(4, objects=1)
+    assert overlap_groups(boxes, labels) == 1
+    keep, kept = soft_nms(boxes, scores, labels, SIGMA)
+    assert_one_at_a_time(keep, kept, reference_soft_nms(boxes, scores, labels, SIGMA, None), None)
+    keep, kept = soft_nms(boxes[:1], scores[:1], labels[:1], SIGMA)
+    assert keep.tolist() == [0] and kept.tolist() == scores[:1].tolist()
+
+
+@pytest.mark.parametrize("block", [1, 64])
+def test_soft_nms_ties_go_to_the_lower_index(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Equal scores: the lower index is picked first (as one at a time takes the first best), whether the
+    other box overlaps it (it is then decayed) or not, inside a step's block or just outside it."""
+    import harnet.modeling.postprocess as postprocess
+
+    monkeypatch.setattr(postprocess, "SOFT_NMS_BLOCK", block)
+    boxes = torch.tensor([[20.0, 20, 30, 30], [0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
+    scores = torch.full((4,), 0.9)
+    labels = torch.zeros(4, dtype=torch.int64)
+    keep, kept = soft_nms(boxes, scores, labels, SIGMA)
+    assert keep.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(kept, torch.tensor([0.9, 0.9, 0.9 * math.exp(-1 / SIGMA), 0.9 * math.exp(-1 / SIGMA)]))
+
+
+def test_overlapping_pairs_through_the_grid_are_every_pair_with_positive_iou() -> None:
+    """The grid finds exactly the same-class pairs with IoU > 0 (with box_iou's value), each once, for the
+    candidates themselves and for other boxes: empty boxes, boxes that only touch, a huge box, negative
+    coordinates, exact copies, a box with NaN coordinates, a query of a class without candidates."""
+    from harnet.modeling.postprocess import _grid, _pairs, _runs
+
+    boxes, _, labels = random_detections(200, seed=5, extent=120, min_side=2, spread=30, num_labels=3)
+    boxes = boxes - 20
+    boxes[:10] = boxes[10:20]  # copies
+    boxes[20:25, 2] = boxes[20:25, 0]  # empty
+    boxes[25] = torch.tensor([-50.0, -40.0, 500.0, 400.0])  # huge
+    boxes[26] = torch.tensor([boxes[27, 2], boxes[27, 1], boxes[27, 2] + 5, boxes[27, 3]])  # touches box 27
+    labels[26] = labels[27]
+    boxes[28, 1] = float("nan")
+    queries = torch.cat([boxes, boxes[:40] + 3.5])
+    query_labels = torch.cat([labels, labels[:40]])
+    query_labels[-1] = 7  # no candidate of that class
+    grid = _grid(boxes, labels)
+    q, j, iou = _pairs(grid, _runs(grid, queries, query_labels), torch.arange(len(queries)))
+    expected = (box_iou(queries, boxes).nan_to_num(0.0) > 0) & (query_labels[:, None] == labels[None, :])
+    got = torch.zeros_like(expected)
+    got[q, j] = True
+    assert torch.equal(got, expected) and len(q) == int(expected.sum())
+    assert torch.equal(iou, box_iou(queries, boxes)[q, j])
+    assert not bool(got[26, 27]) and bool(got[:, 25].any())
+    assert torch.equal(q, q.sort().values)  # grouped by query
 
 
 def reference_box_voting(kept_boxes: list[list[float]], kept_scores: list[float], kept_labels: list[int],

@@ -1,12 +1,18 @@
 """Detections from the exported network's outputs in numpy: per-level top-k, decoding, NMS or
-Gaussian Soft-NMS, box voting. The same algorithm, step for step and in float32, as
-:mod:`harnet.modeling.postprocess` (which is torchvision's RetinaNet post-processing plus the
-authors' Soft-NMS and voting), so a device without torch keeps the detections of ``harnet predict``.
+Gaussian Soft-NMS, box voting.
+
+Why a second copy of :mod:`harnet.modeling.postprocess`: that one is torch (it runs inside
+``HARNet.forward``, on the GPU, for training-time evaluation); this one is the torch-free runtime, the
+prediction path of every backend (PyTorch, onnxruntime, OpenVINO, a device without torch). Both run the
+same algorithm step for step, in float32, with the same helpers under the same names, so that they give
+the same detections; the tests hold them to each other and to a literal one-pick-at-a-time Soft-NMS.
+Change both together.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -115,9 +121,21 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
     return keep[np.argsort(-scores[keep], kind="stable")]
 
 
+_TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of box i of ``a`` with box i of ``b``, both (5, m) rows x1, y1, x2, y2, area -> (m,): ``box_iou``'s
+    float32 arithmetic, with 0 (not 0/0) for two empty boxes."""
+    w = np.minimum(a[2], b[2]) - np.maximum(a[0], b[0])
+    h = np.minimum(a[3], b[3]) - np.maximum(a[1], b[1])
+    inter = np.maximum(w, 0) * np.maximum(h, 0)
+    return inter / np.maximum(a[4] + b[4] - inter, _TINY)
+
+
 def _by_class(labels: np.ndarray) -> np.ndarray:
-    """Indices of the boxes as a (classes, most boxes of a class) table, -1 where empty, input order
-    kept within a class."""
+    """Indices of the boxes as a (classes, most boxes of a class) table, -1 where empty, ascending
+    within a class."""
     _, group = np.unique(labels, return_inverse=True)
     group = group.ravel()
     counts = np.bincount(group)
@@ -130,78 +148,253 @@ def _by_class(labels: np.ndarray) -> np.ndarray:
     return table
 
 
-def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a[g]`` (G, K, 4) with every box of ``b[g]`` (G, M, 4) -> (G, K, M); 0/0 -> 0."""
-    p, q = a[:, :, None, :], b[:, None, :, :]
-    wh = np.clip(np.minimum(p[..., 2:], q[..., 2:]) - np.maximum(p[..., :2], q[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nan_to_num(inter / (box_area(p) + box_area(q) - inter), nan=0.0)
+class _Grid(NamedTuple):
+    """The candidates by place, to find the pairs that overlap without comparing every two boxes.
+
+    A square grid is laid over the candidates and each is registered in every cell its box touches. Two
+    overlapping boxes both touch the cell holding the top-left corner of their intersection (the larger of
+    their first columns, the larger of their first rows), and a query takes each candidate from that cell
+    only: outside its own first column it takes only candidates whose first column the cell is in, outside
+    its own first row only those whose first row it is in. The registrations are sorted by (kind, class,
+    row, column), the kind (1 if the cell is not in the box's first column) + (2 if not in its first row),
+    so what a query takes from one grid row is a few contiguous runs."""
+
+    key: np.ndarray  # (R,) sorted: ((kind * classes + class code) * rows + row) * cols + col
+    box: np.ndarray  # (R,) the candidate registered
+    origin: tuple[float, float]
+    cell: float
+    cols: int
+    rows: int
+    label_values: np.ndarray  # the distinct labels, sorted: a label's class code is its position
+    coords: np.ndarray  # (5, n) the candidates' x1, y1, x2, y2 and area, for the IoUs
+    starts: np.ndarray | None  # (keys + 1,) where each key's registrations start, unless there are too many keys
 
 
-SOFT_NMS_BLOCK = 64  # as harnet.modeling.postprocess: candidates per class examined per step
+_DENSE_KEYS = 1 << 16  # runs are looked up in a table of every cell key up to this many keys (or 8 per registration)
+
+
+def _cell_starts(key: np.ndarray, keys: int) -> np.ndarray | None:
+    """Where each cell key's registrations start in the sorted ``key`` (and where the last one ends), or
+    None when there are too many keys for a table (the runs are then binary searched)."""
+    if keys > max(_DENSE_KEYS, 8 * key.size):
+        return None
+    return np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(np.bincount(key, minlength=keys))])
+
+
+def _cell_span(boxes: np.ndarray, origin: tuple[float, float], cell: float, cols: int,
+               rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each box's first and last grid column and row (clipped to one cell beyond the grid) and whether
+    its coordinates are finite. The cell of a coordinate only ever grows with it and is the same function
+    for candidates and queries: finding the overlaps needs nothing more of it."""
+    b = boxes.astype(np.float64)
+    finite = np.asarray(np.isfinite(b).all(axis=1))
+    b = np.where(finite[:, None], b, 0.0)
+    x = np.clip(np.floor((b[:, 0::2] - origin[0]) / cell), -1, cols).astype(np.int64)
+    y = np.clip(np.floor((b[:, 1::2] - origin[1]) / cell), -1, rows).astype(np.int64)
+    return x[:, 0], y[:, 0], x[:, 1], y[:, 1], finite
+
+
+def _coords(boxes: np.ndarray) -> np.ndarray:
+    b = boxes.astype(np.float32)
+    return np.stack([b[:, 0], b[:, 1], b[:, 2], b[:, 3], box_area(b)])
+
+
+def _grid(boxes: np.ndarray, labels: np.ndarray) -> _Grid:
+    """A :class:`_Grid` over ``boxes``, its cell about a typical box's side (a box touches a few cells)."""
+    label_values, codes = np.unique(labels, return_inverse=True)
+    codes = codes.ravel()
+    b = boxes.astype(np.float64)
+    b = b[np.isfinite(b).all(axis=1)]
+    origin, cell = (0.0, 0.0), 1.0
+    if b.shape[0]:
+        origin = (float(b[:, 0].min()), float(b[:, 1].min()))
+        sides = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        span = max(float(b[:, 2].max()) - origin[0], float(b[:, 3].max()) - origin[1])
+        cell = max(float(np.median(sides)), float(sides.max()) / 8, span / 1024)
+        if not (math.isfinite(cell) and cell > 0):
+            cell = 1.0
+    c1, r1, c2, r2, finite = _cell_span(boxes, origin, cell, 1 << 30, 1 << 30)
+    cols = int(c2[finite].max()) + 1 if finite.any() else 1
+    rows = int(r2[finite].max()) + 1 if finite.any() else 1
+    ncol = np.maximum(c2 - c1 + 1, 1)
+    reps = np.where(finite & (c2 >= c1) & (r2 >= r1), ncol * (r2 - r1 + 1), 0)
+    box = np.repeat(np.arange(boxes.shape[0]), reps)
+    k = np.arange(box.size) - np.repeat(np.cumsum(reps) - reps, reps)
+    col_off, row_off = k % ncol[box], k // ncol[box]
+    kind = (col_off > 0) + 2 * (row_off > 0)
+    key = (((kind * label_values.size + codes[box]) * rows + r1[box] + row_off) * cols) + c1[box] + col_off
+    order = np.argsort(key, kind="stable")
+    return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, _coords(boxes),
+                 _cell_starts(key, 4 * label_values.size * rows * cols))
+
+
+class _Runs(NamedTuple):
+    """For each query box, the runs of :class:`_Grid` registrations that hold its overlap candidates."""
+
+    start: np.ndarray  # (m + 1,) query i's runs are start[i]:start[i + 1]
+    lo: np.ndarray  # (M,) a run's first registration
+    length: np.ndarray  # (M,) and its length
+    coords: np.ndarray  # (5, m) the queries' x1, y1, x2, y2 and area
+
+
+def _runs(grid: _Grid, query_boxes: np.ndarray, query_labels: np.ndarray) -> _Runs:
+    """The runs of each query: per grid row it spans, its first column and the rest, each split by kind,
+    a run kept only where that kind of cell can be the corner cell of a pair (away from the query's own
+    first column a candidate must start in the column, away from its first row in the row)."""
+    values = grid.label_values
+    code = np.minimum(np.searchsorted(values, query_labels), max(values.size - 1, 0))
+    known = values[code] == query_labels if values.size else np.zeros(query_labels.shape, dtype=bool)
+    c1, r1, c2, r2, finite = _cell_span(query_boxes, grid.origin, grid.cell, grid.cols, grid.rows)
+    lo_c, hi_c = np.maximum(c1, 0), np.minimum(c2, grid.cols - 1)
+    lo_r, hi_r = np.maximum(r1, 0), np.minimum(r2, grid.rows - 1)
+    nrow = np.where(known & finite & (hi_c >= lo_c) & (hi_r >= lo_r), hi_r - lo_r + 1, 0)
+    q = np.repeat(np.arange(query_boxes.shape[0]), nrow)
+    row = np.take(lo_r, q) + np.arange(q.size) - np.repeat(np.cumsum(nrow) - nrow, nrow)
+    base = (np.take(code, q) * grid.rows + row) * grid.cols
+    first, last = base + np.take(lo_c, q), base + np.take(hi_c, q)
+    need_col = np.stack([~np.take(lo_c == c1, q), np.ones(q.size, dtype=bool)], axis=1)[:, :, None]
+    need_row = (row != np.take(r1, q))[:, None, None]
+    kind = np.arange(4)
+    allowed = ((kind % 2 == 0) | ~need_col) & ((kind < 2) | ~need_row)
+    kinds = kind * (values.size * grid.rows * grid.cols)
+    allowed = allowed.ravel()
+    lows = (np.stack([first, first + 1], axis=1)[:, :, None] + kinds).ravel()[allowed]
+    highs = (np.stack([first, last], axis=1)[:, :, None] + kinds).ravel()[allowed]
+    if grid.starts is not None:
+        lo, hi = np.take(grid.starts, lows), np.take(grid.starts, np.minimum(highs + 1, grid.starts.size - 1))
+    else:
+        lo, hi = np.searchsorted(grid.key, lows), np.searchsorted(grid.key, highs, side="right")
+    count = hi - lo
+    used = count > 0
+    owner = np.repeat(q, 8)[allowed][used]
+    start = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(np.bincount(owner, minlength=query_boxes.shape[0]))])
+    return _Runs(start, lo[used], count[used], _coords(query_boxes))
+
+
+def _pairs(grid: _Grid, runs: _Runs, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query, candidate) of the same class with IoU > 0, for the queries ``queries`` of ``runs``:
+    (position in ``queries``, candidate, IoU), each pair once, grouped by query."""
+    first = np.take(runs.start, queries)
+    nrun = np.take(runs.start, queries + 1) - first
+    run = np.arange(int(nrun.sum())) + np.repeat(first - (np.cumsum(nrun) - nrun), nrun)
+    count = np.take(runs.length, run)
+    q = np.repeat(np.repeat(np.arange(queries.size), nrun), count)
+    j = np.take(grid.box, np.arange(q.size) + np.repeat(np.take(runs.lo, run) - (np.cumsum(count) - count), count))
+    iou = _pair_iou(np.take(runs.coords, np.take(queries, q), axis=1), np.take(grid.coords, j, axis=1))
+    near = iou > 0
+    return q[near], j[near], iou[near]
+
+
+SOFT_NMS_BLOCK = 64  # as harnet.modeling.postprocess: the best remaining candidates per class examined per step
 
 
 def soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: float,
              max_keep: int | None = None, min_score: float = SOFT_NMS_MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian Soft-NMS per class, batched as :func:`harnet.modeling.postprocess.soft_nms` (see there: each
-    step picks every box of a class's best ``SOFT_NMS_BLOCK`` whose turn cannot change): (indices, decayed
-    scores) by decreasing score."""
-    if boxes.shape[0] == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    table = _by_class(labels)
-    classes, width = table.shape
-    rows = np.arange(classes)[:, None]
-    safe = np.clip(table, 0, None)
-    table_boxes = boxes[safe]
-    current = np.where(table >= 0, scores[safe], np.float32(-1)).astype(np.float32)
-    budget = np.full(classes, width if max_keep is None else min(max_keep, width))
-    order = np.arange(min(SOFT_NMS_BLOCK, width))
+    """Gaussian Soft-NMS per class, as :func:`harnet.modeling.postprocess.soft_nms` (see there: each step
+    picks every box among a class's best ``SOFT_NMS_BLOCK`` whose turn and score cannot change):
+    (indices, decayed scores) by decreasing score, ties by index."""
+    keep, kept, _ = _soft_nms(boxes, scores, labels, sigma, max_keep, min_score)
+    return keep, kept
+
+
+def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: float, max_keep: int | None,
+              min_score: float) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`soft_nms`, and the pairs (pick, candidate, IoU) with IoU > 0 whose decay it applied: with
+    ``max_keep`` None, every kept box with every candidate it overlaps (what voting needs)."""
+    n = boxes.shape[0]
+    none = np.empty(0, dtype=np.int64)
+    if n == 0:
+        return none, np.empty(0, dtype=np.float32), (none, none, np.empty(0, dtype=np.float32))
+    grid = _grid(boxes, labels)
+    runs = _runs(grid, boxes, labels)
+    # Picked boxes are marked -1 and decay by factors in [0, 1] keeps them <= 0: the floor must be above 0.
+    floor = np.float32(max(min_score, float(_TINY)))
     sigma32 = np.float32(sigma)
-    keep, kept_scores = [], []
+    coords = np.concatenate([grid.coords, np.zeros((5, 1), np.float32)], axis=1)  # index n: no box
+    current = np.append(scores.astype(np.float32), np.float32(-1))
+    table = _by_class(labels)
+    table[table < 0] = n
+    budget = np.full(table.shape[0], n if max_keep is None else max_keep, dtype=np.int64)
+    keep, kept, pairs = [], [], []
     while True:
-        width = int((current >= min_score).sum(axis=1).max())  # below the floor never rises again
+        table_scores = np.take(current, table)
+        alive = table_scores >= floor
+        counts = np.where(budget > 0, alive.sum(axis=1), 0)
+        width = int(counts.max())
         if width == 0:
             break
-        if width <= current.shape[1] // 2:
-            by_score = np.argsort(-current, axis=1, kind="stable")[:, :width]
-            current, table = np.take_along_axis(current, by_score, 1), np.take_along_axis(table, by_score, 1)
-            table_boxes = table_boxes[rows, by_score]
-        block = min(SOFT_NMS_BLOCK, width)
-        n = min(block + 1, current.shape[1])
-        best = np.argpartition(-current, n - 1, axis=1)[:, :n] if n < current.shape[1] else \
-            np.broadcast_to(np.arange(n), (classes, n))
-        position = np.take_along_axis(best, np.argsort(-np.take_along_axis(current, best, 1), axis=1,
-                                                       kind="stable"), 1)
-        top = np.take_along_axis(current, position, 1)
-        outside = top[:, block] if top.shape[1] > block else np.full(classes, -1, dtype=np.float32)
-        top, position = top[:, :block], position[:, :block]
-        block_boxes = table_boxes[rows, position]
-        iou = _pairwise_iou(block_boxes, block_boxes)
-        later = order[None, :block] > order[:block, None]
-        log_decay = np.where(later, -(iou * iou) / sigma32, np.float32(0))
-        after = top[:, None, :] * np.exp(np.cumsum(log_decay, axis=1) - log_decay)
-        mine = np.diagonal(after, axis1=1, axis2=2)
-        rivals = np.where(later, after, np.float32(-1)).max(axis=2)
-        ok = (mine >= np.maximum(rivals, outside[:, None])) & (mine >= min_score)
-        count = np.minimum(np.cumprod(ok, axis=1).sum(axis=1), budget)
-        most = int(count.max())
-        if most == 0:
-            break
-        picked = order[None, :most] < count[:, None]
+        if width <= table.shape[1] // 2 or not counts.all():  # drop the finished, keep index order
+            live = counts > 0
+            table, alive, budget = table[live], alive[live], budget[live]
+            live_first = np.argsort(~alive, axis=1, kind="stable")[:, :width]
+            table = np.where(np.take_along_axis(alive, live_first, 1), np.take_along_axis(table, live_first, 1), n)
+            table_scores = np.take(current, table)
+        groups, size = table.shape
+        block = min(SOFT_NMS_BLOCK, size)
+        by_score = np.argsort(-table_scores, axis=1, kind="stable")  # ties: lower index first
+        rows = np.arange(groups)[:, None]
+        idx = table[rows, by_score[:, :block]]
+        score = np.take(current, idx)
+        if size > block:  # the best box outside the block: every later box ranks below it
+            outside = table[rows, by_score[:, block:block + 1]]
+            bound = np.take(current, outside)
+        else:
+            outside, bound = np.full((groups, 1), n), np.full((groups, 1), -1, dtype=np.float32)
+        near, exponent = _block_overlaps(np.take(coords, idx, axis=1), sigma32)
+        lower = np.maximum(bound, floor)
+        open_ = np.where(score >= floor, score, np.float32(-1))  # -1: picked (or below the floor)
+        pick = np.full_like(score, -1)
+        while True:
+            rival = np.where(near, open_[:, None, :], np.float32(-1)).max(axis=2)  # best open neighbour
+            edge = np.maximum(rival, lower)
+            ready = open_ >= edge
+            if (ready & (open_ == edge)).any():  # ties go to the lower index, as one at a time
+                ready &= (open_ > rival) | ~(near & (open_[:, None, :] == open_[:, :, None])
+                                             & (idx[:, None, :] < idx[:, :, None])).any(axis=2)
+                ready &= (open_ > bound) | (idx < outside)
+            if not ready.any():
+                break
+            pick = np.where(ready, open_, pick)
+            decay = np.matmul(ready[:, None, :].astype(np.float32), exponent)[:, 0]
+            open_ = np.where(ready, np.float32(-1), open_) * np.exp(-decay)
+        picked = pick >= floor
+        count = picked.sum(axis=1)
+        if (count > budget).any():  # this step's picks all come before any later one: keep the best
+            order = np.lexsort((idx, -pick), axis=-1)
+            rank = np.empty_like(order)
+            np.put_along_axis(rank, order, np.broadcast_to(np.arange(block), order.shape), 1)
+            picked &= rank < budget[:, None]
+            count = picked.sum(axis=1)
         budget = budget - count
-        position = position[:, :most]
-        keep.append(table[rows, position][picked])
-        kept_scores.append(mine[:, :most][picked])
-        iou = _pairwise_iou(block_boxes[:, :most], table_boxes)
-        decay = np.where(picked[:, :, None], iou * iou, np.float32(0)).sum(axis=1)
-        current[np.broadcast_to(rows, position.shape)[picked], position[picked]] = -1.0
-        current = np.where(current >= 0, current * np.exp(-decay / sigma32), current).astype(np.float32)
+        new = idx[picked]
+        keep.append(new)
+        kept.append(pick[picked])
+        q, j, pair_iou = _pairs(grid, runs, new)
+        pairs.append((np.take(new, q), j, pair_iou))
+        decay = np.zeros(n + 1, dtype=np.float32)
+        np.add.at(decay, j, pair_iou * pair_iou)
+        current *= np.exp(-decay / sigma32)
+        current[new] = -1
     if not keep:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    keep_a, kept_a = np.concatenate(keep), np.concatenate(kept_scores).astype(np.float32)
-    ranked = np.argsort(-kept_a, kind="stable")[:max_keep]
-    return keep_a[ranked], kept_a[ranked]
+        return none, np.empty(0, dtype=np.float32), (none, none, np.empty(0, dtype=np.float32))
+    keep_a, kept_a = np.concatenate(keep), np.concatenate(kept)
+    ranked = np.lexsort((keep_a, -kept_a))[:max_keep]
+    src, dst, pair_iou = (np.concatenate(p) for p in zip(*pairs))
+    return keep_a[ranked], kept_a[ranked], (src, dst, pair_iou)
+
+
+def _block_overlaps(c: np.ndarray, sigma: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """For (5, G, B) coordinates of each group's block: which pairs overlap (IoU > 0, a box not with
+    itself) and their decay exponents IoU^2 / sigma, (G, B, B) each."""
+    x1, y1, x2, y2, area = c
+    w = np.minimum(x2[:, :, None], x2[:, None, :]) - np.maximum(x1[:, :, None], x1[:, None, :])
+    h = np.minimum(y2[:, :, None], y2[:, None, :]) - np.maximum(y1[:, :, None], y1[:, None, :])
+    inter = np.maximum(w, 0) * np.maximum(h, 0)
+    iou = inter / np.maximum(area[:, :, None] + area[:, None, :] - inter, _TINY)
+    diagonal = np.arange(iou.shape[1])
+    iou[:, diagonal, diagonal] = 0
+    near = iou > 0
+    return near, np.where(near, iou * iou / sigma, np.float32(0))  # not NaN for a box with NaN coordinates
 
 
 def box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, kept_labels: np.ndarray, boxes: np.ndarray,
@@ -210,23 +403,56 @@ def box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, kept_labels: np.
     """The authors' box voting, as :func:`harnet.modeling.postprocess.box_voting` (see there)."""
     if kept_boxes.shape[0] == 0 or num_neighbors == 0:
         return kept_boxes, kept_scores
-    same_class = kept_labels[:, None] == labels[None, :]
-    duplicate = ((kept_boxes[:, None, :] == boxes[None, :, :]).all(axis=2) & same_class).any(axis=0)
-    reach = (np.nan_to_num(box_iou(kept_boxes, boxes), nan=0.0) >= iou_thresh) & same_class & ~duplicate[None, :]
-    reached = reach.any(axis=0)
-    claimer = reach.argmax(axis=0)
-    claims = np.zeros_like(reach)
-    claims[claimer[reached], np.nonzero(reached)[0]] = True
-    neighbor_scores = np.where(claims, scores[None, :], np.float32(-1)).astype(np.float32)
-    k = min(num_neighbors, boxes.shape[0])
-    top = np.argsort(-neighbor_scores, axis=1, kind="stable")[:, :k]
-    top_scores = np.take_along_axis(neighbor_scores, top, axis=1)
-    used = top_scores >= 0
+    return _box_voting(kept_boxes, kept_scores, _voting_pairs(kept_boxes, kept_labels, boxes, labels, iou_thresh),
+                       boxes, scores, iou_thresh, num_neighbors)
+
+
+def _voting_pairs(kept_boxes: np.ndarray, kept_labels: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                  iou_thresh: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept, candidate, IoU) for every same-class pair that can reach ``iou_thresh``: those with IoU > 0
+    through the grid, or all of them when the threshold lets IoU 0 vote."""
+    if iou_thresh > 0:
+        grid = _grid(boxes, labels)
+        return _pairs(grid, _runs(grid, kept_boxes, kept_labels), np.arange(kept_boxes.shape[0]))
+    order = np.argsort(labels, kind="stable")
+    lo = np.searchsorted(labels[order], kept_labels, side="left")
+    count = np.searchsorted(labels[order], kept_labels, side="right") - lo
+    k = np.repeat(np.arange(kept_boxes.shape[0]), count)
+    j = order[np.arange(k.size) + np.repeat(lo - (np.cumsum(count) - count), count)]
+    return k, j, _pair_iou(np.take(_coords(kept_boxes), k, axis=1), np.take(_coords(boxes), j, axis=1))
+
+
+def _box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+                boxes: np.ndarray, scores: np.ndarray, iou_thresh: float,
+                num_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Box voting over the same-class (kept, candidate, IoU) ``pairs`` (every pair with IoU >= the
+    threshold among them), as :func:`harnet.modeling.postprocess._box_voting`."""
+    k, j, iou = pairs
+    n_kept, n = kept_boxes.shape[0], boxes.shape[0]
+    if n_kept == 0 or n == 0 or num_neighbors == 0:
+        return kept_boxes, kept_scores
+    reach = iou >= iou_thresh  # an exact copy of a kept box has IoU 1 (or 0 when empty: then it reaches nothing)
+    k, j = k[reach], j[reach]
+    duplicate = np.zeros(n, dtype=bool)
+    duplicate[j[(np.take(kept_boxes, k, axis=0) == np.take(boxes, j, axis=0)).all(axis=1)]] = True
+    k, j = k[~duplicate[j]], j[~duplicate[j]]
+    claimer = np.full(n, n_kept, dtype=np.int64)
+    np.minimum.at(claimer, j, k)
+    claimed = claimer[j] == k
+    k, j = k[claimed], j[claimed]
+    order = np.lexsort((j, -np.take(scores, j), k))  # per kept box, its candidates by score, ties by index
+    k, j = k[order], j[order]
+    count = np.bincount(k, minlength=n_kept)
+    rank = np.arange(k.size) - np.repeat(np.cumsum(count) - count, count)
+    top = np.full((n_kept, num_neighbors), -1, dtype=np.int64)
+    voter = rank < num_neighbors
+    top[k[voter], rank[voter]] = j[voter]
+    top_scores = np.take(scores, top)
+    used = (top >= 0) & (top_scores >= 0)
     weights = np.where(used, top_scores, np.float32(0)).astype(np.float32)
     weight_sum = kept_scores + weights.sum(axis=1)
-    tiny = np.finfo(np.float32).tiny
-    voted_boxes = (kept_scores[:, None] * kept_boxes + (weights[:, :, None] * boxes[top]).sum(axis=1)) \
-        / np.maximum(weight_sum, tiny)[:, None]
+    votes = (weights[:, :, None] * np.take(boxes, top, axis=0)).sum(axis=1)
+    voted_boxes = (kept_scores[:, None] * kept_boxes + votes) / np.maximum(weight_sum, _TINY)[:, None]
     voted_scores = weight_sum / np.float32(num_neighbors + 1)
     has = np.asarray(used.any(axis=1))
     return (np.where(has[:, None], voted_boxes, kept_boxes).astype(np.float32),
@@ -236,19 +462,28 @@ def box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, kept_labels: np.
 def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, cfg: InferenceConfig) -> dict[str, np.ndarray]:
     """NMS or Soft-NMS, optional box voting, then scores >= ``final_score_thresh``, at most
     ``detections_per_img`` by score."""
-    voting = cfg.box_voting_iou is not None
+    voting = cfg.box_voting_iou is not None and cfg.box_voting_neighbors > 0
     if cfg.nms == "soft_nms":
-        keep, kept_scores = soft_nms(boxes, scores, labels, cfg.soft_nms_sigma,
-                                     max_keep=None if voting else cfg.detections_per_img)
+        keep, kept_scores, decayed = _soft_nms(boxes, scores, labels, cfg.soft_nms_sigma,
+                                               None if voting else cfg.detections_per_img, SOFT_NMS_MIN_SCORE)
     else:
         keep = batched_nms(boxes, scores, labels, cfg.nms_iou)
         if not voting:
             keep = keep[: cfg.detections_per_img]
         kept_scores = scores[keep]
     kept_boxes, kept_labels = boxes[keep], labels[keep]
-    if cfg.box_voting_iou is not None:
-        kept_boxes, kept_scores = box_voting(kept_boxes, kept_scores, kept_labels, boxes, scores, labels,
-                                             cfg.box_voting_iou, cfg.box_voting_neighbors)
+    if voting:
+        assert cfg.box_voting_iou is not None
+        if cfg.nms == "soft_nms" and cfg.box_voting_iou > 0 and keep.size:
+            # Soft-NMS already paired every pick (all of them are kept) with each candidate it overlaps.
+            position = np.full(boxes.shape[0], -1, dtype=np.int64)
+            position[keep] = np.arange(keep.size)
+            src, dst, pair_iou = decayed
+            pairs = (position[src], dst, pair_iou)
+        else:
+            pairs = _voting_pairs(kept_boxes, kept_labels, boxes, labels, cfg.box_voting_iou)
+        kept_boxes, kept_scores = _box_voting(kept_boxes, kept_scores, pairs, boxes, scores, cfg.box_voting_iou,
+                                              cfg.box_voting_neighbors)
     final = np.nonzero(np.asarray(kept_scores >= cfg.final_score_thresh))[0]
     final = final[np.argsort(-kept_scores[final], kind="stable")][: cfg.detections_per_img]
     return {"boxes": kept_boxes[final].reshape(-1, 4), "scores": kept_scores[final], "labels": kept_labels[final]}
