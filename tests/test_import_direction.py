@@ -112,7 +112,8 @@ def test_the_bottom_layers_and_deploy_import_only_what_they_may(package: str) ->
 
 def test_deploy_needs_only_numpy_pillow_and_a_runtime() -> None:
     """Its own modules import the standard library, numpy, PIL, onnxruntime or OpenVINO (and the optional
-    extras of :data:`DEPLOY_THIRD_PARTY`) and nothing else outside harnet; and no harnet module it reaches, directly or through others, imports torch, torchvision or timm."""
+    extras of :data:`DEPLOY_THIRD_PARTY`) and nothing else outside harnet; and no harnet module it reaches,
+    directly or through others, imports torch, torchvision or timm."""
     outside = [f"{m} imports {name}" for m in modules_of("harnet.deploy") for name in sorted(imports(m))
                if not in_package(name, "harnet")
                and name.split(".")[0] not in DEPLOY_THIRD_PARTY | set(sys.stdlib_module_names)]

@@ -9,22 +9,19 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from harnet.deploy.metadata import ExportInfo
+from harnet.deploy.predictor import Predictor, postprocess_raw
+from harnet.deploy.preprocess import Batch, preprocess
 from harnet.engine import checkpoint
 from harnet.modeling.anchors import build_anchor_generator
 from harnet.modeling.harnet import HARNet
+from harnet.modeling.pyramid import level_shapes
 from harnet.tools.cli import main
-from harnet.tools.export import (
-    RawNetwork,
-    export_model,
-    level_shapes,
-    load_metadata,
-    onnx_predict,
-    postprocess_raw,
-    preprocess,
-)
+from harnet.tools.export import RawNetwork, export_model, load_metadata
 from tests_support import TINY, random_checkpoint
 
 # Every attention: hybrid (spatial, channel, dual prediction) with aligned attention on C4 and C5,
@@ -48,13 +45,27 @@ def _images() -> list[torch.Tensor]:
     return [torch.rand(3, 64, 80, generator=g), torch.rand(3, 50, 70, generator=g)]
 
 
-def _assert_same_detections(got: list[dict[str, torch.Tensor]], expected: list[dict[str, torch.Tensor]]) -> None:
+def _assert_same_detections(got: list[dict], expected: list[dict[str, torch.Tensor]]) -> None:
+    """The numpy pipeline's detections against the torch model's own (float rounding of pre-processing and
+    decoding apart: boxes within 1e-3 px, scores within 1e-4)."""
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert len(b["scores"]) > 10  # the comparison means something
-        assert torch.equal(a["labels"], b["labels"])
-        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=0)
-        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=0)
+        np.testing.assert_array_equal(a["labels"], b["labels"].numpy())
+        np.testing.assert_allclose(a["scores"], b["scores"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(a["boxes"], b["boxes"].numpy(), atol=1e-3, rtol=0)
+
+
+def _numpy_batch(images: list[torch.Tensor], model: HARNet) -> Batch:
+    return preprocess([im.numpy() for im in images], model.config.transform)
+
+
+def _info(config: object) -> ExportInfo:
+    return ExportInfo(config, [f"class{i}" for i in range(6)], list(range(1, 7)), {})  # type: ignore[arg-type]
+
+
+def _decoded(logits: torch.Tensor, deltas: torch.Tensor, batch: Batch, config: object) -> list[dict]:
+    return postprocess_raw(np.asarray(logits), np.asarray(deltas), batch, _info(config))
 
 
 def test_level_shapes_match_the_feature_maps(model: HARNet) -> None:
@@ -66,15 +77,16 @@ def test_level_shapes_match_the_feature_maps(model: HARNet) -> None:
 
 @pytest.mark.slow
 def test_raw_outputs_plus_postprocess_raw_equal_the_model(model: HARNet) -> None:
-    """The documented deployment path, all in PyTorch: preprocess -> network -> postprocess_raw."""
+    """The prediction pipeline around the exported graph's torch twin: numpy preprocess -> network ->
+    numpy postprocess_raw gives the model's own detections."""
     images = _images()
-    batch = preprocess(images, model.config)
+    batch = _numpy_batch(images, model)
     with torch.no_grad():
-        logits, deltas = RawNetwork(model)(batch.images)
+        logits, deltas = RawNetwork(model)(torch.from_numpy(batch.images))
         expected = model(images)
-    _assert_same_detections(postprocess_raw(logits, deltas, batch, model.config), expected)
+    _assert_same_detections(_decoded(logits, deltas, batch, model.config), expected)
     with pytest.raises(ValueError, match="do not fit"):
-        postprocess_raw(logits[:, :-6], deltas[:, :-6], batch, model.config)
+        _decoded(logits[:, :-6], deltas[:, :-6], batch, model.config)
 
 
 @pytest.mark.slow
@@ -100,7 +112,8 @@ def test_onnx_runtime_equals_pytorch(ckpt_path: Path, model: HARNet, tmp_path: P
     images = _images()
     with torch.no_grad():
         expected_dets = model(images)
-    _assert_same_detections(onnx_predict(out, images, session), expected_dets)
+    _assert_same_detections(Predictor.from_export(out, threads=1).predict([im.numpy() for im in images]),
+                            expected_dets)
     meta = load_metadata(out)
     assert meta.config == model.config and meta.class_names == ["class0", "class1", "class2", "class3",
                                                                 "class4", "class5"]
@@ -124,11 +137,11 @@ def test_torchscript_equals_pytorch(model: HARNet, tmp_path: Path) -> None:
     result.metadata_path.unlink()  # read from the archive, without torch
     assert load_metadata(out).config == model.config and load_metadata(out).info["export_format"] == "torchscript"
     images = _images()
-    batch = preprocess(images, model.config)
+    batch = _numpy_batch(images, model)
     with torch.no_grad(), torch.jit.optimized_execution(False):
-        logits, deltas = traced(batch.images)
+        logits, deltas = traced(torch.from_numpy(batch.images))
         expected = model(images)
-    _assert_same_detections(postprocess_raw(logits, deltas, batch, model.config), expected)
+    _assert_same_detections(_decoded(logits, deltas, batch, model.config), expected)
 
 
 @pytest.mark.slow
@@ -200,22 +213,23 @@ def test_int8_cli_writes_the_default_file_beside_the_checkpoint(tmp_path: Path,
 @pytest.mark.parametrize("stride_mode", ["level", "torchvision"])
 def test_deployment_path_follows_the_test_sizes_and_anchor_rule(model: HARNet, stride_mode: str) -> None:
     """With test sizes unlike the training ones and a padded size that is no multiple of 128 (where the two
-    anchor rules differ), export's preprocess is the model's and postprocess_raw's anchors, built from
-    ``level_shapes`` alone, decode to the model's detections."""
+    anchor rules differ), the pipeline's numpy preprocess is the model's and postprocess_raw's anchors, built
+    from the padded size alone, decode to the model's detections."""
     test_model = copy.deepcopy(model)
     cfg = test_model.config
     cfg.transform.test_min_size, cfg.transform.test_max_size = 80, 100
     cfg.anchors = replace(cfg.anchors, stride_mode=stride_mode)
     test_model.anchor_generator = build_anchor_generator(cfg.anchors)
     images = _images()
-    batch = preprocess(images, cfg)
+    batch = _numpy_batch(images, test_model)
     image_list, _ = test_model.preprocess(images)
     assert batch.image_sizes == image_list.image_sizes == [(80, 100), (71, 100)]
-    assert torch.equal(batch.images, image_list.tensors) and batch.images.shape[-2:] == (96, 128)
+    np.testing.assert_allclose(batch.images, image_list.tensors.numpy(), atol=1e-5)
+    assert batch.images.shape[-2:] == (96, 128)
     with torch.no_grad():
-        logits, deltas = RawNetwork(test_model)(batch.images)
+        logits, deltas = RawNetwork(test_model)(torch.from_numpy(batch.images))
         expected = test_model(images)
-    _assert_same_detections(postprocess_raw(logits, deltas, batch, cfg), expected)
+    _assert_same_detections(_decoded(logits, deltas, batch, cfg), expected)
 
 
 def test_export_refuses_an_efficientnet_body_whose_batches_are_not_multiples_of_32(tmp_path: Path) -> None:

@@ -112,18 +112,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from harnet.deploy.tiling import check_tile
     from harnet.tools.predict import open_predictor
 
-    if not Path(args.model).exists():
-        kind = "model file" if Path(args.model).suffix.lower() in (".onnx", ".xml") else "checkpoint"
-        raise UsageError(f"{args.model}: {kind} not found")
     try:
         bands = parse_bands(args.bands)
         if args.tile is not None:
             check_tile(args.tile, args.overlap)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    inputs = sort_inputs(args.images, args.source, args.tile, bands)
     predictor = open_predictor(args.model, backend=args.backend, threads=args.threads, device=args.device,
                                tta=_tta(args))
+    inputs = sort_inputs(args.images, args.source, args.tile, bands)
     run = predict_inputs(predictor, inputs, Path(args.out), args.score, tile=args.tile, overlap=args.overlap,
                          bands=bands, progress=not args.no_progress)
     report = run.report

@@ -1,22 +1,16 @@
-"""Export the network to ONNX or TorchScript, and the pre/post-processing a deployer runs around it.
+"""Export the network to ONNX, OpenVINO or TorchScript, with the metadata its prediction pipeline needs.
 
 What is exported is the network only: a normalised, zero-padded batch ``(N, 3, H, W)`` (any N, H,
 W) -> ``cls_logits`` ``(N, A, K)`` and ``box_deltas`` ``(N, A, 4)``, the hybrid's two prediction sets
 already averaged, exactly what :meth:`HARNet.forward` decodes. Every attention is inside, the
 aligned attention's deformable conv included (ONNX ``DeformConv``, opset 19; onnxruntime >= 1.25
 runs it on the CPU). Resizing, anchors, top-k, Soft-NMS and box voting stay outside: they are
-data-dependent loops that exporters handle badly, and keeping them in Python means the deployed
-model decodes with the same code as training-time evaluation. :func:`preprocess` and
-:func:`postprocess_raw` are that code; a JSON document holds everything they need (class names,
-transform, anchors, inference settings), written into the model file itself (ONNX ``metadata_props``,
-OpenVINO ``rt_info``, TorchScript extra files; :mod:`harnet.deploy.metadata` reads it) and, for older
-readers, beside it as ``<model>.json``, so a deployer needs only the exported model and ``harnet``::
-
-    batch = preprocess(images, config)                        # list of CHW float RGB in [0, 1]
-    logits, deltas = session.run(None, {"images": batch.images.numpy()})
-    detections = postprocess_raw(logits, deltas, batch, config)  # boxes in input-image pixels
-
-:func:`onnx_predict` does exactly this.
+data-dependent loops that exporters handle badly, and :class:`harnet.deploy.predictor.Predictor` runs
+them, the same code for every backend (``harnet predict model.onnx ...``). A JSON document holds
+everything it needs (class names, transform, anchors, inference settings), written into the model file
+itself (ONNX ``metadata_props``, OpenVINO ``rt_info``, TorchScript extra files;
+:mod:`harnet.deploy.metadata` reads it) and, for older readers, beside it as ``<model>.json``, so a
+deployer needs only the exported model and ``harnet``.
 """
 
 from __future__ import annotations
@@ -38,14 +32,11 @@ from torch import Tensor, nn
 from harnet.config.model import HARNetConfig, to_dict
 from harnet.deploy.formats import ExportFormat, Precision, export_format
 from harnet.deploy.metadata import METADATA_KEY, TORCHSCRIPT_EXTRA, ExportInfo, load_export_info, metadata_path
-from harnet.modeling.anchors import anchors_per_level, build_anchor_generator
+from harnet.deploy.preprocess import preprocess
 from harnet.modeling.attention.deform_portable import make_portable
 from harnet.modeling.backbone.efficientnet import FixedSamePadConv2d
 from harnet.modeling.harnet import HARNet, merge_prediction_sets
-from harnet.modeling.postprocess import DenseOutputs, build_box_coder
-from harnet.modeling.preprocess import original_sizes, to_input_pixels
-from harnet.modeling.preprocess import preprocess as preprocess_images
-from harnet.modeling.pyramid import LEVEL_STRIDES, level_shapes
+from harnet.modeling.pyramid import LEVEL_STRIDES
 from harnet.tools.quantize import DEFAULT_FLOAT_PARTS, check_float_parts, convert_fp16, quantize_int8
 
 ONNX_OPSET = 19  # the first opset with DeformConv
@@ -63,45 +54,6 @@ class RawNetwork(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         return merge_prediction_sets(self.model.forward_raw(images))
-
-
-@dataclass
-class Batch:
-    """What the exported network eats, plus the sizes post-processing needs."""
-
-    images: Tensor  # (N, 3, H, W) normalised, zero-padded bottom/right to a multiple of size_divisible
-    image_sizes: list[tuple[int, int]]  # (h, w) of each resized image inside the padded batch
-    original_sizes: list[tuple[int, int]]  # (h, w) of each input image
-
-
-def preprocess(images: Sequence[Tensor], config: HARNetConfig) -> Batch:
-    """Float CHW RGB images in [0, 1] -> the exported network's input: the model's own test-time
-    preprocessing (``HARNet.preprocess`` in eval mode runs the same function on the same config)."""
-    image_list, _ = preprocess_images(config.transform, list(images), training=False)
-    return Batch(image_list.tensors, list(image_list.image_sizes), original_sizes(list(images)))
-
-
-def postprocess_raw(
-    cls_logits: Tensor | np.ndarray,
-    box_deltas: Tensor | np.ndarray,
-    batch: Batch,
-    config: HARNetConfig,
-) -> list[dict[str, Tensor]]:
-    """The exported network's outputs -> ``[{"boxes", "scores", "labels"}]`` in input-image pixels,
-    with the model's anchors, top-k, NMS or Soft-NMS and box voting (``config.inference``)."""
-    cls_logits, box_deltas = torch.as_tensor(cls_logits), torch.as_tensor(box_deltas)
-    n, height, width = batch.images.shape[0], batch.images.shape[-2], batch.images.shape[-1]
-    shapes = level_shapes(height, width)  # the feature maps the network made of this batch
-    per_level = anchors_per_level(shapes, config.anchors.num_anchors)
-    if cls_logits.shape[:2] != (n, sum(per_level)) or box_deltas.shape[:2] != (n, sum(per_level)):
-        raise ValueError(
-            f"outputs {tuple(cls_logits.shape)} / {tuple(box_deltas.shape)} do not fit a {n}x3x{height}x{width} "
-            f"batch: expected (N={n}, anchors={sum(per_level)}, ...); was the batch made by preprocess()?"
-        )
-    anchors = build_anchor_generator(config.anchors).grid((height, width), shapes, n, cls_logits.dtype)
-    dense = DenseOutputs(cls_logits, box_deltas, anchors, per_level, batch.image_sizes)
-    detections = dense.detections(build_box_coder(), config.inference)
-    return to_input_pixels(detections, batch.image_sizes, batch.original_sizes)
 
 
 # --- exporters ---------------------------------------------------------------------------------
@@ -237,7 +189,7 @@ def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[i
     }
 
 
-# An export's metadata, read back (the same reader ``python -m harnet.deploy`` uses, which has no torch).
+# An export's metadata, read back (the same reader harnet predict uses for an export, which needs no torch).
 ExportedModel = ExportInfo
 load_metadata = load_export_info
 
@@ -289,7 +241,7 @@ def export_model(model: HARNet, path: str | Path, fmt: str, class_names: Sequenc
         if spec.container != "torchscript":
             export_onnx(model, fp32, exporter, size, portable)
         if spec.precision == "int8":
-            batches = [preprocess([image], model.config).images.numpy() for image in calibration]
+            batches = [preprocess([image.numpy()], model.config.transform).images for image in calibration]
             info = quantize_int8(fp32, path, batches, parts)
         elif spec.precision == "fp16":
             info = convert_fp16(fp32, path)
@@ -363,16 +315,3 @@ def _verify(model: HARNet, path: Path, spec: ExportFormat) -> float | None:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {INPUT_NAMES[0]: example.numpy()})
     return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
-
-
-def onnx_predict(path: str | Path, images: Sequence[Tensor], session: Any = None) -> list[dict[str, Tensor]]:
-    """Reference deployment: detections of an exported ONNX model with onnxruntime on the CPU and
-    harnet's pre/post-processing. ``images``: float CHW RGB in [0, 1]."""
-    exported = load_metadata(path)
-    if session is None:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = preprocess(images, exported.config)
-    logits, deltas = session.run(None, {INPUT_NAMES[0]: batch.images.numpy()})
-    return postprocess_raw(logits, deltas, batch, exported.config)

@@ -19,12 +19,16 @@ from harnet.deploy.predict_files import predict_files as predict_files
 from harnet.deploy.predictor import Predictor
 from harnet.deploy.runtime import Backend
 from harnet.deploy.tta import TTAConfig
+from harnet.utils.errors import UsageError
 
 
 def open_predictor(model: str | Path, *, backend: Backend | str = "auto", threads: int | None = None,
                    device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None) -> Predictor:
     """The pipeline for ``model``: an export through :meth:`Predictor.from_export` (no torch), a checkpoint
     through :func:`harnet.engine.torch_runtime.load_predictor` (imports torch only then)."""
+    if not Path(model).exists():
+        kind = "model file" if Path(model).suffix.lower() in (".onnx", ".xml") else "checkpoint"
+        raise UsageError(f"{model}: {kind} not found")
     if runtime_for(model) != CHECKPOINT:
         if backend == "torch":
             raise ValueError(f"{model}: an exported model runs with onnxruntime or openvino, not --backend torch")
