@@ -94,3 +94,24 @@ def test_eval_and_predict_with_tta(trained_run: Path, shapes_root: Path, tmp_pat
                  "--tta-scales", "1", "1.5"]) == 0
     assert (out / f"{image.stem}_pred.png").is_file()
     assert main(["eval", str(trained_run), "--tta-scales", "-1"]) == 2
+
+
+def test_the_pipeline_tta_equals_the_torch_tta(model: HARNet) -> None:
+    """Prediction's TTA (numpy, any backend: harnet.deploy.predictor) and training evaluation's (torch,
+    engine/tta.py) are the same recipe: the same detections up to float rounding of pre-processing."""
+    import numpy as np
+
+    from harnet.deploy.predictor import Predictor
+    from harnet.engine.torch_runtime import TorchRuntime, checkpoint_info
+
+    config = TTAConfig(scales=(1.0, 1.25), flip=True)
+    images = [_image(), _image(50, 70, seed=4)]
+    expected = tta_predict(model, images, config)
+    info = checkpoint_info(model.config, [str(i) for i in range(4)], [1, 2, 3, 4])
+    predictor = Predictor(TorchRuntime(model), info, tta=config)
+    for image, exp in zip(images, expected):
+        (got,) = predictor.predict([image.numpy()])
+        assert len(exp["scores"]) > 5
+        np.testing.assert_array_equal(got["labels"], exp["labels"].numpy())
+        np.testing.assert_allclose(got["scores"], exp["scores"].numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["boxes"], exp["boxes"].numpy(), atol=1e-3)

@@ -318,12 +318,26 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_tta_args(p: argparse.ArgumentParser) -> None:
+def _tta_options() -> argparse.ArgumentParser:
+    """Test-time augmentation, for eval and predict (an argparse parent)."""
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: horizontal flip and two scales, merged by Soft-NMS + box voting")
     p.add_argument("--tta-scales", type=float, nargs="+", metavar="S",
                    help="TTA scales as multiples of the test size (implies --tta; default 1.0 1.25)")
     p.add_argument("--tta-no-flip", action="store_true", help="TTA without the flipped views (implies --tta)")
+    return p
+
+
+def _tile_options() -> argparse.ArgumentParser:
+    """Tiled prediction, for eval and predict (an argparse parent)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--tile", type=int, metavar="SIZE",
+                   help="predict window by window (windows of SIZE px, each at the model's scale: use the "
+                        "training tile size); any raster size; GeoTIFFs get a GeoPackage and a GeoJSON")
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="with --tile: window overlap, a fraction of SIZE (at most 0.75)")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,20 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     from harnet.deploy.formats import BENCH_FORMATS, CHECKPOINT, DEFAULT_BENCH_FORMATS, EXPORT_FORMATS
 
     run_options = _run_options()
-    ev = sub.add_parser("eval", help="COCO AP of a checkpoint or run folder", parents=[run_options])
+    tta_options, tile_options = _tta_options(), _tile_options()
+    ev = sub.add_parser("eval", help="COCO AP of a checkpoint or run folder",
+                        parents=[run_options, tile_options, tta_options])
     ev.add_argument("checkpoint", metavar="RUN_OR_CKPT")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--split", choices=["train", "val"], default="val")
     ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
-    ev.add_argument("--tile", type=int, metavar="SIZE",
-                    help="predict each image in windows of SIZE px (as predict --tile)")
-    ev.add_argument("--overlap", type=float, default=0.25, help="with --tile: window overlap, a fraction of SIZE")
-    _add_tta_args(ev)
     ev.add_argument("--skip-bad", action="store_true",
                     help="skip bad images/annotations (listed in OUT/skipped.txt) instead of stopping")
     ev.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="detect objects in images, rasters and videos with any model file")
+    pr = sub.add_parser("predict", help="detect objects in images, rasters and videos with any model file",
+                        parents=[tile_options, tta_options])
     pr.add_argument("model", metavar="MODEL",
                     help="a run folder or .pt (PyTorch), an exported .onnx (fp32, fp16, int8) or an OpenVINO .xml "
                          "or its folder (these run without torch)")
@@ -397,13 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
                     help="what runs the network (default: the model file decides)")
     pr.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: its own)")
-    pr.add_argument("--tile", type=int, metavar="SIZE",
-                    help="predict window by window (windows of SIZE px, each at the model's scale: use the "
-                         "training tile size); any raster size; GeoTIFFs get a GeoPackage and a GeoJSON")
-    pr.add_argument("--overlap", type=float, default=0.25, help="with --tile: window overlap, a fraction of SIZE")
     pr.add_argument("--bands", metavar="B[,G,R]", help="with --tile: 1-based raster bands shown as RGB (default 1,2,3)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar over the windows")
-    _add_tta_args(pr)
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (metadata inside, "
