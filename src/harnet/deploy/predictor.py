@@ -122,6 +122,7 @@ class Predictor:
                 "predict it in windows with --tile SIZE (the size of the training tiles)")
 
     def _run(self, batch: Batch, cfg: InferenceConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The network on ``batch``, then each image's candidates (timed apart: the per-window split)."""
         start = time.perf_counter()
         logits, deltas = self.runtime.run(batch.images)
         middle = time.perf_counter()
@@ -132,27 +133,26 @@ class Predictor:
 
     def detect(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Float CHW images of one batch -> detections in their pixels, every score kept (the model's
-        ``final_score_thresh`` aside)."""
-        if self.tta is None:
-            batch = preprocess(images, self.config.transform)
-            found = self._run(batch, self.config.inference)
-            start = time.perf_counter()
-            out = [suppress(b, s, lab, self.config.inference) for b, s, lab in found]
-            self.seconds["postprocess"] += time.perf_counter() - start
-            return out
+        ``final_score_thresh`` aside). With test-time augmentation every view's candidates (flipped back)
+        are pooled before the one suppression; without it there is one view."""
+        inference = self.config.inference
+        flips: tuple[bool, ...] = (False,)
+        scales: tuple[float, ...] = (1.0,)
+        if self.tta is not None:
+            flips, scales = ((False, True) if self.tta.flip else (False,)), self.tta.scales
+            inference = tta_inference(self.tta, inference)
         pooled: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in images]
-        for flip in (False, True) if self.tta.flip else (False,):
+        for flip in flips:
             views = [np.ascontiguousarray(im[..., ::-1]) for im in images] if flip else list(images)
-            for scale in self.tta.scales:
+            for scale in scales:
                 batch = preprocess(views, self.config.transform, scale)
                 for i, (boxes, scores, labels) in enumerate(self._run(batch, self.config.inference)):
                     pooled[i].append((flip_boxes(boxes, images[i].shape[-1]) if flip else boxes, scores, labels))
-        cfg = tta_inference(self.tta, self.config.inference)
         start = time.perf_counter()
         out = []
         for image_views in pooled:
             boxes, scores, labels = (np.concatenate(part) for part in zip(*image_views))
-            out.append(suppress(boxes, scores, labels, cfg))
+            out.append(suppress(boxes, scores, labels, inference))
         self.seconds["postprocess"] += time.perf_counter() - start
         return out
 

@@ -37,8 +37,6 @@ class TorchRuntime:
                             "evaluate a torchvision peer run with harnet eval")
         self.model = model
         self.device = torch.device(device)
-        self.channels_last = next(model.parameters()).is_contiguous(memory_format=torch.channels_last) and \
-            next(model.parameters()).dim() == 4
 
     @torch.inference_mode()
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +44,7 @@ class TorchRuntime:
         self.model.eval()
         try:
             batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-            if self.device.type == "cpu":
+            if self.device.type == "cpu":  # the layout optimize_for_inference gives the weights on the CPU
                 batch = batch.contiguous(memory_format=torch.channels_last)
             logits, deltas = merge_prediction_sets(self.model.forward_raw(batch))
         finally:
