@@ -1,12 +1,12 @@
 """Detections from the exported network's outputs in numpy: per-level top-k, decoding, NMS or
 Gaussian Soft-NMS, box voting.
 
-Why a second copy of :mod:`harnet.modeling.postprocess`: that one is torch (it runs inside
-``HARNet.forward``, on the GPU, for training-time evaluation); this one is the torch-free runtime, the
-prediction path of every backend (PyTorch, onnxruntime, OpenVINO, a device without torch). Both run the
-same algorithm step for step, in float32, with the same helpers under the same names, so that they give
-the same detections; the tests hold them to each other and to a literal one-pick-at-a-time Soft-NMS.
-Change both together.
+The one suppression of harnet: the torch-free runtime, the prediction path of every backend (PyTorch,
+onnxruntime, OpenVINO, a device without torch), and, through :func:`harnet.modeling.postprocess.suppress`,
+training-time evaluation and test-time augmentation too, so that what training measures is what ships.
+Candidate selection (:func:`select_candidates`, :func:`decode`) has a torch twin in
+:mod:`harnet.modeling.postprocess`, which reduces the dense GPU outputs before they cross to the host;
+the two are tested equal. The tests hold Soft-NMS and voting to literal one-at-a-time references.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from harnet.config.model import InferenceConfig
 
-SOFT_NMS_MIN_SCORE = 1e-3  # as harnet.modeling.postprocess: picks whose decayed score falls below it end Soft-NMS
+SOFT_NMS_MIN_SCORE = 1e-3  # the authors' (and Detectron's) Soft-NMS drops boxes whose decayed score falls below this
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)  # torchvision's BoxCoder limit on dw, dh
 
 
@@ -285,14 +285,33 @@ def _pairs(grid: _Grid, runs: _Runs, queries: np.ndarray) -> tuple[np.ndarray, n
     return q[near], j[near], iou[near]
 
 
-SOFT_NMS_BLOCK = 64  # as harnet.modeling.postprocess: the best remaining candidates per class examined per step
+SOFT_NMS_BLOCK = 64  # the best remaining candidates per class examined per step of the batched Soft-NMS
 
 
 def soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: float,
              max_keep: int | None = None, min_score: float = SOFT_NMS_MIN_SCORE) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian Soft-NMS per class, as :func:`harnet.modeling.postprocess.soft_nms` (see there: each step
-    picks every box among a class's best ``SOFT_NMS_BLOCK`` whose turn and score cannot change):
-    (indices, decayed scores) by decreasing score, ties by index."""
+    """Gaussian Soft-NMS per class: pick the best box, decay the others by exp(-IoU^2 / sigma), repeat
+    until every remaining score is below ``min_score`` (the authors' ``cpu_soft_nms``, method 2).
+
+    Returns (indices, decayed scores), sorted by decayed score, ties by index: the order one pick at a
+    time gives (a tie between two boxes goes to the lower index). With ``max_keep``, the best
+    ``max_keep`` of all; since a class's picks come by decreasing score, a class stops after its first
+    ``max_keep``.
+
+    Why batched: picking one box per step makes the loop as long as the candidate list (thousands of
+    steps for a dense image). The decay is exp(-IoU^2 / sigma), exactly 1 for boxes that do not overlap,
+    so a box's score changes only with the picks of boxes overlapping it: once no waiting box that
+    overlaps it ranks higher (score, then lower index), nothing can change its score before its turn,
+    and it is picked with that score. Each step takes the ``SOFT_NMS_BLOCK`` best remaining boxes of
+    every class (so every box that outranks a block box is in the block) and resolves them in rounds: a
+    round picks every block box that outranks its waiting overlapping block boxes and the best box
+    outside the block (which can only decay further), and decays the rest of the block by those picks;
+    later rounds pick what those picks freed, until the rest ranks below the best box outside. All of a
+    step's picks come before any later one. They then decay every candidate overlapping them, found
+    through a grid over the candidates (:class:`_Grid`) rather than against every box of the class.
+    The picks, their order and their scores are the one-at-a-time algorithm's, up to float rounding of
+    the decay products.
+    """
     keep, kept, _ = _soft_nms(boxes, scores, labels, sigma, max_keep, min_score)
     return keep, kept
 
@@ -400,7 +419,19 @@ def _block_overlaps(c: np.ndarray, sigma: np.float32) -> tuple[np.ndarray, np.nd
 def box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, kept_labels: np.ndarray, boxes: np.ndarray,
                scores: np.ndarray, labels: np.ndarray, iou_thresh: float,
                num_neighbors: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """The authors' box voting, as :func:`harnet.modeling.postprocess.box_voting` (see there)."""
+    """The authors' box voting (``_bbox_voting`` of ``merge_proposal_layer.py``) -> (boxes, scores).
+
+    ``kept_*`` are the suppression's survivors in pick order (highest first per class), ``boxes`` etc.
+    all candidates before suppression. Candidates identical to a kept box of their class never vote.
+    Going through the kept boxes in order, a kept box claims every still unclaimed same-class
+    candidate with IoU >= ``iou_thresh``; the ``num_neighbors`` highest-scoring of those vote (ties: the
+    lower index): the box becomes the score-weighted mean of itself and them, the score (its score +
+    theirs) / (num_neighbors + 1), always divided by num_neighbors + 1. A kept box that claims nothing
+    keeps its box and score. A candidate goes to the first kept box that reaches it, so "claimed before"
+    needs no loop: the claimer of each candidate is the first kept box of its class over the threshold.
+    Only overlapping pairs can reach a positive threshold: they come from a grid over the candidates
+    (:class:`_Grid`), or, after :func:`soft_nms`, from the pairs it decayed.
+    """
     if kept_boxes.shape[0] == 0 or num_neighbors == 0:
         return kept_boxes, kept_scores
     return _box_voting(kept_boxes, kept_scores, _voting_pairs(kept_boxes, kept_labels, boxes, labels, iou_thresh),
@@ -426,7 +457,7 @@ def _box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, pairs: tuple[np
                 boxes: np.ndarray, scores: np.ndarray, iou_thresh: float,
                 num_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
     """Box voting over the same-class (kept, candidate, IoU) ``pairs`` (every pair with IoU >= the
-    threshold among them), as :func:`harnet.modeling.postprocess._box_voting`."""
+    threshold among them): :func:`box_voting` without looking at the pairs that cannot vote."""
     k, j, iou = pairs
     n_kept, n = kept_boxes.shape[0], boxes.shape[0]
     if n_kept == 0 or n == 0 or num_neighbors == 0:
