@@ -3,7 +3,9 @@
 
 Only the padded batch size and the config decide them, so the deployment runtime rebuilds the
 anchors of every batch from the export metadata instead of shipping a fixed anchor table, which
-would tie the model to one input size.
+would tie the model to one input size. Why two copies: training builds its anchors with torchvision's
+generator on the device of the feature maps (and matches them to targets there); prediction must run
+without torch. tests/deploy/test_deploy_postprocess.py ties the two (``test_anchors_match_the_generator``).
 """
 
 from __future__ import annotations

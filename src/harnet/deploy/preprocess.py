@@ -5,6 +5,10 @@ pixels on a device without torch as it does in ``harnet predict``.
 The resize is ``F.interpolate(mode="bilinear", align_corners=False, recompute_scale_factor=True)``:
 the output size is ``floor(side * scale)`` (Python floats), and each output pixel samples the input
 at ``(i + 0.5) * in / out - 0.5`` (clamped at 0), in float32.
+
+Why two copies: training keeps torchvision's transform (random sizes, targets resized with their images,
+on the GPU); prediction, for every backend, uses this one so that it runs without torch.
+tests/deploy/test_deploy_postprocess.py ties the two (``test_preprocess_matches_torchvision``).
 """
 
 from __future__ import annotations
