@@ -177,3 +177,24 @@ def test_tiled_geotiff_without_torch_matches_the_checkpoint(ckpt_path: Path, mod
     got, want = gpd.read_file(tmp_path / "np" / "ortho.gpkg"), gpd.read_file(tmp_path / "pt" / "ortho.gpkg")
     assert got.crs == want.crs and len(got) == len(want) == len(expected)
     assert (tmp_path / "np" / "ortho.geojson").is_file()
+
+
+def test_video_without_torch_writes_one_line_per_frame(model: HARNet, tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(3):
+            rgb = np.zeros((64, 64, 3), np.uint8)
+            rgb[10 + i : 40 + i, 12:44] = (200, 40, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    path = _export(model, tmp_path / "model.onnx")
+    done = _without_torch("predict", str(path), str(clip), "--out", str(tmp_path / "out"), "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "out" / "clip_detections.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == [0, 1, 2]
