@@ -9,10 +9,13 @@ GeoTIFF (UTM 12N, 0.1 m), and measures:
 * the GeoTIFF's pixel boxes against the PNG's, its GeoPackage polygons against the affine of each pixel box,
   and its GeoJSON against the GeoPackage reprojected to lon/lat;
 * a 10,000 x 10,000 px 3-band GeoTIFF (the mosaic repeated) predicted in a child process: peak RSS and Mpx/s,
-  against per-window prediction (``Detector.predict`` on 400 px windows) in Mpx/s.
+  against per-window prediction (``Predictor.predict`` on 400 px windows) in Mpx/s.
+
+Any model file runs: ``--run`` is a run folder or checkpoint (PyTorch) or an export (``.onnx``, OpenVINO
+``.xml`` or folder), opened by :func:`harnet.tools.predict.open_predictor`, the pipeline ``harnet predict`` runs.
 
     python benchmarks/tiled_trees.py --run /work/artifacts/trees_cpu --data /work/artifacts/data/trees \\
-        --work /tmp/tiled_trees --out docs/results/tiled_trees.json --picture docs/tiled_trees.png
+        --work /tmp/tiled_trees --out docs/results/tiled_trees.json --picture docs/tiled_trees.png [--large 0]
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 MOSAIC_COLS, MOSAIC_ROWS, TILE = 4, 3, 400
@@ -86,33 +88,45 @@ def coco_ap(ann: Path, det: dict, category_ids: list[int]) -> float:
 
 
 def duplicates(det: dict, iou: float = 0.7, min_score: float = 0.3) -> int:
-    from torchvision.ops import box_iou
+    from harnet.deploy.postprocess import box_iou
 
-    keep = det["scores"] >= min_score
-    boxes, labels = det["boxes"][keep], det["labels"][keep]
+    keep = np.asarray(det["scores"]) >= min_score
+    boxes, labels = np.asarray(det["boxes"], dtype=np.float32)[keep], np.asarray(det["labels"])[keep]
     m = box_iou(boxes, boxes)
     same = labels[:, None] == labels[None, :]
-    return int(torch.triu((m > iou) & same, diagonal=1).sum())
+    return int(np.triu((m > iou) & same, k=1).sum())
 
 
-def per_tile(detector, tiles: list[dict]) -> dict:  # type: ignore[no-untyped-def]
+def per_tile(predictor, tiles: list[dict]) -> dict:  # type: ignore[no-untyped-def]
     parts = []
     for t in tiles:
-        (d,) = detector.predict(t["file"])
-        parts.append((d["boxes"] + torch.tensor([t["x"], t["y"], t["x"], t["y"]]), d["scores"], d["labels"]))
-    return {k: torch.cat([p[i] for p in parts]) for i, k in enumerate(("boxes", "scores", "labels"))}
+        (d,) = predictor.predict([t["file"]])
+        parts.append((d["boxes"] + np.array([t["x"], t["y"], t["x"], t["y"]], dtype=np.float32), d["scores"],
+                      d["labels"]))
+    return {k: np.concatenate([p[i] for p in parts]) for i, k in enumerate(("boxes", "scores", "labels"))}
+
+
+def tiled(predictor, path: Path, tile: int, overlap: float) -> dict:  # type: ignore[no-untyped-def]
+    """``predict_tiled`` of the raster at ``path`` (PIL for a PNG, rasterio for a GeoTIFF): its detections."""
+    from harnet.deploy.raster import open_raster
+
+    raster = open_raster(path)
+    try:
+        return predictor.predict_tiled(raster, tile=tile, overlap=overlap).detections
+    finally:
+        raster.close()
 
 
 # Peak memory is the child's VmHWM (its own address space since exec). Not getrusage's ru_maxrss: Linux carries
 # that across exec, so a child of this (large) benchmark process would report the parent's peak.
 LARGE_SCRIPT = """
-import json, sys, time, torch
-from harnet.engine.predictor import Detector
-from harnet.tools.predict_raster import predict_rasters
+import json, sys, time
+from harnet.deploy.predict_raster import predict_rasters
+from harnet.tools.predict import open_predictor
 from pathlib import Path
-torch.set_num_threads(2)
 run, tif, out = sys.argv[1:4]
-det = Detector.from_checkpoint(run, device="cpu")
+det = open_predictor(run, threads=2, device="cpu")
+Path(out).mkdir(parents=True, exist_ok=True)
 start = time.perf_counter()
 report = predict_rasters(det, [Path(tif)], Path(out), 0.3, 400, 0.25, progress=False)
 seconds = time.perf_counter() - start
@@ -123,6 +137,7 @@ print(json.dumps({"seconds": seconds, "detections": len(report.detections), "ski
 
 
 def large_raster(mosaic: np.ndarray, path: Path, size: int) -> None:
+    """A ``size`` px square 3-band uint8 GeoTIFF of ``mosaic`` repeated: deflate, tiled in 256 px blocks."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -131,7 +146,7 @@ def large_raster(mosaic: np.ndarray, path: Path, size: int) -> None:
     reps = np.tile(mosaic, (size // h + 1, size // w + 1, 1))
     with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
                        crs=f"EPSG:{EPSG}", transform=from_origin(*ORIGIN, PIXEL, PIXEL), tiled=True,
-                       compress="deflate") as ds:
+                       blockxsize=256, blockysize=256, compress="deflate") as ds:
         for y in range(0, size, 1000):
             ds.write(reps[y : y + 1000, :size].transpose(2, 0, 1), window=Window(0, y, size, min(1000, size - y)))
 
@@ -145,22 +160,21 @@ def main() -> None:
     parser.add_argument("--picture", default=None)
     parser.add_argument("--large", type=int, default=10000, help="side of the large raster (0: skip)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-
     import geopandas as gpd
 
-    from harnet.engine.predictor import Detector
-    from harnet.tools.geo_output import pixel_to_map
-    from harnet.tools.predict_raster import predict_rasters
+    from harnet.deploy.geo_output import pixel_to_map
+    from harnet.deploy.predict_raster import predict_rasters
+    from harnet.tools.predict import open_predictor
 
     work = Path(args.work)
     png, tif, ann, tiles = build_mosaic(Path(args.data), work)
-    detector = Detector.from_checkpoint(args.run, device="cpu")
-    result: dict = {"command": " ".join(sys.argv), "mosaic": "4 x 3 trees val tiles, 1600 x 1200 px"}
-    tiled = {"per_tile": per_tile(detector, tiles)}
+    detector = open_predictor(args.run, threads=2, device="cpu")
+    result: dict = {"command": " ".join(sys.argv), "mosaic": "4 x 3 trees val tiles, 1600 x 1200 px",
+                    "model": args.run, "backend": detector.runtime.name}
+    found = {"per_tile": per_tile(detector, tiles)}
     for overlap in (0.0, 0.25):
-        tiled[f"tile400_overlap{overlap}"] = detector.predict_tiled(png, tile=TILE, overlap=overlap)
-    for name, det in tiled.items():
+        found[f"tile400_overlap{overlap}"] = tiled(detector, png, TILE, overlap)
+    for name, det in found.items():
         result[name] = {"AP": coco_ap(ann, det, detector.category_ids), "detections": len(det["boxes"]),
                         "duplicates_iou0.7_score0.3": duplicates(det),
                         "duplicates_iou0.7_score0.05": duplicates(det, min_score=0.05)}
@@ -170,9 +184,10 @@ def main() -> None:
 
     # The GeoTIFF: same pixel boxes as the PNG, polygons at the affine of their pixel boxes, GeoJSON = GeoPackage.
     out = work / "geo"
+    out.mkdir(parents=True, exist_ok=True)
     predict_rasters(detector, [tif], out, 0.0, TILE, 0.25)
-    geo_det = detector.predict_tiled(tif, tile=TILE, overlap=0.25)
-    png_det = tiled["tile400_overlap0.25"]
+    geo_det = tiled(detector, tif, TILE, 0.25)
+    png_det = found["tile400_overlap0.25"]
     frame = gpd.read_file(out / "mosaic.gpkg")
     transform = (PIXEL, 0.0, ORIGIN[0], 0.0, -PIXEL, ORIGIN[1])
     polygon_error = 0.0
@@ -187,11 +202,12 @@ def main() -> None:
     same = len(geo_det["boxes"]) == len(png_det["boxes"])
     result["geotiff"] = {
         "crs": f"EPSG:{EPSG}", "pixel_m": PIXEL, "boxes": len(geo_det["boxes"]), "same_count_as_png": same,
-        "max_abs_pixel_box_diff_vs_png": float((geo_det["boxes"] - png_det["boxes"]).abs().max()) if same else None,
+        "max_abs_pixel_box_diff_vs_png": float(np.abs(geo_det["boxes"] - png_det["boxes"]).max()) if same else None,
         "gpkg_epsg": frame.crs.to_epsg(), "gpkg_features": len(frame),
         "max_polygon_vs_affine_m": polygon_error, "geojson_vs_gpkg_max_deg": float(lonlat_error),
     }
     if args.picture:
+        (work / "picture").mkdir(parents=True, exist_ok=True)
         predict_rasters(detector, [tif], work / "picture", 0.3, TILE, 0.25)  # the CLI's default --score
         picture = Image.open(work / "picture" / "mosaic_pred.png")
         picture.thumbnail((800, 800))
