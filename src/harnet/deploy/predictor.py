@@ -81,7 +81,7 @@ class TiledResult:
     unreadable: list[str] = field(default_factory=list)  # one line per window that could not be read
     cut_dropped: int = 0
     merged: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # read, network, postprocess, merge
+    seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, network, postprocess, merge
 
 
 class Predictor:
@@ -100,7 +100,8 @@ class Predictor:
         self.category_ids = info.category_ids
         self.batch_size = batch_size
         self.tta = tta
-        self.seconds: dict[str, float] = {"network": 0.0, "postprocess": 0.0}
+        # Where prediction spends its time, summed over calls (predict_tiled reports its own share).
+        self.seconds: dict[str, float] = {"preprocess": 0.0, "network": 0.0, "postprocess": 0.0}
 
     @classmethod
     def from_export(cls, model: str | Path, backend: Backend = "auto", threads: int | None = None,
@@ -145,7 +146,9 @@ class Predictor:
         for flip in flips:
             views = [np.ascontiguousarray(im[..., ::-1]) for im in images] if flip else list(images)
             for scale in scales:
+                start = time.perf_counter()
                 batch = preprocess(views, self.config.transform, scale)
+                self.seconds["preprocess"] += time.perf_counter() - start
                 for i, (boxes, scores, labels) in enumerate(self._run(batch, self.config.inference)):
                     pooled[i].append((flip_boxes(boxes, images[i].shape[-1]) if flip else boxes, scores, labels))
         start = time.perf_counter()
@@ -183,7 +186,7 @@ class Predictor:
         windows = grid.windows()
         result = TiledResult({}, len(windows))
         parts: list[WindowDetections] = []
-        seconds = {"read": 0.0, "network": 0.0, "postprocess": 0.0, "merge": 0.0}
+        seconds = {"read": 0.0, "preprocess": 0.0, "network": 0.0, "postprocess": 0.0, "merge": 0.0}
         before = dict(self.seconds)
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start : start + self.batch_size]
@@ -206,7 +209,7 @@ class Predictor:
                                                               raster.width, raster.height))
             if progress is not None:
                 progress(len(chunk))
-        for key in ("network", "postprocess"):
+        for key in ("preprocess", "network", "postprocess"):
             seconds[key] = self.seconds[key] - before[key]
         tic = time.perf_counter()
         merged = merge_windows(parts, grid, self.config.inference)

@@ -39,8 +39,9 @@ class OnnxRuntime:
     """An onnxruntime CPU session; ``threads`` sets its intra-op thread pool (None: onnxruntime's default).
 
     ``spin=False`` lets the pool's threads sleep as soon as a run ends. onnxruntime's default keeps them
-    spinning for a while, the fastest for one stream of runs, but several sessions (or torch) timed in
-    turn in one process then steal each other's cores; benchmarks that interleave turn it off."""
+    spinning for a while, the fastest for back-to-back runs, but whatever runs between two runs (the
+    pipeline's numpy decoding and suppression, another session, torch) then competes with spinning threads
+    for the cores; the prediction pipeline and the benchmarks that interleave turn it off."""
 
     name = "onnxruntime"
 
@@ -106,9 +107,11 @@ def deploy_runtime(path: str | Path) -> Backend:
     return runtime
 
 
-def open_runtime(path: str | Path, backend: Backend = "auto", threads: int | None = None) -> Runtime:
+def open_runtime(path: str | Path, backend: Backend = "auto", threads: int | None = None,
+                 spin: bool = False) -> Runtime:
     """A runtime for the model at ``path``: ``auto`` picks the one :func:`deploy_runtime` names (OpenVINO
-    for IR, ``.xml`` or its folder; onnxruntime for ``.onnx``)."""
+    for IR, ``.xml`` or its folder; onnxruntime for ``.onnx``, its threads sleeping between runs unless
+    ``spin``: see :class:`OnnxRuntime`)."""
     runtime = deploy_runtime(path)
     file = model_file(path)
     if backend == "auto":
@@ -117,4 +120,4 @@ def open_runtime(path: str | Path, backend: Backend = "auto", threads: int | Non
         return OpenVinoRuntime(file, threads)
     if runtime == "openvino":
         raise ValueError(f"{file}: an OpenVINO IR runs with --backend openvino, not onnxruntime")
-    return OnnxRuntime(file, threads)
+    return OnnxRuntime(file, threads, spin)
