@@ -58,32 +58,31 @@ def predict_rasters(
             report.skip(path, e)
             continue
         try:
-            total = len(window_grid(raster.width, raster.height, tile, overlap, predictor.min_tile))
-            bar = _bar(total, str(path), progress)
-            try:
-                result = predictor.predict_tiled(raster, tile, overlap, score_thresh,
-                                                 progress=bar.update if bar is not None else None)
-            finally:
-                if bar is not None:
-                    bar.close()
+            _predict_raster(predictor, raster, path, stem, out_dir, score_thresh, tile, overlap, progress, report)
         except Exception as e:  # a raster that fails as a whole: reported, the rest still processed
             report.skip(path, e)
-            raster.close()
-            continue
-        det = result.detections
-        report.add(path, det, predictor.category_ids)
-        report.notes.append(summary(path, result))
-        if result.unreadable:
-            report.skip(path, f"{len(result.unreadable)} of {result.windows} windows unreadable, the rest predicted "
-                              f"(first: {result.unreadable[0]})")
-        if out_dir is not None:
-            try:
-                _write_outputs(predictor, raster, det, out_dir, stem, report)
-            finally:
-                raster.close()
-        else:
+        finally:
             raster.close()
     return report
+
+
+def _predict_raster(predictor: Predictor, raster: Raster, path: Path, stem: str, out_dir: Path | None,
+                    score_thresh: float, tile: int, overlap: float, progress: bool, report: PredictReport) -> None:
+    """One raster: its windows predicted and merged, its detections reported, its pictures and maps written."""
+    bar = _bar(len(window_grid(raster.width, raster.height, tile, overlap, predictor.min_tile)), str(path), progress)
+    try:
+        result = predictor.predict_tiled(raster, tile, overlap, score_thresh,
+                                         progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    report.add(path, result.detections, predictor.category_ids)
+    report.notes.append(summary(path, result))
+    if result.unreadable:
+        report.skip(path, f"{len(result.unreadable)} of {result.windows} windows unreadable, the rest predicted "
+                          f"(first: {result.unreadable[0]})")
+    if out_dir is not None:
+        _write_outputs(predictor, raster, result.detections, out_dir, stem, report)
 
 
 def _write_outputs(predictor: Predictor, raster: Raster, det: dict[str, Any], out_dir: Path, stem: str,
