@@ -127,10 +127,18 @@ _TINY = np.float32(np.finfo(np.float32).tiny)
 def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of box i of ``a`` with box i of ``b``, both (5, m) rows x1, y1, x2, y2, area -> (m,): ``box_iou``'s
     float32 arithmetic, with 0 (not 0/0) for two empty boxes."""
-    w = np.minimum(a[2], b[2]) - np.maximum(a[0], b[0])
-    h = np.minimum(a[3], b[3]) - np.maximum(a[1], b[1])
-    inter = np.maximum(w, 0) * np.maximum(h, 0)
-    return inter / np.maximum(a[4] + b[4] - inter, _TINY)
+    inter = np.minimum(a[2], b[2])
+    inter -= np.maximum(a[0], b[0])
+    np.maximum(inter, 0, out=inter)
+    h = np.minimum(a[3], b[3])
+    h -= np.maximum(a[1], b[1])
+    np.maximum(h, 0, out=h)
+    inter *= h  # in place: the same float32 operations, fewer temporaries
+    union = a[4] + b[4]
+    union -= inter
+    np.maximum(union, _TINY, out=union)
+    inter /= union
+    return inter
 
 
 def _by_class(labels: np.ndarray) -> np.ndarray:
@@ -167,6 +175,7 @@ class _Grid(NamedTuple):
     rows: int
     label_values: np.ndarray  # the distinct labels, sorted: a label's class code is its position
     coords: np.ndarray  # (5, n) the candidates' x1, y1, x2, y2 and area, for the IoUs
+    registered: np.ndarray  # (5, R) the same for each registration, so a query reads them in runs
     starts: np.ndarray | None  # (keys + 1,) where each key's registrations start, unless there are too many keys
 
 
@@ -224,8 +233,9 @@ def _grid(boxes: np.ndarray, labels: np.ndarray) -> _Grid:
     kind = (col_off > 0) + 2 * (row_off > 0)
     key = (((kind * label_values.size + codes[box]) * rows + r1[box] + row_off) * cols) + c1[box] + col_off
     order = np.argsort(key, kind="stable")
-    return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, _coords(boxes),
-                 _cell_starts(key, 4 * label_values.size * rows * cols))
+    coords = _coords(boxes)
+    return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, coords,
+                 np.take(coords, box[order], axis=1), _cell_starts(key, 4 * label_values.size * rows * cols))
 
 
 class _Runs(NamedTuple):
@@ -276,13 +286,15 @@ def _pairs(grid: _Grid, runs: _Runs, queries: np.ndarray) -> tuple[np.ndarray, n
     (position in ``queries``, candidate, IoU), each pair once, grouped by query."""
     first = np.take(runs.start, queries)
     nrun = np.take(runs.start, queries + 1) - first
-    run = np.arange(int(nrun.sum())) + np.repeat(first - (np.cumsum(nrun) - nrun), nrun)
+    run_query = np.repeat(np.arange(queries.size), nrun)
+    run = np.arange(run_query.size) + np.repeat(first - (np.cumsum(nrun) - nrun), nrun)
     count = np.take(runs.length, run)
-    q = np.repeat(np.repeat(np.arange(queries.size), nrun), count)
-    j = np.take(grid.box, np.arange(q.size) + np.repeat(np.take(runs.lo, run) - (np.cumsum(count) - count), count))
-    iou = _pair_iou(np.take(runs.coords, np.take(queries, q), axis=1), np.take(grid.coords, j, axis=1))
-    near = iou > 0
-    return q[near], j[near], iou[near]
+    position = np.arange(int(count.sum())) + np.repeat(np.take(runs.lo, run) - (np.cumsum(count) - count), count)
+    # A query's coordinates repeated along its runs, the candidates' read by registration: fewer gathers.
+    iou = _pair_iou(np.repeat(np.take(runs.coords, np.take(queries, run_query), axis=1), count, axis=1),
+                    np.take(grid.registered, position, axis=1))
+    near = np.nonzero(iou > 0)[0]
+    return np.take(np.repeat(run_query, count), near), np.take(grid.box, np.take(position, near)), np.take(iou, near)
 
 
 SOFT_NMS_BLOCK = 64  # the best remaining candidates per class examined per step of the batched Soft-NMS
@@ -312,14 +324,17 @@ def soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: f
     The picks, their order and their scores are the one-at-a-time algorithm's, up to float rounding of
     the decay products.
     """
-    keep, kept, _ = _soft_nms(boxes, scores, labels, sigma, max_keep, min_score)
+    keep, kept, _ = _soft_nms(boxes, scores, labels, sigma, max_keep, min_score, None)
     return keep, kept
 
 
 def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: float, max_keep: int | None,
-              min_score: float) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`soft_nms`, and the pairs (pick, candidate, IoU) with IoU > 0 whose decay it applied: with
-    ``max_keep`` None, every kept box with every candidate it overlaps (what voting needs)."""
+              min_score: float, pair_iou_min: float | None
+              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`soft_nms`, and the pairs (pick, candidate, IoU) whose decay it applied with IoU >=
+    ``pair_iou_min`` (> 0; None: none): with ``max_keep`` None, every kept box with every candidate it
+    overlaps that much (what voting needs; only those are kept, as collecting them all costs more than
+    the rest of the step)."""
     n = boxes.shape[0]
     none = np.empty(0, dtype=np.int64)
     if n == 0:
@@ -350,7 +365,7 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
             table_scores = np.take(current, table)
         groups, size = table.shape
         block = min(SOFT_NMS_BLOCK, size)
-        by_score = np.argsort(-table_scores, axis=1, kind="stable")  # ties: lower index first
+        by_score = _best(table_scores, min(block + 1, size))  # ties: lower index first
         rows = np.arange(groups)[:, None]
         idx = table[rows, by_score[:, :block]]
         score = np.take(current, idx)
@@ -389,17 +404,39 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
         keep.append(new)
         kept.append(pick[picked])
         q, j, pair_iou = _pairs(grid, runs, new)
-        pairs.append((np.take(new, q), j, pair_iou))
+        if pair_iou_min is not None:
+            near = np.nonzero(pair_iou >= pair_iou_min)[0]
+            pairs.append((np.take(new, np.take(q, near)), np.take(j, near), np.take(pair_iou, near)))
         decay = np.zeros(n + 1, dtype=np.float32)
         np.add.at(decay, j, pair_iou * pair_iou)
         current *= np.exp(-decay / sigma32)
         current[new] = -1
+    if not pairs:
+        pairs.append((none, none, np.empty(0, dtype=np.float32)))
     if not keep:
         return none, np.empty(0, dtype=np.float32), (none, none, np.empty(0, dtype=np.float32))
     keep_a, kept_a = np.concatenate(keep), np.concatenate(kept)
     ranked = np.lexsort((keep_a, -kept_a))[:max_keep]
     src, dst, pair_iou = (np.concatenate(p) for p in zip(*pairs))
     return keep_a[ranked], kept_a[ranked], (src, dst, pair_iou)
+
+
+def _best(table_scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` best positions by decreasing score, ties by lower position: the first ``k``
+    columns of a stable ``argsort(-table_scores)``, without sorting whole rows (a step needs only the
+    block and the best box after it). A partition finds each row's k-th best score; only the positions
+    at or above it, a few more than ``k`` unless many tie, are sorted."""
+    groups, size = table_scores.shape
+    neg = -table_scores
+    if k < size:
+        kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]
+        rows, cols = np.nonzero(neg <= kth)  # row by row, positions ascending
+        count = np.bincount(rows, minlength=groups)
+        if (count >= k).all():  # (not with NaN scores: they fail every comparison)
+            order = np.lexsort((cols, neg[rows, cols], rows))
+            rank = np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count)
+            return cols[order][rank < k].reshape(groups, k)
+    return np.argsort(neg, axis=1, kind="stable")[:, :k]
 
 
 def _block_overlaps(c: np.ndarray, sigma: np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -495,8 +532,10 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, cfg: Inf
     ``detections_per_img`` by score."""
     voting = cfg.box_voting_iou is not None and cfg.box_voting_neighbors > 0
     if cfg.nms == "soft_nms":
+        pair_iou_min = cfg.box_voting_iou if voting and cfg.box_voting_iou is not None and cfg.box_voting_iou > 0 else None
         keep, kept_scores, decayed = _soft_nms(boxes, scores, labels, cfg.soft_nms_sigma,
-                                               None if voting else cfg.detections_per_img, SOFT_NMS_MIN_SCORE)
+                                               None if voting else cfg.detections_per_img, SOFT_NMS_MIN_SCORE,
+                                               pair_iou_min)
     else:
         keep = batched_nms(boxes, scores, labels, cfg.nms_iou)
         if not voting:
@@ -506,7 +545,7 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, cfg: Inf
     if voting:
         assert cfg.box_voting_iou is not None
         if cfg.nms == "soft_nms" and cfg.box_voting_iou > 0 and keep.size:
-            # Soft-NMS already paired every pick (all of them are kept) with each candidate it overlaps.
+            # Soft-NMS already paired every pick (all of them are kept) with each candidate it reaches.
             position = np.full(boxes.shape[0], -1, dtype=np.int64)
             position[keep] = np.arange(keep.size)
             src, dst, pair_iou = decayed
