@@ -532,7 +532,8 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, cfg: Inf
     ``detections_per_img`` by score."""
     voting = cfg.box_voting_iou is not None and cfg.box_voting_neighbors > 0
     if cfg.nms == "soft_nms":
-        pair_iou_min = cfg.box_voting_iou if voting and cfg.box_voting_iou is not None and cfg.box_voting_iou > 0 else None
+        voting_iou = cfg.box_voting_iou if voting else None
+        pair_iou_min = voting_iou if voting_iou is not None and voting_iou > 0 else None
         keep, kept_scores, decayed = _soft_nms(boxes, scores, labels, cfg.soft_nms_sigma,
                                                None if voting else cfg.detections_per_img, SOFT_NMS_MIN_SCORE,
                                                pair_iou_min)
