@@ -374,7 +374,7 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
             bound = np.take(current, outside)
         else:
             outside, bound = np.full((groups, 1), n), np.full((groups, 1), -1, dtype=np.float32)
-        near, exponent = _block_overlaps(np.take(coords, idx, axis=1), sigma32)
+        near, log_factor = _block_overlaps(np.take(coords, idx, axis=1), sigma32)
         lower = np.maximum(bound, floor)
         open_ = np.where(score >= floor, score, np.float32(-1))  # -1: picked (or below the floor)
         pick = np.full_like(score, -1)
@@ -389,8 +389,8 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
             if not ready.any():
                 break
             pick = np.where(ready, open_, pick)
-            decay = np.matmul(ready[:, None, :].astype(np.float32), exponent)[:, 0]
-            open_ = np.where(ready, np.float32(-1), open_) * np.exp(-decay)
+            log_decay = np.matmul(ready.astype(np.float32)[:, None, :], log_factor)[:, 0]
+            open_ = np.where(ready, np.float32(-1), open_) * np.exp(log_decay)
         picked = pick >= floor
         count = picked.sum(axis=1)
         if (count > budget).any():  # this step's picks all come before any later one: keep the best
@@ -428,7 +428,12 @@ def _best(table_scores: np.ndarray, k: int) -> np.ndarray:
     at or above it, a few more than ``k`` unless many tie, are sorted."""
     groups, size = table_scores.shape
     neg = -table_scores
-    if k < size:
+    if k < size and groups == 1:  # one class: the same, with one row's calls
+        row = neg[0]
+        cols = np.nonzero(row <= np.partition(row, k - 1)[k - 1])[0]
+        if cols.size >= k:
+            return cols[np.argsort(row[cols], kind="stable")[:k]][None]
+    elif k < size:
         kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]
         rows, cols = np.nonzero(neg <= kth)  # row by row, positions ascending
         count = np.bincount(rows, minlength=groups)
@@ -441,16 +446,26 @@ def _best(table_scores: np.ndarray, k: int) -> np.ndarray:
 
 def _block_overlaps(c: np.ndarray, sigma: np.float32) -> tuple[np.ndarray, np.ndarray]:
     """For (5, G, B) coordinates of each group's block: which pairs overlap (IoU > 0, a box not with
-    itself) and their decay exponents IoU^2 / sigma, (G, B, B) each."""
+    itself) and their decay log-factors -IoU^2 / sigma, (G, B, B) each."""
     x1, y1, x2, y2, area = c
-    w = np.minimum(x2[:, :, None], x2[:, None, :]) - np.maximum(x1[:, :, None], x1[:, None, :])
-    h = np.minimum(y2[:, :, None], y2[:, None, :]) - np.maximum(y1[:, :, None], y1[:, None, :])
-    inter = np.maximum(w, 0) * np.maximum(h, 0)
-    iou = inter / np.maximum(area[:, :, None] + area[:, None, :] - inter, _TINY)
+    iou = np.minimum(x2[:, :, None], x2[:, None, :])  # built in place: the same float32 operations as box_iou
+    iou -= np.maximum(x1[:, :, None], x1[:, None, :])
+    np.maximum(iou, 0, out=iou)
+    h = np.minimum(y2[:, :, None], y2[:, None, :])
+    h -= np.maximum(y1[:, :, None], y1[:, None, :])
+    np.maximum(h, 0, out=h)
+    iou *= h
+    union = np.add(area[:, :, None], area[:, None, :])
+    union -= iou
+    np.maximum(union, _TINY, out=union)
+    iou /= union
     diagonal = np.arange(iou.shape[1])
     iou[:, diagonal, diagonal] = 0
     near = iou > 0
-    return near, np.where(near, iou * iou / sigma, np.float32(0))  # not NaN for a box with NaN coordinates
+    iou *= iou
+    iou /= sigma
+    np.negative(iou, out=iou)
+    return near, np.where(near, iou, np.float32(0))  # not NaN for a box with NaN coordinates
 
 
 def box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, kept_labels: np.ndarray, boxes: np.ndarray,
