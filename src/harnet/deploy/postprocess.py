@@ -388,9 +388,10 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
                 ready &= (open_ > bound) | (idx < outside)
             if not ready.any():
                 break
-            pick = np.where(ready, open_, pick)
+            np.copyto(pick, open_, where=ready)
             log_decay = np.matmul(ready.astype(np.float32)[:, None, :], log_factor)[:, 0]
-            open_ = np.where(ready, np.float32(-1), open_) * np.exp(log_decay)
+            np.copyto(open_, np.float32(-1), where=ready)
+            open_ *= np.exp(log_decay, out=log_decay)
         picked = pick >= floor
         count = picked.sum(axis=1)
         if (count > budget).any():  # this step's picks all come before any later one: keep the best
@@ -408,8 +409,9 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
             near = np.nonzero(pair_iou >= pair_iou_min)[0]
             pairs.append((np.take(new, np.take(q, near)), np.take(j, near), np.take(pair_iou, near)))
         decay = np.zeros(n + 1, dtype=np.float32)
-        np.add.at(decay, j, pair_iou * pair_iou)
-        current *= np.exp(-decay / sigma32)
+        np.add.at(decay, j, np.multiply(pair_iou, pair_iou, out=pair_iou))
+        np.divide(decay, -sigma32, out=decay)  # -(d / sigma), exactly
+        current *= np.exp(decay, out=decay)
         current[new] = -1
     if not pairs:
         pairs.append((none, none, np.empty(0, dtype=np.float32)))
