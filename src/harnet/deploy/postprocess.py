@@ -406,8 +406,8 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
         kept.append(pick[picked])
         q, j, pair_iou = _pairs(grid, runs, new)
         if pair_iou_min is not None:
-            near = np.nonzero(pair_iou >= pair_iou_min)[0]
-            pairs.append((np.take(new, np.take(q, near)), np.take(j, near), np.take(pair_iou, near)))
+            reach = np.nonzero(pair_iou >= pair_iou_min)[0]
+            pairs.append((np.take(new, np.take(q, reach)), np.take(j, reach), np.take(pair_iou, reach)))
         decay = np.zeros(n + 1, dtype=np.float32)
         np.add.at(decay, j, np.multiply(pair_iou, pair_iou, out=pair_iou))
         np.divide(decay, -sigma32, out=decay)  # -(d / sigma), exactly
