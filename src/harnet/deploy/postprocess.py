@@ -284,17 +284,18 @@ def _runs(grid: _Grid, query_boxes: np.ndarray, query_labels: np.ndarray) -> _Ru
 def _pairs(grid: _Grid, runs: _Runs, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query, candidate) of the same class with IoU > 0, for the queries ``queries`` of ``runs``:
     (position in ``queries``, candidate, IoU), each pair once, grouped by query."""
-    first = np.take(runs.start, queries)
-    nrun = np.take(runs.start, queries + 1) - first
-    run_query = np.repeat(np.arange(queries.size), nrun)
-    run = np.arange(run_query.size) + np.repeat(first - (np.cumsum(nrun) - nrun), nrun)
-    count = np.take(runs.length, run)
-    position = np.arange(int(count.sum())) + np.repeat(np.take(runs.lo, run) - (np.cumsum(count) - count), count)
+    first = runs.start.take(queries)
+    nrun = runs.start.take(queries + 1) - first
+    # (ndarray methods rather than numpy functions: this runs at every Soft-NMS step, on small arrays)
+    run_query = np.arange(queries.size).repeat(nrun)
+    run = np.arange(run_query.size) + (first - (nrun.cumsum() - nrun)).repeat(nrun)
+    count = runs.length.take(run)
+    position = np.arange(int(count.sum())) + (runs.lo.take(run) - (count.cumsum() - count)).repeat(count)
     # A query's coordinates repeated along its runs, the candidates' read by registration: fewer gathers.
-    iou = _pair_iou(np.repeat(np.take(runs.coords, np.take(queries, run_query), axis=1), count, axis=1),
-                    np.take(grid.registered, position, axis=1))
-    near = np.nonzero(iou > 0)[0]
-    return np.take(np.repeat(run_query, count), near), np.take(grid.box, np.take(position, near)), np.take(iou, near)
+    iou = _pair_iou(runs.coords.take(queries.take(run_query), axis=1).repeat(count, axis=1),
+                    grid.registered.take(position, axis=1))
+    near = (iou > 0).nonzero()[0]
+    return run_query.repeat(count).take(near), grid.box.take(position.take(near)), iou.take(near)
 
 
 SOFT_NMS_BLOCK = 64  # the best remaining candidates per class examined per step of the batched Soft-NMS
@@ -351,7 +352,7 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
     budget = np.full(table.shape[0], n if max_keep is None else max_keep, dtype=np.int64)
     keep, kept, pairs = [], [], []
     while True:
-        table_scores = np.take(current, table)
+        table_scores = current.take(table)
         alive = table_scores >= floor
         counts = np.where(budget > 0, alive.sum(axis=1), 0)
         width = int(counts.max())
@@ -362,19 +363,19 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
             table, alive, budget = table[live], alive[live], budget[live]
             live_first = np.argsort(~alive, axis=1, kind="stable")[:, :width]
             table = np.where(np.take_along_axis(alive, live_first, 1), np.take_along_axis(table, live_first, 1), n)
-            table_scores = np.take(current, table)
+            table_scores = current.take(table)
         groups, size = table.shape
         block = min(SOFT_NMS_BLOCK, size)
         by_score = _best(table_scores, min(block + 1, size))  # ties: lower index first
         rows = np.arange(groups)[:, None]
         idx = table[rows, by_score[:, :block]]
-        score = np.take(current, idx)
+        score = current.take(idx)
         if size > block:  # the best box outside the block: every later box ranks below it
             outside = table[rows, by_score[:, block:block + 1]]
-            bound = np.take(current, outside)
+            bound = current.take(outside)
         else:
             outside, bound = np.full((groups, 1), n), np.full((groups, 1), -1, dtype=np.float32)
-        near, log_factor = _block_overlaps(np.take(coords, idx, axis=1), sigma32)
+        near, log_factor = _block_overlaps(coords.take(idx, axis=1), sigma32)
         lower = np.maximum(bound, floor)
         open_ = np.where(score >= floor, score, np.float32(-1))  # -1: picked (or below the floor)
         pick = np.full_like(score, -1)
@@ -407,7 +408,7 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
         q, j, pair_iou = _pairs(grid, runs, new)
         if pair_iou_min is not None:
             reach = np.nonzero(pair_iou >= pair_iou_min)[0]
-            pairs.append((np.take(new, np.take(q, reach)), np.take(j, reach), np.take(pair_iou, reach)))
+            pairs.append((new.take(q.take(reach)), j.take(reach), pair_iou.take(reach)))
         decay = np.zeros(n + 1, dtype=np.float32)
         np.add.at(decay, j, np.multiply(pair_iou, pair_iou, out=pair_iou))
         np.divide(decay, -sigma32, out=decay)  # -(d / sigma), exactly
@@ -432,9 +433,9 @@ def _best(table_scores: np.ndarray, k: int) -> np.ndarray:
     neg = -table_scores
     if k < size and groups == 1:  # one class: the same, with one row's calls
         row = neg[0]
-        cols = np.nonzero(row <= np.partition(row, k - 1)[k - 1])[0]
+        cols = (row <= np.partition(row, k - 1)[k - 1]).nonzero()[0]
         if cols.size >= k:
-            return cols[np.argsort(row[cols], kind="stable")[:k]][None]
+            return cols[row[cols].argsort(kind="stable")[:k]][None]
     elif k < size:
         kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]
         rows, cols = np.nonzero(neg <= kth)  # row by row, positions ascending
