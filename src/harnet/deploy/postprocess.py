@@ -380,14 +380,14 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
         open_ = np.where(score >= floor, score, np.float32(-1))  # -1: picked (or below the floor)
         pick = np.full_like(score, -1)
         while True:
-            rival = np.where(near, open_[:, None, :], np.float32(-1)).max(axis=2)  # best open neighbour
+            rival = np.maximum.reduce(np.where(near, open_[:, None, :], np.float32(-1)), axis=2)  # best open neighbour
             edge = np.maximum(rival, lower)
             ready = open_ >= edge
-            if (ready & (open_ == edge)).any():  # ties go to the lower index, as one at a time
+            if np.logical_or.reduce(open_ == edge, axis=None):  # ties go to the lower index, as one at a time
                 ready &= (open_ > rival) | ~(near & (open_[:, None, :] == open_[:, :, None])
                                              & (idx[:, None, :] < idx[:, :, None])).any(axis=2)
                 ready &= (open_ > bound) | (idx < outside)
-            if not ready.any():
+            if not np.logical_or.reduce(ready, axis=None):
                 break
             np.copyto(pick, open_, where=ready)
             log_decay = np.matmul(ready.astype(np.float32)[:, None, :], log_factor)[:, 0]
