@@ -550,6 +550,9 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, cfg: Inf
     ``detections_per_img`` by score."""
     voting = cfg.box_voting_iou is not None and cfg.box_voting_neighbors > 0
     if cfg.nms == "soft_nms":
+        # With voting, Soft-NMS runs until every score is under its floor: a kept box is an exact copy of
+        # itself, so kept boxes never vote, and whether a candidate claimed by an early pick votes for it
+        # depends on whether a late pick takes that candidate; no early stop is exact.
         voting_iou = cfg.box_voting_iou if voting else None
         pair_iou_min = voting_iou if voting_iou is not None and voting_iou > 0 else None
         keep, kept_scores, decayed = _soft_nms(boxes, scores, labels, cfg.soft_nms_sigma,
