@@ -232,10 +232,11 @@ def _grid(boxes: np.ndarray, labels: np.ndarray) -> _Grid:
     col_off, row_off = k % ncol[box], k // ncol[box]
     kind = (col_off > 0) + 2 * (row_off > 0)
     key = (((kind * label_values.size + codes[box]) * rows + r1[box] + row_off) * cols) + c1[box] + col_off
-    order = np.argsort(key, kind="stable")
+    keys = 4 * label_values.size * rows * cols
+    order = np.argsort(key.astype(np.uint16) if keys <= 1 << 16 else key, kind="stable")  # uint16: a radix sort
     coords = _coords(boxes)
     return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, coords,
-                 np.take(coords, box[order], axis=1), _cell_starts(key, 4 * label_values.size * rows * cols))
+                 np.take(coords, box[order], axis=1), _cell_starts(key, keys))
 
 
 class _Runs(NamedTuple):
