@@ -201,6 +201,23 @@ def test_soft_nms_ties_go_to_the_lower_index(monkeypatch: pytest.MonkeyPatch, bl
     np.testing.assert_allclose(kept, [0.9, 0.9, 0.9 * math.exp(-1 / SIGMA), 0.9 * math.exp(-1 / SIGMA)], rtol=RTOL)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_best_of_each_row_is_the_stable_sort(groups: int) -> None:
+    """A step's block: each row's k best positions by score, ties by lower position, as the first k of a
+    stable argsort, with many ties (at the k-th score too), the -1 of picked boxes, and NaN."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        size = int(rng.integers(1, 40))
+        scores = rng.choice(np.array([-1, 0, 0.25, 0.5, 0.75, 1], np.float32), size=(groups, size))
+        if trial % 2:
+            scores = np.where(rng.random((groups, size)) < 0.5, scores, rng.random((groups, size), np.float32))
+        if trial % 7 == 0:
+            scores[0, rng.integers(size)] = np.nan
+        for k in range(1, size + 1):
+            expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            assert npp._best(scores, k).tolist() == expected.tolist()
+
+
 def _reference_box_voting(kept_boxes: list[list[float]], kept_scores: list[float], kept_labels: list[int],
                           boxes: list[list[float]], scores: list[float], labels: list[int],
                           thresh: float, neighbors: int = 4) -> tuple[list[list[float]], list[float]]:

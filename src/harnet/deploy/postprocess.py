@@ -127,10 +127,18 @@ _TINY = np.float32(np.finfo(np.float32).tiny)
 def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of box i of ``a`` with box i of ``b``, both (5, m) rows x1, y1, x2, y2, area -> (m,): ``box_iou``'s
     float32 arithmetic, with 0 (not 0/0) for two empty boxes."""
-    w = np.minimum(a[2], b[2]) - np.maximum(a[0], b[0])
-    h = np.minimum(a[3], b[3]) - np.maximum(a[1], b[1])
-    inter = np.maximum(w, 0) * np.maximum(h, 0)
-    return inter / np.maximum(a[4] + b[4] - inter, _TINY)
+    inter = np.minimum(a[2], b[2])
+    inter -= np.maximum(a[0], b[0])
+    np.maximum(inter, 0, out=inter)
+    h = np.minimum(a[3], b[3])
+    h -= np.maximum(a[1], b[1])
+    np.maximum(h, 0, out=h)
+    inter *= h  # in place: the same float32 operations, fewer temporaries
+    union = a[4] + b[4]
+    union -= inter
+    np.maximum(union, _TINY, out=union)
+    inter /= union
+    return inter
 
 
 def _by_class(labels: np.ndarray) -> np.ndarray:
@@ -167,6 +175,7 @@ class _Grid(NamedTuple):
     rows: int
     label_values: np.ndarray  # the distinct labels, sorted: a label's class code is its position
     coords: np.ndarray  # (5, n) the candidates' x1, y1, x2, y2 and area, for the IoUs
+    registered: np.ndarray  # (5, R) the same for each registration, so a query reads them in runs
     starts: np.ndarray | None  # (keys + 1,) where each key's registrations start, unless there are too many keys
 
 
@@ -223,9 +232,11 @@ def _grid(boxes: np.ndarray, labels: np.ndarray) -> _Grid:
     col_off, row_off = k % ncol[box], k // ncol[box]
     kind = (col_off > 0) + 2 * (row_off > 0)
     key = (((kind * label_values.size + codes[box]) * rows + r1[box] + row_off) * cols) + c1[box] + col_off
-    order = np.argsort(key, kind="stable")
-    return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, _coords(boxes),
-                 _cell_starts(key, 4 * label_values.size * rows * cols))
+    keys = 4 * label_values.size * rows * cols
+    order = np.argsort(key.astype(np.uint16) if keys <= 1 << 16 else key, kind="stable")  # uint16: a radix sort
+    coords = _coords(boxes)
+    return _Grid(key[order], box[order], origin, cell, cols, rows, label_values, coords,
+                 np.take(coords, box[order], axis=1), _cell_starts(key, keys))
 
 
 class _Runs(NamedTuple):
@@ -274,15 +285,18 @@ def _runs(grid: _Grid, query_boxes: np.ndarray, query_labels: np.ndarray) -> _Ru
 def _pairs(grid: _Grid, runs: _Runs, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query, candidate) of the same class with IoU > 0, for the queries ``queries`` of ``runs``:
     (position in ``queries``, candidate, IoU), each pair once, grouped by query."""
-    first = np.take(runs.start, queries)
-    nrun = np.take(runs.start, queries + 1) - first
-    run = np.arange(int(nrun.sum())) + np.repeat(first - (np.cumsum(nrun) - nrun), nrun)
-    count = np.take(runs.length, run)
-    q = np.repeat(np.repeat(np.arange(queries.size), nrun), count)
-    j = np.take(grid.box, np.arange(q.size) + np.repeat(np.take(runs.lo, run) - (np.cumsum(count) - count), count))
-    iou = _pair_iou(np.take(runs.coords, np.take(queries, q), axis=1), np.take(grid.coords, j, axis=1))
-    near = iou > 0
-    return q[near], j[near], iou[near]
+    first = runs.start.take(queries)
+    nrun = runs.start.take(queries + 1) - first
+    # (ndarray methods rather than numpy functions: this runs at every Soft-NMS step, on small arrays)
+    run_query = np.arange(queries.size).repeat(nrun)
+    run = np.arange(run_query.size) + (first - (nrun.cumsum() - nrun)).repeat(nrun)
+    count = runs.length.take(run)
+    position = np.arange(int(count.sum())) + (runs.lo.take(run) - (count.cumsum() - count)).repeat(count)
+    # A query's coordinates repeated along its runs, the candidates' read by registration: fewer gathers.
+    iou = _pair_iou(runs.coords.take(queries.take(run_query), axis=1).repeat(count, axis=1),
+                    grid.registered.take(position, axis=1))
+    near = (iou > 0).nonzero()[0]
+    return run_query.repeat(count).take(near), grid.box.take(position.take(near)), iou.take(near)
 
 
 SOFT_NMS_BLOCK = 64  # the best remaining candidates per class examined per step of the batched Soft-NMS
@@ -312,14 +326,17 @@ def soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: f
     The picks, their order and their scores are the one-at-a-time algorithm's, up to float rounding of
     the decay products.
     """
-    keep, kept, _ = _soft_nms(boxes, scores, labels, sigma, max_keep, min_score)
+    keep, kept, _ = _soft_nms(boxes, scores, labels, sigma, max_keep, min_score, None)
     return keep, kept
 
 
 def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: float, max_keep: int | None,
-              min_score: float) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`soft_nms`, and the pairs (pick, candidate, IoU) with IoU > 0 whose decay it applied: with
-    ``max_keep`` None, every kept box with every candidate it overlaps (what voting needs)."""
+              min_score: float, pair_iou_min: float | None
+              ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`soft_nms`, and the pairs (pick, candidate, IoU) whose decay it applied with IoU >=
+    ``pair_iou_min`` (> 0; None: none): with ``max_keep`` None, every kept box with every candidate it
+    overlaps that much (what voting needs; only those are kept, as collecting them all costs more than
+    the rest of the step)."""
     n = boxes.shape[0]
     none = np.empty(0, dtype=np.int64)
     if n == 0:
@@ -336,7 +353,7 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
     budget = np.full(table.shape[0], n if max_keep is None else max_keep, dtype=np.int64)
     keep, kept, pairs = [], [], []
     while True:
-        table_scores = np.take(current, table)
+        table_scores = current.take(table)
         alive = table_scores >= floor
         counts = np.where(budget > 0, alive.sum(axis=1), 0)
         width = int(counts.max())
@@ -347,35 +364,36 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
             table, alive, budget = table[live], alive[live], budget[live]
             live_first = np.argsort(~alive, axis=1, kind="stable")[:, :width]
             table = np.where(np.take_along_axis(alive, live_first, 1), np.take_along_axis(table, live_first, 1), n)
-            table_scores = np.take(current, table)
+            table_scores = current.take(table)
         groups, size = table.shape
         block = min(SOFT_NMS_BLOCK, size)
-        by_score = np.argsort(-table_scores, axis=1, kind="stable")  # ties: lower index first
+        by_score = _best(table_scores, min(block + 1, size))  # ties: lower index first
         rows = np.arange(groups)[:, None]
         idx = table[rows, by_score[:, :block]]
-        score = np.take(current, idx)
+        score = current.take(idx)
         if size > block:  # the best box outside the block: every later box ranks below it
             outside = table[rows, by_score[:, block:block + 1]]
-            bound = np.take(current, outside)
+            bound = current.take(outside)
         else:
             outside, bound = np.full((groups, 1), n), np.full((groups, 1), -1, dtype=np.float32)
-        near, exponent = _block_overlaps(np.take(coords, idx, axis=1), sigma32)
+        near, log_factor = _block_overlaps(coords.take(idx, axis=1), sigma32)
         lower = np.maximum(bound, floor)
         open_ = np.where(score >= floor, score, np.float32(-1))  # -1: picked (or below the floor)
         pick = np.full_like(score, -1)
         while True:
-            rival = np.where(near, open_[:, None, :], np.float32(-1)).max(axis=2)  # best open neighbour
+            rival = np.maximum.reduce(np.where(near, open_[:, None, :], np.float32(-1)), axis=2)  # best open neighbour
             edge = np.maximum(rival, lower)
             ready = open_ >= edge
-            if (ready & (open_ == edge)).any():  # ties go to the lower index, as one at a time
+            if np.logical_or.reduce(open_ == edge, axis=None):  # ties go to the lower index, as one at a time
                 ready &= (open_ > rival) | ~(near & (open_[:, None, :] == open_[:, :, None])
                                              & (idx[:, None, :] < idx[:, :, None])).any(axis=2)
                 ready &= (open_ > bound) | (idx < outside)
-            if not ready.any():
+            if not np.logical_or.reduce(ready, axis=None):
                 break
-            pick = np.where(ready, open_, pick)
-            decay = np.matmul(ready[:, None, :].astype(np.float32), exponent)[:, 0]
-            open_ = np.where(ready, np.float32(-1), open_) * np.exp(-decay)
+            np.copyto(pick, open_, where=ready)
+            log_decay = np.matmul(ready.astype(np.float32)[:, None, :], log_factor)[:, 0]
+            np.copyto(open_, np.float32(-1), where=ready)
+            open_ *= np.exp(log_decay, out=log_decay)
         picked = pick >= floor
         count = picked.sum(axis=1)
         if (count > budget).any():  # this step's picks all come before any later one: keep the best
@@ -389,11 +407,16 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
         keep.append(new)
         kept.append(pick[picked])
         q, j, pair_iou = _pairs(grid, runs, new)
-        pairs.append((np.take(new, q), j, pair_iou))
+        if pair_iou_min is not None:
+            reach = np.nonzero(pair_iou >= pair_iou_min)[0]
+            pairs.append((new.take(q.take(reach)), j.take(reach), pair_iou.take(reach)))
         decay = np.zeros(n + 1, dtype=np.float32)
-        np.add.at(decay, j, pair_iou * pair_iou)
-        current *= np.exp(-decay / sigma32)
+        np.add.at(decay, j, np.multiply(pair_iou, pair_iou, out=pair_iou))
+        np.divide(decay, -sigma32, out=decay)  # -(d / sigma), exactly
+        current *= np.exp(decay, out=decay)
         current[new] = -1
+    if not pairs:
+        pairs.append((none, none, np.empty(0, dtype=np.float32)))
     if not keep:
         return none, np.empty(0, dtype=np.float32), (none, none, np.empty(0, dtype=np.float32))
     keep_a, kept_a = np.concatenate(keep), np.concatenate(kept)
@@ -402,18 +425,51 @@ def _soft_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: 
     return keep_a[ranked], kept_a[ranked], (src, dst, pair_iou)
 
 
+def _best(table_scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` best positions by decreasing score, ties by lower position: the first ``k``
+    columns of a stable ``argsort(-table_scores)``, without sorting whole rows (a step needs only the
+    block and the best box after it). A partition finds each row's k-th best score; only the positions
+    at or above it, a few more than ``k`` unless many tie, are sorted."""
+    groups, size = table_scores.shape
+    neg = -table_scores
+    if k < size and groups == 1:  # one class: the same, with one row's calls
+        row = neg[0]
+        cols = (row <= np.partition(row, k - 1)[k - 1]).nonzero()[0]
+        if cols.size >= k:
+            return cols[row[cols].argsort(kind="stable")[:k]][None]
+    elif k < size:
+        kth = np.partition(neg, k - 1, axis=1)[:, k - 1:k]
+        rows, cols = np.nonzero(neg <= kth)  # row by row, positions ascending
+        count = np.bincount(rows, minlength=groups)
+        if (count >= k).all():  # (not with NaN scores: they fail every comparison)
+            order = np.lexsort((cols, neg[rows, cols], rows))
+            rank = np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count)
+            return cols[order][rank < k].reshape(groups, k)
+    return np.argsort(neg, axis=1, kind="stable")[:, :k]
+
+
 def _block_overlaps(c: np.ndarray, sigma: np.float32) -> tuple[np.ndarray, np.ndarray]:
     """For (5, G, B) coordinates of each group's block: which pairs overlap (IoU > 0, a box not with
-    itself) and their decay exponents IoU^2 / sigma, (G, B, B) each."""
+    itself) and their decay log-factors -IoU^2 / sigma, (G, B, B) each."""
     x1, y1, x2, y2, area = c
-    w = np.minimum(x2[:, :, None], x2[:, None, :]) - np.maximum(x1[:, :, None], x1[:, None, :])
-    h = np.minimum(y2[:, :, None], y2[:, None, :]) - np.maximum(y1[:, :, None], y1[:, None, :])
-    inter = np.maximum(w, 0) * np.maximum(h, 0)
-    iou = inter / np.maximum(area[:, :, None] + area[:, None, :] - inter, _TINY)
+    iou = np.minimum(x2[:, :, None], x2[:, None, :])  # built in place: the same float32 operations as box_iou
+    iou -= np.maximum(x1[:, :, None], x1[:, None, :])
+    np.maximum(iou, 0, out=iou)
+    h = np.minimum(y2[:, :, None], y2[:, None, :])
+    h -= np.maximum(y1[:, :, None], y1[:, None, :])
+    np.maximum(h, 0, out=h)
+    iou *= h
+    union = np.add(area[:, :, None], area[:, None, :])
+    union -= iou
+    np.maximum(union, _TINY, out=union)
+    iou /= union
     diagonal = np.arange(iou.shape[1])
     iou[:, diagonal, diagonal] = 0
     near = iou > 0
-    return near, np.where(near, iou * iou / sigma, np.float32(0))  # not NaN for a box with NaN coordinates
+    iou *= iou
+    iou /= sigma
+    np.negative(iou, out=iou)
+    return near, np.where(near, iou, np.float32(0))  # not NaN for a box with NaN coordinates
 
 
 def box_voting(kept_boxes: np.ndarray, kept_scores: np.ndarray, kept_labels: np.ndarray, boxes: np.ndarray,
@@ -495,8 +551,14 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, cfg: Inf
     ``detections_per_img`` by score."""
     voting = cfg.box_voting_iou is not None and cfg.box_voting_neighbors > 0
     if cfg.nms == "soft_nms":
+        # With voting, Soft-NMS runs until every score is under its floor: a kept box is an exact copy of
+        # itself, so kept boxes never vote, and whether a candidate claimed by an early pick votes for it
+        # depends on whether a late pick takes that candidate; no early stop is exact.
+        voting_iou = cfg.box_voting_iou if voting else None
+        pair_iou_min = voting_iou if voting_iou is not None and voting_iou > 0 else None
         keep, kept_scores, decayed = _soft_nms(boxes, scores, labels, cfg.soft_nms_sigma,
-                                               None if voting else cfg.detections_per_img, SOFT_NMS_MIN_SCORE)
+                                               None if voting else cfg.detections_per_img, SOFT_NMS_MIN_SCORE,
+                                               pair_iou_min)
     else:
         keep = batched_nms(boxes, scores, labels, cfg.nms_iou)
         if not voting:
@@ -506,7 +568,7 @@ def suppress(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, cfg: Inf
     if voting:
         assert cfg.box_voting_iou is not None
         if cfg.nms == "soft_nms" and cfg.box_voting_iou > 0 and keep.size:
-            # Soft-NMS already paired every pick (all of them are kept) with each candidate it overlaps.
+            # Soft-NMS already paired every pick (all of them are kept) with each candidate it reaches.
             position = np.full(boxes.shape[0], -1, dtype=np.int64)
             position[keep] = np.arange(keep.size)
             src, dst, pair_iou = decayed
