@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,42 +123,49 @@ class Predictor:
         return (f"{int(size[1])}x{int(size[0])} px shrunk to the model's {short} px test size; objects may vanish: "
                 "predict it in windows with --tile SIZE (the size of the training tiles)")
 
-    def _run(self, batch: Batch, cfg: InferenceConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The network on ``batch``, then each image's candidates (timed apart: the per-window split)."""
-        start = time.perf_counter()
-        logits, deltas = self.runtime.run(batch.images)
-        middle = time.perf_counter()
-        found = candidates(logits, deltas, batch, self.info, cfg)
-        self.seconds["network"] += middle - start
-        self.seconds["postprocess"] += time.perf_counter() - middle
-        return found
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Float CHW images of one batch -> detections in their pixels, every score kept (the model's
-        ``final_score_thresh`` aside). With test-time augmentation every view's candidates (flipped back)
-        are pooled before the one suppression; without it there is one view."""
-        inference = self.config.inference
+    def _views(self, images: Sequence[np.ndarray]) -> list[tuple[bool, Batch, np.ndarray, np.ndarray]]:
+        """The network stage: every view of the batch (one without test-time augmentation; flips x scales
+        with it) pre-processed and run -> (flipped, batch, cls_logits, box_deltas)."""
         flips: tuple[bool, ...] = (False,)
         scales: tuple[float, ...] = (1.0,)
         if self.tta is not None:
             flips, scales = ((False, True) if self.tta.flip else (False,)), self.tta.scales
-            inference = tta_inference(self.tta, inference)
-        pooled: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in images]
+        out = []
         for flip in flips:
             views = [np.ascontiguousarray(im[..., ::-1]) for im in images] if flip else list(images)
             for scale in scales:
                 start = time.perf_counter()
                 batch = preprocess(views, self.config.transform, scale)
-                self.seconds["preprocess"] += time.perf_counter() - start
-                for i, (boxes, scores, labels) in enumerate(self._run(batch, self.config.inference)):
-                    pooled[i].append((flip_boxes(boxes, images[i].shape[-1]) if flip else boxes, scores, labels))
+                middle = time.perf_counter()
+                logits, deltas = self.runtime.run(batch.images)
+                self.seconds["preprocess"] += middle - start
+                self.seconds["network"] += time.perf_counter() - middle
+                out.append((flip, batch, logits, deltas))
+        return out
+
+    def _decode(self, widths: Sequence[int],
+                views: list[tuple[bool, Batch, np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """The post-processing stage: each view's candidates (flipped back), pooled per image, suppressed once."""
         start = time.perf_counter()
+        inference = self.config.inference
+        pooled: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in widths]
+        for flip, batch, logits, deltas in views:
+            for i, (boxes, scores, labels) in enumerate(candidates(logits, deltas, batch, self.info, inference)):
+                pooled[i].append((flip_boxes(boxes, widths[i]) if flip else boxes, scores, labels))
+        if self.tta is not None:
+            inference = tta_inference(self.tta, inference)
         out = []
         for image_views in pooled:
             boxes, scores, labels = (np.concatenate(part) for part in zip(*image_views))
             out.append(suppress(boxes, scores, labels, inference))
         self.seconds["postprocess"] += time.perf_counter() - start
         return out
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Float CHW images of one batch -> detections in their pixels, every score kept (the model's
+        ``final_score_thresh`` aside). With test-time augmentation every view's candidates (flipped back)
+        are pooled before the one suppression; without it there is one view."""
+        return self._decode([int(im.shape[-1]) for im in images], self._views(images))
 
     def _named(self, det: dict[str, np.ndarray], score_thresh: float) -> Detections:
         keep = det["scores"] >= score_thresh
@@ -188,27 +196,40 @@ class Predictor:
         parts: list[WindowDetections] = []
         seconds = {"read": 0.0, "preprocess": 0.0, "network": 0.0, "postprocess": 0.0, "merge": 0.0}
         before = dict(self.seconds)
-        for start in range(0, len(windows), self.batch_size):
-            chunk = windows[start : start + self.batch_size]
-            tic = time.perf_counter()
-            ready: list[tuple[Window, np.ndarray]] = []
-            for window in chunk:
-                try:
-                    image = raster.read(window)
-                except BadImageError as e:
-                    result.unreadable.append(one_line(e))
-                    continue
-                if image is None:
-                    result.empty_windows += 1
-                    continue
-                ready.append((window, _padded(image, tile)))
-            seconds["read"] += time.perf_counter() - tic
-            if ready:
-                for (window, _), det in zip(ready, self.detect([image for _, image in ready])):
-                    parts.append(WindowDetections.from_window(window, det["boxes"], det["scores"], det["labels"],
-                                                              raster.width, raster.height))
-            if progress is not None:
-                progress(len(chunk))
+
+        def decode(ready: list[Window], views: list[tuple[bool, Batch, np.ndarray, np.ndarray]]) -> None:
+            for window, det in zip(ready, self._decode([tile] * len(ready), views)):
+                parts.append(WindowDetections.from_window(window, det["boxes"], det["scores"], det["labels"],
+                                                          raster.width, raster.height))
+
+        # Two stages in flight: while the network runs on one batch of windows, the previous batch is decoded
+        # and suppressed in a worker thread (onnxruntime, OpenVINO and torch release the GIL while they run),
+        # so the numpy post-processing fills the cores the network leaves idle.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: Future[None] | None = None
+            for start in range(0, len(windows), self.batch_size):
+                chunk = windows[start : start + self.batch_size]
+                tic = time.perf_counter()
+                ready: list[tuple[Window, np.ndarray]] = []
+                for window in chunk:
+                    try:
+                        image = raster.read(window)
+                    except BadImageError as e:
+                        result.unreadable.append(one_line(e))
+                        continue
+                    if image is None:
+                        result.empty_windows += 1
+                        continue
+                    ready.append((window, _padded(image, tile)))
+                seconds["read"] += time.perf_counter() - tic
+                views = self._views([image for _, image in ready]) if ready else None
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(decode, [w for w, _ in ready], views) if views is not None else None
+                if progress is not None:
+                    progress(len(chunk))
+            if pending is not None:
+                pending.result()
         for key in ("preprocess", "network", "postprocess"):
             seconds[key] = self.seconds[key] - before[key]
         tic = time.perf_counter()
