@@ -224,7 +224,9 @@ def test_deployment_path_follows_the_test_sizes_and_anchor_rule(model: HARNet, s
     batch = _numpy_batch(images, test_model)
     image_list, _ = test_model.preprocess(images)
     assert batch.image_sizes == image_list.image_sizes == [(80, 100), (71, 100)]
-    np.testing.assert_allclose(batch.images, image_list.tensors.numpy(), atol=1e-5)
+    # float32 source positions of the bilinear resize may differ in the last bit between numpy and torch: a
+    # weight off by ~1e-7 times a pixel step of up to 1, divided by std >= 0.2, so 1e-4 on normalised pixels
+    np.testing.assert_allclose(batch.images, image_list.tensors.numpy(), atol=1e-4, rtol=0)
     assert batch.images.shape[-2:] == (96, 128)
     with torch.no_grad():
         logits, deltas = RawNetwork(test_model)(torch.from_numpy(batch.images))
