@@ -26,7 +26,7 @@ from harnet.utils.errors import one_line
 OVERVIEW_SIDE = 2048
 
 
-def _bar(total: int, name: str, progress: bool):  # type: ignore[no-untyped-def]
+def window_bar(total: int, name: str, progress: bool):  # type: ignore[no-untyped-def]
     """A tqdm bar over the windows when tqdm is installed (the torch-free runtime may lack it), else None."""
     if not progress:
         return None
@@ -69,7 +69,8 @@ def predict_rasters(
 def _predict_raster(predictor: Predictor, raster: Raster, path: Path, stem: str, out_dir: Path | None,
                     score_thresh: float, tile: int, overlap: float, progress: bool, report: PredictReport) -> None:
     """One raster: its windows predicted and merged, its detections reported, its pictures and maps written."""
-    bar = _bar(len(window_grid(raster.width, raster.height, tile, overlap, predictor.min_tile)), str(path), progress)
+    windows = len(window_grid(raster.width, raster.height, tile, overlap, predictor.min_tile))
+    bar = window_bar(windows, str(path), progress)
     try:
         result = predictor.predict_tiled(raster, tile, overlap, score_thresh,
                                          progress=bar.update if bar is not None else None)

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from harnet.data.image_io import load_image
+from harnet.deploy.predict_raster import window_bar
 from harnet.deploy.predictor import Predictor
 from harnet.deploy.raster import ArrayRaster, Raster, open_raster
-from harnet.deploy.tiling import DEFAULT_OVERLAP
+from harnet.deploy.tiling import DEFAULT_OVERLAP, window_grid
 from harnet.deploy.tta import TTAConfig
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
@@ -115,9 +116,14 @@ class Detector:
             raster: Raster = ArrayRaster(image.detach().float().cpu().numpy())
         else:
             raster = open_raster(image, bands) if isinstance(image, (str, Path)) else image
+        bar = window_bar(len(window_grid(raster.width, raster.height, tile, overlap, self.predictor.min_tile)),
+                         raster.path, progress)
         try:
-            result = self.predictor.predict_tiled(raster, tile, overlap, score_thresh)
+            result = self.predictor.predict_tiled(raster, tile, overlap, score_thresh,
+                                                  progress=bar.update if bar is not None else None)
         finally:
+            if bar is not None:
+                bar.close()
             if isinstance(image, (str, Path)):
                 raster.close()
         return _tensors(result.detections)
