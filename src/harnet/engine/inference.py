@@ -13,17 +13,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from harnet.config.experiment import ExperimentConfig, load_experiment
 from harnet.config.io import ConfigError, merge, parse_overrides
-from harnet.config.model import HARNetConfig
 from harnet.data.build import build_dataset
 from harnet.data.issues import write_issues
 from harnet.data.loader import collate_fn
-from harnet.deploy.predictor import Predictor
 from harnet.deploy.raster import ArrayRaster
 from harnet.deploy.tiling import DEFAULT_OVERLAP
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
 from harnet.engine.evaluation import EVAL_OUTPUTS, EvalResult, evaluate_predictions, to_coco_results
-from harnet.engine.torch_runtime import TorchRuntime, checkpoint_info
+from harnet.engine.torch_runtime import torch_predictor
 from harnet.engine.tta import TTAConfig, tta_predict
 from harnet.utils.atomic import write_text_atomic
 from harnet.utils.outputs import remove_outputs
@@ -44,9 +42,9 @@ def predict_dataset(
                         num_workers=num_workers)
     tiled = None
     if tile is not None:
-        config: HARNetConfig = model.config  # type: ignore[assignment]
-        info = checkpoint_info(config, [str(i) for i in range(config.num_classes)], list(range(config.num_classes)))
-        tiled = Predictor(TorchRuntime(model, device), info, batch_size, tta)
+        classes = range(int(model.config.num_classes))  # type: ignore[union-attr, arg-type]  # names unused: labels
+        tiled = torch_predictor(model, [str(c) for c in classes], list(classes), device, batch_size, tta,
+                                optimize=False)
     image_ids: list[int] = []
     predictions: list[dict[str, Tensor]] = []
     try:

@@ -20,14 +20,12 @@ from torchvision.transforms.v2 import functional as TF
 
 from harnet.data.image_io import load_image
 from harnet.deploy.predict_raster import window_bar
-from harnet.deploy.predictor import Predictor
 from harnet.deploy.raster import ArrayRaster, Raster, open_raster
 from harnet.deploy.tiling import DEFAULT_OVERLAP, window_grid
 from harnet.deploy.tta import TTAConfig
 from harnet.engine import checkpoint
 from harnet.engine.device import resolve_device
-from harnet.engine.fast_inference import optimize_for_inference
-from harnet.engine.torch_runtime import TorchRuntime, checkpoint_info
+from harnet.engine.torch_runtime import torch_predictor
 
 ImageInput = str | Path | Image.Image | Tensor
 
@@ -52,14 +50,16 @@ class Detector:
         """``optimize``: fold BatchNorms and use channels_last (:func:`optimize_for_inference`), rewriting
         ``model`` in place, so it is off for a model passed in and on for one loaded from a checkpoint."""
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        if optimize:
-            optimize_for_inference(self.model, self.device)
+        self.model = model
         self.class_names = list(class_names)
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
-        self.batch_size = batch_size
-        info = checkpoint_info(self.model.config, self.class_names, self.category_ids)  # type: ignore[arg-type]
-        self.predictor = Predictor(TorchRuntime(self.model, self.device), info, batch_size, tta)
+        self.predictor = torch_predictor(model, self.class_names, self.category_ids, self.device, batch_size, tta,
+                                         optimize)
+
+    @property
+    def batch_size(self) -> int:
+        """Images (or windows) per network run."""
+        return self.predictor.batch_size
 
     @property
     def tta(self) -> TTAConfig | None:

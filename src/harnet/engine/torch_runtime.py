@@ -9,6 +9,7 @@ predicted by one pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,23 @@ def checkpoint_info(config: HARNetConfig, class_names: list[str], category_ids: 
     return ExportInfo(config, list(class_names), [int(c) for c in category_ids], dict(extra or {}))
 
 
-def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None,
-                   optimize: bool = True) -> Predictor:
-    """A ``.pt`` file or a run folder (its best.pt, else last.pt), loaded safely (weights only) and, unless
-    ``optimize=False``, folded for inference (:func:`~harnet.engine.fast_inference.optimize_for_inference`)."""
-    ckpt = checkpoint.load(path)
-    model = checkpoint.build_model(ckpt)
-    dev = resolve_device(device)
+def torch_predictor(model: nn.Module, class_names: Sequence[str], category_ids: Sequence[int],
+                    device: str | torch.device = "auto", batch_size: int = 4, tta: TTAConfig | None = None,
+                    optimize: bool = True, extra: dict[str, Any] | None = None) -> Predictor:
+    """The pipeline around a HAR-Net module on ``device`` (eval mode); ``optimize`` folds its norms for
+    inference in place (:func:`~harnet.engine.fast_inference.optimize_for_inference`)."""
+    dev = resolve_device(device) if isinstance(device, str) else device
     model.to(dev).eval()
     if optimize:
         optimize_for_inference(model, dev)
-    info = checkpoint_info(model.config, ckpt["class_names"], ckpt["category_ids"],  # type: ignore[arg-type]
-                           {"checkpoint": str(ckpt["path"])})
+    info = checkpoint_info(model.config, list(class_names), list(category_ids), extra)  # type: ignore[arg-type]
     return Predictor(TorchRuntime(model, dev), info, batch_size, tta)
+
+
+def load_predictor(path: str | Path, device: str = "auto", batch_size: int = 4, tta: TTAConfig | None = None,
+                   optimize: bool = True) -> Predictor:
+    """A ``.pt`` file or a run folder (its best.pt, else last.pt), loaded safely (weights only) and, unless
+    ``optimize=False``, folded for inference."""
+    ckpt = checkpoint.load(path)
+    return torch_predictor(checkpoint.build_model(ckpt), ckpt["class_names"], ckpt["category_ids"], device,
+                           batch_size, tta, optimize, {"checkpoint": str(ckpt["path"])})
