@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from harnet.data.image_io import BadImageError, load_image
-from harnet.deploy.raster import PilRaster, Window, open_raster, parse_bands, percentile_stretch
+from harnet.deploy.raster import Overview, PilRaster, Window, open_raster, parse_bands, percentile_stretch
+from harnet.deploy.tiling import window_grid
 
 
 def test_png_windows_match_load_image(tmp_path: Path) -> None:
@@ -94,8 +95,9 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("strip_rows", [7, 512])
 def test_decimated_reads_equal_gdal_nearest_in_any_strips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           strip_rows: int) -> None:
-    """The overview and the stretch sample are read in full-resolution strips and decimated in numpy (GDAL's own
-    decimated read decodes blocks again per output row): the same pixels as GDAL's nearest out_shape read."""
+    """The stretch sample is read in full-resolution strips and decimated in numpy (GDAL's own decimated read
+    decodes blocks again per output row), and the overview picture is assembled from a tiled prediction's
+    windows (overlapping, the last ones shifted back): both the same pixels as GDAL's nearest out_shape read."""
     rasterio = pytest.importorskip("rasterio")
     from rasterio.enums import Resampling
 
@@ -104,8 +106,12 @@ def test_decimated_reads_equal_gdal_nearest_in_any_strips(tmp_path: Path, monkey
     monkeypatch.setattr(raster_module, "DECIMATE_STRIP_ROWS", strip_rows)
     data = np.random.default_rng(3).integers(0, 256, (3, 50, 70), dtype=np.uint8)
     path = _geotiff(tmp_path / "big.tif", data)
-    overview = open_raster(path).overview(20)
+    raster = open_raster(path)
     with rasterio.open(path) as ds:
         expected = ds.read([1, 2, 3], out_shape=(3, 14, 20), resampling=Resampling.nearest)
-    assert overview.shape == (3, 14, 20)
-    np.testing.assert_array_equal((overview * 255).round().astype(np.uint8), expected)
+    np.testing.assert_array_equal(raster._decimated((14, 20)), expected)  # type: ignore[attr-defined]
+    overview = Overview(raster.width, raster.height, 20)
+    for window in window_grid(raster.width, raster.height, 16, 0.25, minimum=8).windows():
+        overview.add(window, raster.read(window))
+    assert overview.image.shape == (3, 14, 20)
+    np.testing.assert_array_equal((overview.image * 255).round().astype(np.uint8), expected)

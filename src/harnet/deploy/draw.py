@@ -45,18 +45,28 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
     short = min(picture.size)
     width, font = max(2, round(short / 200)), _font(max(12, round(short / 28)))
     draw = ImageDraw.Draw(picture)
+    pad = max(1, width // 2)
+    tags: dict[tuple[int, str], Image.Image] = {}  # a score tag is laid out and rendered once, then pasted
     for k in sorted(range(len(labels)), key=lambda i: float(scores[i])):
         x0, y0, x1, y1 = (float(v) * scale for v in boxes[k])
         label = int(labels[k])
         color = CLASS_COLORS[label % len(CLASS_COLORS)]
         draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
         text = f"{class_names[label]} {float(scores[k]):.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        pad = max(1, width // 2)
-        tag_h = bottom - top + 2 * pad
-        ty = y0 - tag_h if y0 - tag_h >= 0 else y0
-        draw.rectangle((x0, ty, x0 + right - left + 2 * pad, ty + tag_h), fill=color)
-        luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        draw.text((x0 + pad - left, ty + pad - top), text, font=font,
-                  fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
+        tag = tags.get((label, text))
+        if tag is None:
+            tag = tags[(label, text)] = _tag(text, font, color, pad)
+        ty = y0 - tag.height if y0 - tag.height >= 0 else y0
+        picture.paste(tag, (round(x0), round(ty)))
     return picture
+
+
+def _tag(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, color: tuple[int, int, int],
+         pad: int) -> Image.Image:
+    """The "name score" tag: ``text`` on a box of the class colour, black or white by the colour's luminance."""
+    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+    tag = Image.new("RGB", (right - left + 2 * pad + 1, bottom - top + 2 * pad + 1), color)
+    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    ImageDraw.Draw(tag).text((pad - left, pad - top), text, font=font,
+                             fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
+    return tag

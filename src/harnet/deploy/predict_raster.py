@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harnet.deploy.draw import draw_detections
-from harnet.deploy.geo_output import geo_available, write_geo_outputs
+from harnet.deploy.geo_output import geo_available, preload_geo, write_geo_outputs
 from harnet.deploy.predictor import Predictor, TiledResult
 from harnet.deploy.raster import Raster, open_raster
 from harnet.deploy.report import PredictReport, output_stems
@@ -24,6 +26,9 @@ from harnet.utils.atomic import atomic_file
 from harnet.utils.errors import one_line
 
 OVERVIEW_SIDE = 2048
+# zlib level of the overview PNG: level 1 writes a photo-like picture several times faster than PIL's
+# default 6, for a file a few percent larger.
+PNG_COMPRESS_LEVEL = 1
 
 
 def window_bar(total: int, name: str, progress: bool):  # type: ignore[no-untyped-def]
@@ -51,6 +56,8 @@ def predict_rasters(
     """Tiled prediction of each file; an unreadable file is listed in ``skipped``, an unreadable window too
     (the raster's other windows are still predicted and written), and neither stops the other inputs."""
     report = report if report is not None else PredictReport()
+    if out_dir is not None and paths:
+        preload_geo()
     for path, stem in zip(paths, stems or output_stems(paths)):
         try:
             raster = open_raster(path, bands)
@@ -73,7 +80,8 @@ def _predict_raster(predictor: Predictor, raster: Raster, path: Path, stem: str,
     bar = window_bar(windows, str(path), progress)
     try:
         result = predictor.predict_tiled(raster, tile, overlap, score_thresh,
-                                         progress=bar.update if bar is not None else None)
+                                         progress=bar.update if bar is not None else None,
+                                         overview_side=OVERVIEW_SIDE if out_dir is not None else None)
     finally:
         if bar is not None:
             bar.close()
@@ -82,25 +90,20 @@ def _predict_raster(predictor: Predictor, raster: Raster, path: Path, stem: str,
     if result.unreadable:
         report.skip(path, f"{len(result.unreadable)} of {result.windows} windows unreadable, the rest predicted "
                           f"(first: {result.unreadable[0]})")
-    if out_dir is not None:
-        _write_outputs(predictor, raster, result.detections, out_dir, stem, report)
+    if out_dir is not None and result.overview is not None:
+        _write_outputs(predictor, raster, result.detections, result.overview, out_dir, stem, report)
 
 
-def _write_outputs(predictor: Predictor, raster: Raster, det: dict[str, Any], out_dir: Path, stem: str,
-                   report: PredictReport) -> None:
-    """The overview picture and the map outputs of one raster; a failure of either is reported, and the
-    raster's detections (already in the report) are kept."""
+def _write_outputs(predictor: Predictor, raster: Raster, det: dict[str, Any], picture: np.ndarray, out_dir: Path,
+                   stem: str, report: PredictReport) -> None:
+    """The overview picture (windows that could not be read stay black) and the map outputs of one raster;
+    a failure of the maps is reported, and the raster's detections (already in the report) are kept."""
     path = raster.path
-    try:
-        picture = raster.overview(OVERVIEW_SIDE)
-    except Exception as e:  # e.g. a truncated file: the windows read before the cut are still predicted
-        report.skip(path, f"overview picture not drawn ({one_line(e)})")
-    else:
-        scale = picture.shape[-1] / raster.width
-        drawn = draw_detections(picture, det["boxes"] * scale, det["labels"].tolist(), det["scores"].tolist(),
-                                predictor.class_names)
-        with atomic_file(out_dir / f"{stem}_pred.png") as f:
-            drawn.save(f, format="PNG")
+    scale = picture.shape[-1] / raster.width
+    drawn = draw_detections(picture, det["boxes"] * scale, det["labels"].tolist(), det["scores"].tolist(),
+                            predictor.class_names)
+    with atomic_file(out_dir / f"{stem}_pred.png") as f:
+        drawn.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     if raster.crs is None or raster.transform is None:
         why = raster.georef_note or "no CRS"
         report.notes.append(f"{path}: {why}; pixel outputs only (detections.json, {stem}_pred.png)")

@@ -23,7 +23,7 @@ from harnet.deploy.anchors import anchors_per_level, grid_anchors, level_shapes
 from harnet.deploy.metadata import ExportInfo, load_export_info
 from harnet.deploy.postprocess import select_candidates, suppress
 from harnet.deploy.preprocess import Batch, preprocess, to_input_pixels
-from harnet.deploy.raster import Raster
+from harnet.deploy.raster import Overview, Raster
 from harnet.deploy.runtime import Backend, Runtime, open_runtime
 from harnet.deploy.tiling import MIN_TILE, Window, WindowDetections, merge_windows, window_grid
 from harnet.deploy.tta import TTAConfig, flip_boxes, tta_inference
@@ -83,6 +83,7 @@ class TiledResult:
     cut_dropped: int = 0
     merged: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, network, postprocess, merge
+    overview: np.ndarray | None = None  # with ``overview_side``: the raster scaled down, float CHW as read
 
 
 class Predictor:
@@ -184,15 +185,19 @@ class Predictor:
         return results
 
     def predict_tiled(self, raster: Raster, tile: int, overlap: float, score_thresh: float = 0.0,
-                      progress: Callable[[int], None] | None = None) -> TiledResult:
+                      progress: Callable[[int], None] | None = None,
+                      overview_side: int | None = None) -> TiledResult:
         """Detections of ``raster`` window by window (:mod:`harnet.deploy.tiling`), in the raster's pixels.
 
         Windows that are entirely nodata are not sent to the network; a window that cannot be read (a
         corrupt block, a file truncated on disk) is listed in ``unreadable`` and the others are still
-        predicted. ``progress`` is called with the number of windows done after each batch."""
+        predicted. ``progress`` is called with the number of windows done after each batch. With
+        ``overview_side``, ``result.overview`` is the raster at most that many px on its long side, made
+        from the windows as they are read (:class:`~harnet.deploy.raster.Overview`)."""
         grid = window_grid(raster.width, raster.height, tile, overlap, self.min_tile)
         windows = grid.windows()
         result = TiledResult({}, len(windows))
+        overview = Overview(raster.width, raster.height, overview_side) if overview_side else None
         parts: list[WindowDetections] = []
         seconds = {"read": 0.0, "preprocess": 0.0, "network": 0.0, "postprocess": 0.0, "merge": 0.0}
         before = dict(self.seconds)
@@ -220,6 +225,8 @@ class Predictor:
                     if image is None:
                         result.empty_windows += 1
                         continue
+                    if overview is not None:
+                        overview.add(window, image)
                     ready.append((window, _padded(image, tile)))
                 seconds["read"] += time.perf_counter() - tic
                 views = self._views([image for _, image in ready]) if ready else None
@@ -238,6 +245,7 @@ class Predictor:
         result.detections = self._named({"boxes": merged.boxes, "scores": merged.scores, "labels": merged.labels},
                                         score_thresh)
         result.cut_dropped, result.merged, result.seconds = merged.cut_dropped, merged.merged, seconds
+        result.overview = overview.image if overview is not None else None
         return result
 
 

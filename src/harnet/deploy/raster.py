@@ -65,10 +65,6 @@ class Raster(Protocol):
         network is not run on it)."""
         ...
 
-    def overview(self, max_side: int) -> np.ndarray:
-        """The whole raster downscaled to at most ``max_side`` px on its long side, as :meth:`read`."""
-        ...
-
     def close(self) -> None: ...
 
 
@@ -121,6 +117,40 @@ def _scale(data: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -> n
     return values.astype(np.float32)
 
 
+def overview_shape(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(rows, cols) of a ``width`` x ``height`` raster scaled to at most ``max_side`` px on its long side."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def nearest_index(size: int, out: int) -> np.ndarray:
+    """For each of ``out`` samples along an axis of ``size`` pixels, the pixel whose area holds the sample's
+    centre (GDAL's nearest-neighbour decimation); non-decreasing."""
+    return np.minimum(((np.arange(out) + 0.5) * size / out).astype(np.int64), size - 1)
+
+
+class Overview:
+    """The raster at most ``max_side`` px on its long side (nearest pixel, as :meth:`GdalRaster._decimated`),
+    assembled from the windows a tiled prediction reads anyway.
+
+    Why not a read of its own: a second pass over the raster decodes every block again (a third of a second
+    for a 4,000 px GeoTIFF, more than the maps take to write). Windows never read (entirely nodata, or
+    unreadable in a truncated file) stay black, so the picture shows what was predicted."""
+
+    def __init__(self, width: int, height: int, max_side: int, bands: int = 3) -> None:
+        rows, cols = overview_shape(width, height, max_side)
+        self.rows, self.cols = nearest_index(height, rows), nearest_index(width, cols)
+        self.image = np.zeros((bands, rows, cols), dtype=np.float32)
+
+    def add(self, window: Window, image: np.ndarray) -> None:
+        """Copy the samples that fall in ``window`` from its pixels ``image`` (bands, h, w)."""
+        r0, r1 = np.searchsorted(self.rows, (window.y, window.y + window.height))
+        c0, c1 = np.searchsorted(self.cols, (window.x, window.x + window.width))
+        if r1 > r0 and c1 > c0:
+            part = image.take(self.rows[r0:r1] - window.y, axis=1).take(self.cols[c0:c1] - window.x, axis=2)
+            self.image[:, r0:r1, c0:c1] = part
+
+
 class GdalRaster:
     """A raster read through rasterio, one window at a time."""
 
@@ -165,8 +195,7 @@ class GdalRaster:
         Why not GDAL's own ``out_shape`` read: on a tiled, compressed GeoTIFF without overviews it
         decodes blocks again for every output row (36 s for a 4,000 px raster whose full read takes
         0.2 s). A strip of :data:`DECIMATE_STRIP_ROWS` rows bounds the memory whatever the width."""
-        rows = np.minimum(((np.arange(shape[0]) + 0.5) * self.height / shape[0]).astype(np.int64), self.height - 1)
-        cols = np.minimum(((np.arange(shape[1]) + 0.5) * self.width / shape[1]).astype(np.int64), self.width - 1)
+        rows, cols = nearest_index(self.height, shape[0]), nearest_index(self.width, shape[1])
         parts = []
         for top in range(0, self.height, DECIMATE_STRIP_ROWS):
             wanted = rows[(rows >= top) & (rows < top + DECIMATE_STRIP_ROWS)] - top
@@ -176,10 +205,8 @@ class GdalRaster:
         return np.ma.concatenate(parts, axis=1) if masked else np.concatenate(parts, axis=1)
 
     def _stretch(self) -> tuple[np.ndarray, np.ndarray]:
-        scale = min(1.0, STRETCH_OVERVIEW / max(self.width, self.height))
-        shape = (max(1, round(self.height * scale)), max(1, round(self.width * scale)))
         try:
-            sample = self._decimated(shape, masked=True)
+            sample = self._decimated(overview_shape(self.width, self.height, STRETCH_OVERVIEW), masked=True)
         except Exception as e:
             raise BadImageError(f"{self.path}: cannot read an overview for the 2-98 % stretch "
                                 f"({first_line(e)})") from None
@@ -196,11 +223,6 @@ class GdalRaster:
                 return None
             data = np.ma.getdata(data)
         return _scale(data, self.stretch)
-
-    def overview(self, max_side: int) -> np.ndarray:
-        scale = min(1.0, max_side / max(self.width, self.height))
-        shape = (max(1, round(self.height * scale)), max(1, round(self.width * scale)))
-        return _scale(self._decimated(shape), self.stretch)
 
     def close(self) -> None:
         self._ds.close()
@@ -238,10 +260,6 @@ class PilRaster:
         values = np.asarray(part, dtype=np.float32) / np.float32(255.0) if part.dtype == np.uint8 else part
         return np.ascontiguousarray(values.transpose(2, 0, 1), dtype=np.float32)
 
-    def overview(self, max_side: int) -> np.ndarray:
-        step = max(1, int(np.ceil(max(self.width, self.height) / max_side)))
-        return np.ascontiguousarray(self.read(Window(0, 0, self.width, self.height))[:, ::step, ::step])
-
     def close(self) -> None:
         self._array = np.empty((0, 0, 3), dtype=np.uint8)
 
@@ -260,10 +278,6 @@ class ArrayRaster:
 
     def read(self, window: Window) -> np.ndarray:
         return self.image[:, window.y : window.y + window.height, window.x : window.x + window.width]
-
-    def overview(self, max_side: int) -> np.ndarray:
-        step = max(1, int(np.ceil(max(self.width, self.height) / max_side)))
-        return self.image[:, ::step, ::step]
 
     def close(self) -> None:
         pass
