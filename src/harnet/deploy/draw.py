@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from harnet.deploy.raster import to_uint8
+
 # matplotlib's tab10, cycled beyond ten classes.
 CLASS_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                 (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
@@ -26,7 +28,8 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int], scores: Sequence[float],
                     class_names: Sequence[str], min_size: int = DRAW_MIN_SIZE) -> Image.Image:
-    """``image``: float CHW RGB in [0, 1] (one channel is drawn as grey); ``boxes`` (n, 4) XYXY in its pixels.
+    """``image``: CHW RGB, float in [0, 1] or uint8 (one channel is drawn as grey); ``boxes`` (n, 4) XYXY in its
+    pixels.
 
     An image whose short side is under ``min_size`` is upscaled (bilinear, the long side at most
     :data:`DRAW_MAX_SIDE`) and line width and font size follow the drawing's size, so a 128 px image still
@@ -36,7 +39,7 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int],
     if image.shape[0] == 1:
         image = np.repeat(image, 3, axis=0)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    pixels = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    pixels = (image if image.dtype == np.uint8 else to_uint8(image)).transpose(1, 2, 0)
     picture = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
     scale = max(1.0, min(min_size / max(1, min(picture.size)), DRAW_MAX_SIDE / max(picture.size)))
     if scale > 1:

@@ -83,7 +83,7 @@ class TiledResult:
     cut_dropped: int = 0
     merged: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, network, postprocess, merge
-    overview: np.ndarray | None = None  # with ``overview_side``: the raster scaled down, float CHW as read
+    overview: np.ndarray | None = None  # with ``overview_side``: the raster scaled down, uint8 CHW
 
 
 class Predictor:

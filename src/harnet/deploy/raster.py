@@ -135,20 +135,26 @@ class Overview:
 
     Why not a read of its own: a second pass over the raster decodes every block again (a third of a second
     for a 4,000 px GeoTIFF, more than the maps take to write). Windows never read (entirely nodata, or
-    unreadable in a truncated file) stay black, so the picture shows what was predicted."""
+    unreadable in a truncated file) stay black, so the picture shows what was predicted. The picture is kept
+    as 8-bit, what its PNG holds, a quarter of the memory of float pixels for the whole prediction."""
 
     def __init__(self, width: int, height: int, max_side: int, bands: int = 3) -> None:
         rows, cols = overview_shape(width, height, max_side)
         self.rows, self.cols = nearest_index(height, rows), nearest_index(width, cols)
-        self.image = np.zeros((bands, rows, cols), dtype=np.float32)
+        self.image = np.zeros((bands, rows, cols), dtype=np.uint8)
 
     def add(self, window: Window, image: np.ndarray) -> None:
-        """Copy the samples that fall in ``window`` from its pixels ``image`` (bands, h, w)."""
+        """Copy the samples that fall in ``window`` from its pixels ``image`` (bands, h, w; float in [0, 1])."""
         r0, r1 = np.searchsorted(self.rows, (window.y, window.y + window.height))
         c0, c1 = np.searchsorted(self.cols, (window.x, window.x + window.width))
         if r1 > r0 and c1 > c0:
             part = image.take(self.rows[r0:r1] - window.y, axis=1).take(self.cols[c0:c1] - window.x, axis=2)
-            self.image[:, r0:r1, c0:c1] = part
+            self.image[:, r0:r1, c0:c1] = to_uint8(part)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] -> uint8 (clipped, rounded): the step every picture of harnet takes."""
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 class GdalRaster:
