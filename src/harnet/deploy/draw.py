@@ -68,7 +68,7 @@ def _tag(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, color: t
          pad: int) -> Image.Image:
     """The "name score" tag: ``text`` on a box of the class colour, black or white by the colour's luminance."""
     left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
-    tag = Image.new("RGB", (right - left + 2 * pad + 1, bottom - top + 2 * pad + 1), color)
+    tag = Image.new("RGB", (round(right - left) + 2 * pad + 1, round(bottom - top) + 2 * pad + 1), color)
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     ImageDraw.Draw(tag).text((pad - left, pad - top), text, font=font,
                              fill=(0, 0, 0) if luminance > 150 else (255, 255, 255))
