@@ -41,9 +41,13 @@ class DataConfig:
     coco: ``*_images`` is the image folder, ``*_annotations`` the instances JSON.
     voc: ``*_images`` is the VOC root (or flat folder), ``*_annotations`` the split name.
     csv: ``*_annotations`` is the CSV file, ``*_images`` an optional image root.
+    yolo: ``*_annotations`` is the Ultralytics ``data.yaml`` (its ``train``/``val`` entry lists the split's
+    images, their labels are under ``labels/``); ``*_images`` is not used.
+    labelstudio: ``*_annotations`` is a Label Studio JSON export, ``*_images`` the folder holding its images.
+    cvat: ``*_annotations`` is a CVAT for images 1.1 XML, ``*_images`` the folder holding its images.
     """
 
-    format: Literal["shapes", "coco", "voc", "csv"] = "shapes"
+    format: Literal["shapes", "coco", "voc", "csv", "yolo", "labelstudio", "cvat"] = "shapes"
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     train_images: str = ""
     train_annotations: str = ""

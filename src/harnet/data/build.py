@@ -10,9 +10,12 @@ from harnet.config.io import ConfigError
 from harnet.config.model import to_dict
 from harnet.data.coco import CocoDataset
 from harnet.data.csv_dataset import CsvDataset
+from harnet.data.cvat import CvatDataset
+from harnet.data.labelstudio import LabelStudioDataset
 from harnet.data.records import RecordDataset
 from harnet.data.shapes import generate_shapes
 from harnet.data.voc import VOCDataset
+from harnet.data.yolo import YoloDataset
 
 
 def shapes_split(cfg: ShapesConfig, split: str) -> tuple[Path, Path]:
@@ -42,7 +45,8 @@ def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = N
     """The ``train`` or ``val`` dataset described by ``cfg`` (no augmentation: see AugmentedDataset).
 
     ``class_names`` are the model's classes (label ``i`` is ``class_names[i]``), read from ``classes_from``
-    (named in errors): a COCO file's categories are matched to them by name, VOC and CSV names map to them.
+    (named in errors): a COCO file's categories are matched to them by name, the other formats' names map to
+    them.
 
     Paths the config names must exist (else a ``ConfigError`` naming the key: a usage error). Every
     image is then checked before anything trains (:meth:`RecordDataset.check_images`): its header by
@@ -63,11 +67,19 @@ def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = N
     elif cfg.format == "voc":
         _require(cfg, split, "images", folder=True)
         dataset = VOCDataset(images, split=annotations or None, class_names=class_names, skip_bad=skip)
-    else:
+    elif cfg.format == "csv":
         _require(cfg, split, "annotations", folder=False)
         if images:
             _require(cfg, split, "images", folder=True)
         dataset = CsvDataset(annotations, image_root=images or None, class_names=class_names, skip_bad=skip)
+    elif cfg.format == "yolo":
+        _require(cfg, split, "annotations", folder=False)
+        dataset = YoloDataset(annotations, split=split, class_names=class_names, skip_bad=skip)
+    else:
+        _require(cfg, split, "images", folder=True)
+        _require(cfg, split, "annotations", folder=False)
+        reader = LabelStudioDataset if cfg.format == "labelstudio" else CvatDataset
+        dataset = reader(annotations, images, class_names=class_names, skip_bad=skip)
     dataset.check_images(decode=skip)
     return dataset
 

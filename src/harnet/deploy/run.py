@@ -2,24 +2,31 @@
 cameras, streams) through one :class:`~harnet.deploy.predictor.Predictor`, whatever backend runs it.
 
 The inputs are sorted out first and every combination that cannot work is refused before any model runs
-(``--tile`` or ``--bands`` with a video, a missing file): a one-line :class:`UsageError`. Then the output
-folder is checked writable and the previous call's outputs there are removed as a set; images, rasters
-and videos are predicted in turn, each failure reported in one line naming its input while the others
-go on, and ``detections.json`` is written last.
+(``--tile``, ``--bands`` or ``--format`` with a video, a missing file): a one-line :class:`UsageError`. Then
+the output folder is checked writable and the previous call's outputs there are removed as a set; images,
+rasters and videos are predicted in turn, each failure reported in one line naming its input while the
+others go on; the images' pre-annotations (``--format``) follow, and ``detections.json`` is written last.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
+from harnet.deploy.annotation_formats import ANNOTATION_FORMATS
 from harnet.deploy.files import expand_inputs
 from harnet.deploy.predict_files import predict_files
 from harnet.deploy.predict_raster import predict_rasters
 from harnet.deploy.predictor import Predictor
-from harnet.deploy.report import PREDICT_OUTPUTS, PredictReport, check_writable, output_stems
+from harnet.deploy.raster import GDAL_SUFFIXES, rasterio_available
+from harnet.deploy.report import PREDICT_OUTPUTS, PredictReport, Size, check_writable, output_stems
 from harnet.deploy.video import VideoReport, is_video_source, output_stem, predict_video
 from harnet.utils.errors import UsageError, one_line
+from harnet.utils.image_decode import _SWAPPING_ORIENTATIONS, _exif_orientation, image_size
 from harnet.utils.outputs import remove_outputs
 
 
@@ -32,7 +39,7 @@ class Inputs:
 
 
 def sort_inputs(items: list[str], source: str | None = None, tile: int | None = None,
-                bands: tuple[int, ...] | None = None) -> Inputs:
+                bands: tuple[int, ...] | None = None, formats: Sequence[str] = ()) -> Inputs:
     """Images (files, folders, globs) and videos (files by suffix, a camera index, a stream URL); a
     combination that cannot work is a :class:`UsageError`."""
     videos = [item for item in items if is_video_source(item)]
@@ -52,7 +59,31 @@ def sort_inputs(items: list[str], source: str | None = None, tile: int | None = 
                          "predict the video in a separate call")
     if bands is not None and tile is None:
         raise UsageError("--bands: selects raster bands for tiled prediction; add --tile SIZE")
+    unknown = [f for f in formats if f not in ANNOTATION_FORMATS]
+    if unknown:
+        raise UsageError(f"--format {unknown[0]}: choose from {', '.join(ANNOTATION_FORMATS)}")
+    if formats and not images:
+        raise UsageError(f"--format writes pre-annotations of images and rasters, not of video ({videos[0]})")
     return Inputs(images, videos)
+
+
+def input_size(path: str | Path, tiled: bool = False) -> Size:
+    """``(width, height)`` of an input as prediction saw it, from its header: EXIF orientation applied, and
+    for ``--tile`` a GDAL raster through rasterio, and no pixel limit (tiling is for images above it)."""
+    path = Path(path)
+    if not tiled:
+        return image_size(path)
+    if path.suffix.lower() in GDAL_SUFFIXES and rasterio_available():
+        import rasterio
+
+        with rasterio.open(path) as ds:
+            return int(ds.width), int(ds.height)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            width, height = image.size
+            swapped = _exif_orientation(image) in _SWAPPING_ORIENTATIONS
+    return (height, width) if swapped else (width, height)
 
 
 @dataclass
@@ -72,8 +103,9 @@ class RunReport:
 
 def predict_inputs(predictor: Predictor, inputs: Inputs, out_dir: Path, score_thresh: float, *,
                    tile: int | None = None, overlap: float = 0.25, bands: tuple[int, ...] | None = None,
-                   progress: bool = False) -> RunReport:
-    """Predict every input into ``out_dir`` (see the module docstring)."""
+                   progress: bool = False, formats: Sequence[str] = ()) -> RunReport:
+    """Predict every input into ``out_dir`` (see the module docstring); ``formats``: the pre-annotation
+    files to write (:data:`~harnet.deploy.annotation_formats.ANNOTATION_FORMATS`)."""
     check_writable(out_dir)
     remove_outputs(out_dir, PREDICT_OUTPUTS)
     stems = output_stems([*inputs.images, *(output_stem(v) for v in inputs.videos)])
@@ -85,6 +117,8 @@ def predict_inputs(predictor: Predictor, inputs: Inputs, out_dir: Path, score_th
                             report=run.report, stems=image_stems)
         else:
             predict_files(predictor, inputs.images, out_dir, score_thresh, report=run.report, stems=image_stems)
+        run.report.write_formats(out_dir, formats, predictor.class_names, predictor.category_ids,
+                                 lambda path: input_size(path, tiled=tile is not None))
         run.report.write(out_dir)
     for source, stem in zip(inputs.videos, video_stems):
         try:

@@ -107,6 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from harnet.deploy.annotation_formats import PREDICTION_FILES
     from harnet.deploy.raster import parse_bands
     from harnet.deploy.run import predict_inputs, sort_inputs
     from harnet.deploy.tiling import check_tile
@@ -120,12 +121,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     predictor = open_predictor(args.model, backend=args.backend, threads=args.threads, device=args.device,
                                tta=_tta(args))
-    inputs = sort_inputs(args.images, args.source, args.tile, bands)
+    formats = list(dict.fromkeys(args.format or []))
+    inputs = sort_inputs(args.images, args.source, args.tile, bands, formats)
     run = predict_inputs(predictor, inputs, Path(args.out), args.score, tile=args.tile, overlap=args.overlap,
-                         bands=bands, progress=not args.no_progress)
+                         bands=bands, progress=not args.no_progress, formats=formats)
     report = run.report
     if inputs.images:
         print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+    for fmt in formats:
+        if (written := Path(args.out) / PREDICTION_FILES[fmt]).exists():
+            print(f"{fmt} pre-annotations: {written}")
     for video in run.videos:
         print(f"{video.source}: {video.frames} frames, {video.detections} detections, {video.fps:.1f} FPS"
               f" -> {video.video_path}, {video.jsonl_path}")
@@ -383,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip batches with a NaN/inf loss (counted) instead of stopping")
     tr.set_defaults(func=cmd_train)
 
+    from harnet.deploy.annotation_formats import ANNOTATION_FORMATS
     from harnet.deploy.formats import BENCH_FORMATS, CHECKPOINT, DEFAULT_BENCH_FORMATS, EXPORT_FORMATS
 
     run_options = _run_options()
@@ -412,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: its own)")
     pr.add_argument("--bands", metavar="B[,G,R]", help="with --tile: 1-based raster bands shown as RGB (default 1,2,3)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar over the windows")
+    pr.add_argument("--format", action="append", choices=ANNOTATION_FORMATS, metavar="FORMAT",
+                    help="also write the detections as pre-annotations for a labelling tool, with their scores, "
+                         "as OUT/preannotations_FORMAT.json (cvat: .xml, CVAT for images 1.1; yolo: a folder with "
+                         "data.yaml, labels/*.txt): coco, labelstudio, cvat or yolo; repeat for several")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (metadata inside, "
