@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TINY = [
     "model.preset=hybrid",
@@ -57,4 +61,20 @@ def random_checkpoint(path: Path, overrides: list[str], seed: int = 0) -> Path:
     names = [f"class{i}" for i in range(cfg.model.num_classes)]
     checkpoint.save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": names,
                             "category_ids": list(range(1, len(names) + 1))}, path)
+    return path
+
+
+def write_geotiff(path: Path, data: np.ndarray, nodata: float | None = None, crs: str | None = "EPSG:32633",
+                  **profile: object) -> Path:
+    """``data`` (bands, h, w) as a GeoTIFF with its own data type (skips the test without rasterio)."""
+    import pytest
+
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    count, height, width = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+                       crs=crs, transform=from_origin(500000.0, 4000000.0, 0.1, 0.1), nodata=nodata,
+                       **profile) as ds:
+        ds.write(data)
     return path

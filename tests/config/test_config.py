@@ -129,3 +129,32 @@ def test_channel_norm_convs_defaults_to_every_conv_so_saved_configs_keep_their_w
     assert saved.channel.norm_convs is None
     with pytest.raises((ConfigError, ValueError), match="channel.norm_convs"):
         from_dict(HARNetConfig, {"channel": {"norm_convs": -1}}, "model")
+
+
+def test_input_defaults_to_rgb_and_needs_one_mean_per_channel() -> None:
+    from harnet.config.model import InputConfig
+
+    cfg = HARNetConfig()
+    assert cfg.input.is_rgb and cfg.input.scale == 255.0 and cfg.input.describe() == "3 bands of uint8"
+    four = from_dict(HARNetConfig, {"input": {"channels": 4, "dtype": "uint16"},
+                                    "transform": {"image_mean": [1.0, 2.0, 3.0, 4.0], "image_std": [1, 1, 1, 1]}})
+    assert four.input.scale == 1.0 and not four.input.is_rgb and len(four.transform.image_std) == 4
+    with pytest.raises(ConfigError, match="input.channels is 4, image_mean has 3"):
+        from_dict(HARNetConfig, {"input": {"channels": 4, "dtype": "uint16"}})
+    with pytest.raises(ConfigError, match="one value per input channel each, got 3 and 2"):
+        from_dict(HARNetConfig, {"transform": {"image_std": [1.0, 1.0]}})
+    with pytest.raises(ConfigError, match="image_std: every value must be > 0"):
+        from_dict(HARNetConfig, {"transform": {"image_std": [1.0, 0.0, 1.0]}})
+    with pytest.raises(ConfigError, match="input.bands: 3 band numbers"):
+        InputConfig(3, (4, 3), "uint8")
+    with pytest.raises(ConfigError, match="'complex64' is not one of"):
+        from_dict(HARNetConfig, {"input": {"dtype": "complex64"}})
+    assert InputConfig(3, (4, 3, 2), "uint16").describe() == "bands 4, 3, 2 of uint16"
+
+
+def test_data_bands_are_one_based() -> None:
+    from harnet.config.experiment import load_experiment
+
+    assert load_experiment(None, ["data.bands=[4, 3, 2]"]).data.bands == (4, 3, 2)
+    with pytest.raises(ConfigError, match="data.bands: 1-based"):
+        load_experiment(None, ["data.bands=[0, 1]"])

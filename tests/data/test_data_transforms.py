@@ -140,3 +140,36 @@ def test_photometric_config_accepts_jitter() -> None:
     assert load_experiment(None, []).data.photometric is True
     with pytest.raises(ConfigError, match="data.photometric"):
         load_experiment(None, ["data.photometric=permute"])
+
+
+def test_nodata_stays_out_of_the_colour_augmentation() -> None:
+    """NaN pixels would spread through contrast (which averages the image): they are filled for it and NaN again
+    after; an image without NaN gets exactly the bare transform's result, from the same random draws."""
+    from harnet.data.transforms import KeepNodata, photometric_transform
+
+    mean = (0.4, 0.5, 0.6)
+    image, target = _sample([[1.0, 1.0, 8.0, 8.0]], [1])
+    torch.manual_seed(3)
+    bare = photometric_transform(True)(image, target)[0]  # type: ignore[misc]
+    keep = KeepNodata(photometric_transform(True), mean)  # type: ignore[arg-type]
+    torch.manual_seed(3)
+    assert torch.equal(keep(image, target)[0], bare)
+    holed = image.clone()
+    holed[:, :3] = float("nan")
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out, kept = keep(tv_tensors.Image(holed), target)
+        assert isinstance(out, tv_tensors.Image) and torch.equal(kept["boxes"], target["boxes"])
+        assert torch.isnan(out[:, :3]).all() and torch.isfinite(out[:, 3:]).all()
+    steps = build_transforms(True, photometric=True, nodata_fill=mean).transforms
+    assert any(isinstance(step, KeepNodata) for step in steps)
+
+
+def test_colour_augmentation_is_for_eight_bit_rgb() -> None:
+    from harnet.config.model import InputConfig
+    from harnet.data.transforms import photometric_note
+
+    assert photometric_note(InputConfig()) is None and photometric_note(InputConfig(3, (3, 2, 1))) is None
+    note = photometric_note(InputConfig(4, None, "uint16"))
+    assert note is not None and "4 bands of uint16" in note and "flips" in note
+    assert photometric_note(InputConfig(4, None, "uint8")) is not None

@@ -412,6 +412,24 @@ def test_preprocess_matches_torchvision(size: tuple[int, int]) -> None:
     np.testing.assert_allclose(to_input_pixels(boxes.numpy(), got.image_sizes[0], size), back.numpy(), rtol=1e-6)
 
 
+def test_preprocess_of_raw_bands_with_nodata_matches_the_model() -> None:
+    """4 bands of raw 16-bit values with nodata (NaN): the same batch as the model's own preprocessing, nodata
+    normalised to 0 (the band's mean) in both, nothing non-finite left."""
+    mean, std = (2500.0, 2400.0, 2700.0, 2600.0), (750.0, 720.0, 760.0, 730.0)
+    cfg = TransformConfig(min_size=(96,), max_size=160, image_mean=mean, image_std=std)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(4, 70, 90, generator=g) * 5000, torch.rand(4, 50, 64, generator=g) * 5000]
+    images[0][:, :, :20] = float("nan")
+    images[1][2, 10:20, 10:20] = float("nan")
+    expected, _ = torch_preprocess(cfg, images, training=False)
+    got = preprocess([im.numpy() for im in images], cfg)
+    assert got.images.shape == tuple(expected.tensors.shape) == (2, 4, 96, 128)
+    assert np.isfinite(got.images).all()
+    np.testing.assert_allclose(got.images, expected.tensors.numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match=r"image has 3 channel\(s\), the model reads 4"):
+        preprocess([np.zeros((3, 8, 8), np.float32)], cfg)
+
+
 @pytest.mark.parametrize("mode", ["level", "torchvision"])
 def test_anchors_match_the_generator(mode: str) -> None:
     cfg = AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0), stride_mode=mode)  # type: ignore[arg-type]

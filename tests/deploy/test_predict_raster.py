@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from harnet.tools.cli import main
-from tests_support import TINY, random_checkpoint
+from tests_support import TINY, random_checkpoint, write_geotiff
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +194,61 @@ def test_unwritable_output_folder_fails_before_predicting(
     assert main(["predict", str(model_path), str(png), "--out", str(blocker / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{blocker / 'out'}: output folder is not writable" in err[0]
+
+
+FOUR_BANDS = [*TINY, "model.input={channels: 4, dtype: uint16}",
+              "model.transform.image_mean=[2500.0, 2400.0, 2700.0, 2600.0]",
+              "model.transform.image_std=[750.0, 720.0, 760.0, 730.0]"]
+
+
+@pytest.fixture(scope="module")
+def four_band_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("four_bands") / "model.pt", FOUR_BANDS)
+
+
+def test_a_four_band_geotiff_gives_the_same_detections_from_the_checkpoint_and_its_onnx_export(
+    four_band_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The torch-free runtime reads the model's bands in its units from the export's metadata, with no flag:
+    the same windows (nodata border skipped), the same detections as the checkpoint's to float rounding."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    data = np.random.default_rng(0).integers(1000, 5000, (4, 96, 160), dtype=np.uint16)
+    data[:, :, :70] = 0
+    tif = write_geotiff(tmp_path / "ms.tif", data, nodata=0)
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", str(four_band_model), "--out", str(onnx)]) == 0
+    runs = {}
+    for name, model in (("torch", four_band_model), ("onnx", onnx)):
+        out = tmp_path / name
+        assert main(["predict", str(model), str(tif), "--tile", "64", "--overlap", "0", "--score", "0.05",
+                     "--out", str(out), "--no-progress"]) == 0
+        assert f"{tif}: 6 windows (2 all nodata, not predicted)" in capsys.readouterr().err
+        runs[name] = sorted(json.loads((out / "detections.json").read_text()), key=lambda d: -d["score"])
+        with Image.open(out / "ms_pred.png") as picture:
+            assert picture.mode == "RGB"
+    torch_run, onnx_run = runs["torch"], runs["onnx"]
+    assert torch_run and len(torch_run) == len(onnx_run)
+    # The same network to float rounding: scores to 1e-4, boxes to 1e-3 px (tests/tools/test_export.py's bounds).
+    np.testing.assert_allclose([d["score"] for d in onnx_run], [d["score"] for d in torch_run], atol=1e-4, rtol=0)
+    np.testing.assert_allclose([d["bbox"] for d in onnx_run], [d["bbox"] for d in torch_run], atol=1e-3, rtol=0)
+    assert all(d["bbox"][0] >= 64 - 1e-3 for d in torch_run), "nothing in the nodata windows"
+
+
+@pytest.mark.parametrize(("count", "dtype", "bands", "message"), [
+    (1, np.uint16, [], "one.tif: 1 band, the model reads 4 bands"),
+    (5, np.uint16, [], "five.tif: 5 bands, the model reads 4 bands (every band of its training images); choose 4 "
+                       "with --bands"),
+    (5, np.uint16, ["--bands", "2,3,4,6"], "five.tif: band 6 asked for, the raster has 5 bands"),
+    (4, np.uint8, [], "eight.tif: uint8 bands, the model was trained on uint16 ones"),
+])
+def test_rasters_that_do_not_fit_a_four_band_model_are_skipped_in_one_line(
+    four_band_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], count: int, dtype: type,
+    bands: list[str], message: str,
+) -> None:
+    name = {1: "one", 5: "five"}.get(count, "eight")
+    tif = write_geotiff(tmp_path / f"{name}.tif", np.ones((count, 64, 64), dtype=dtype))
+    assert main(["predict", str(four_band_model), str(tif), "--tile", "64", *bands, "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 1
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and message in skipped[0]

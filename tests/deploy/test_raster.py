@@ -1,4 +1,5 @@
-"""Raster reading: windows, bands, 8-bit parity with load_image, the 16-bit stretch, bad files and windows."""
+"""Raster reading: windows, bands, 8-bit parity with load_image, the 16-bit stretch, bad files and windows; an N-band
+model's bands in its units, nodata, rasters that do not fit it; the overview picture."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harnet.config.model import InputConfig, TransformConfig
 from harnet.data.image_io import BadImageError, load_image
-from harnet.deploy.raster import Overview, PilRaster, Window, open_raster, parse_bands, percentile_stretch
+from harnet.deploy.raster import (
+    Overview,
+    PilRaster,
+    Window,
+    display_image,
+    open_raster,
+    parse_bands,
+    percentile_stretch,
+)
 from harnet.deploy.tiling import window_grid
+from tests_support import write_geotiff
 
 
 def test_png_windows_match_load_image(tmp_path: Path) -> None:
@@ -24,9 +35,20 @@ def test_png_windows_match_load_image(tmp_path: Path) -> None:
 
 
 def test_parse_bands() -> None:
+    """Any number of bands parses (an N-band model reads N); an RGB model refuses two when the raster is opened."""
     assert parse_bands("1,2,3") == (1, 2, 3) and parse_bands("4") == (4,) and parse_bands(None) is None
-    with pytest.raises(ValueError, match="one band"):
-        parse_bands("1,2")
+    assert parse_bands("4,3,2,1") == (4, 3, 2, 1)
+    with pytest.raises(ValueError, match="numbered from 1"):
+        parse_bands("0,1")
+    with pytest.raises(ValueError, match="band numbers"):
+        parse_bands("1,x")
+
+
+def test_an_rgb_model_shows_one_band_or_three(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(path)
+    with pytest.raises(BadImageError, match="one band .as grey. or three"):
+        open_raster(path, bands=(1, 2))
 
 
 def test_percentile_stretch_ignores_invalid_pixels() -> None:
@@ -115,3 +137,86 @@ def test_decimated_reads_equal_gdal_nearest_in_any_strips(tmp_path: Path, monkey
         overview.add(window, raster.read(window))
     assert overview.image.shape == (3, 14, 20)
     np.testing.assert_array_equal(overview.image, expected)
+
+
+# --- N-band models: their bands, their units, nodata -------------------------------------------------------
+
+FOUR = InputConfig(4, None, "uint16")
+
+
+def test_an_n_band_model_reads_its_bands_in_its_units_with_nodata_as_nan(tmp_path: Path) -> None:
+    data = np.random.default_rng(4).integers(1, 60000, (4, 32, 48), dtype=np.uint16)
+    data[:, :, :8] = 0
+    path = _geotiff_nodata(tmp_path / "ms.tif", data, 0)
+    window = open_raster(path, model=FOUR).read(Window(0, 0, 48, 32))
+    assert window is not None and window.shape == (4, 32, 48)
+    assert np.isnan(window[:, :, :8]).all()
+    np.testing.assert_array_equal(window[:, :, 8:], data[:, :, 8:].astype(np.float32))
+    chosen = open_raster(path, model=InputConfig(3, (4, 3, 2), "uint16")).read(Window(8, 0, 16, 16))
+    np.testing.assert_array_equal(chosen, data[[3, 2, 1], :16, 8:24])
+    other = open_raster(path, bands=(1, 1, 2, 2), model=FOUR).read(Window(8, 0, 16, 16))
+    np.testing.assert_array_equal(other, data[[0, 0, 1, 1], :16, 8:24])
+    assert open_raster(path, model=FOUR).read(Window(0, 0, 8, 8)) is None  # all nodata: not predicted
+
+
+@pytest.mark.parametrize(("count", "dtype", "bands", "message"), [
+    (1, np.uint16, None, r"one.tif: 1 band, the model reads 4 bands \(every band of its training images\); choose 4 "
+                         "with --bands"),
+    (5, np.uint16, None, "five.tif: 5 bands, the model reads 4 bands"),
+    (4, np.uint16, (1, 2, 3, 6), r"four.tif: band 6 asked for, the raster has 4 bands \(the model reads 4 bands of "
+                                 r"uint16\)"),
+    (4, np.uint16, (1, 2), r"four.tif: 2 bands chosen \(1, 2\), the model reads 4 bands"),
+    (4, np.uint8, None, "eight.tif: uint8 bands, the model was trained on uint16 ones"),
+    (4, np.float32, None, "float.tif: float32 bands, the model was trained on uint16 ones"),
+])
+def test_rasters_that_do_not_fit_the_model_are_one_line_errors(tmp_path: Path, count: int, dtype: type,
+                                                                bands: tuple[int, ...] | None, message: str) -> None:
+    name = {1: "one", 5: "five"}.get(count) or {np.uint8: "eight", np.float32: "float"}.get(dtype, "four")
+    path = _geotiff(tmp_path / f"{name}.tif", np.ones((count, 16, 16), dtype=dtype))
+    with pytest.raises(BadImageError, match=message) as error:
+        open_raster(path, bands=bands, model=FOUR)
+    assert "\n" not in str(error.value)
+
+
+def test_an_image_pil_reads_fits_only_an_eight_bit_model(tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    rgb = np.random.default_rng(5).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(png)
+    with pytest.raises(BadImageError, match="a.png: an 8-bit image read by PIL, the model reads 4 bands of uint16"):
+        open_raster(png, model=FOUR)
+    bgr = open_raster(png, model=InputConfig(3, (3, 2, 1), "uint8")).read(Window(0, 0, 16, 16))
+    np.testing.assert_array_equal(bgr, load_image(png).numpy()[[2, 1, 0]])
+
+
+def test_an_rgb_model_gets_nodata_as_nan_in_the_stretch_too(tmp_path: Path) -> None:
+    data = np.random.default_rng(6).integers(1000, 5000, (3, 16, 16), dtype=np.uint16)
+    data[:, :4] = 0
+    window = open_raster(_geotiff_nodata(tmp_path / "rgb16.tif", data, 0)).read(Window(0, 0, 16, 16))
+    assert window is not None and np.isnan(window[:, :4]).all()
+    assert float(np.nanmin(window)) >= 0 and float(np.nanmax(window)) <= 1
+
+
+def test_display_draws_raw_bands_around_their_training_mean() -> None:
+    transform = TransformConfig(image_mean=(100.0, 200.0, 300.0, 400.0), image_std=(10.0, 10.0, 10.0, 10.0))
+    image = np.array([100.0, 220.0, 250.0, 0.0], dtype=np.float32)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    image[:, 0, 0] = np.nan
+    shown = display_image(image, FOUR, transform)
+    assert shown.shape == (3, 2, 2) and shown.dtype == np.float32
+    np.testing.assert_allclose(shown[:, 1, 1], [0.5, 1.0, 0.0])  # mean -> 0.5; +-2 std -> 1 and 0 (clipped)
+    assert (shown[:, 0, 0] == 0).all()  # nodata black
+    grey = display_image(np.full((1, 2, 2), 0.25, np.float32), InputConfig(1, None, "uint8"))
+    assert (grey == 0.25).all() and grey.shape == (3, 2, 2)
+    rgb = np.random.default_rng(7).random((3, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(display_image(rgb), rgb)
+
+
+def test_the_overview_draws_the_windows_through_the_display() -> None:
+    overview = Overview(8, 8, 8, display=lambda part: display_image(part, FOUR, TransformConfig(
+        image_mean=(10.0,) * 4, image_std=(1.0,) * 4)))
+    overview.add(Window(0, 0, 4, 8), np.full((4, 8, 4), 10.0, np.float32))
+    assert overview.image.dtype == np.uint8 and (overview.image[:, :, :4] == 128).all()
+    assert (overview.image[:, :, 4:] == 0).all()  # never read: black
+
+
+def _geotiff_nodata(path: Path, data: np.ndarray, nodata: float) -> Path:
+    return write_geotiff(path, data, nodata=nodata, tiled=True, blockxsize=16, blockysize=16)

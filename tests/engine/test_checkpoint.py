@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harnet.config.experiment import CONFIG_VERSION
 from harnet.config.model import HARNetConfig
 from harnet.engine import checkpoint
 from harnet.modeling.harnet import HARNet
@@ -154,7 +155,7 @@ def test_version1_checkpoints_load_with_their_wiring_named(tmp_path: Path) -> No
     path = tmp_path / "v1.pt"
     checkpoint.save_atomic({"model": _version1_weights(model.state_dict()), "config": config}, path)
     ckpt = checkpoint.load(path)
-    assert ckpt["config"]["config_version"] == 2
+    assert ckpt["config"]["config_version"] == CONFIG_VERSION
     assert checkpoint.model_config(ckpt).channel.se == "set2"
     assert ckpt["config"]["train"]["param_overrides"] == [{"pattern": "aligned.*.offset.*", "lr_mult": 0.2}]
     assert set(ckpt["model"]) == set(model.state_dict())
@@ -197,3 +198,20 @@ def test_saved_anchor_strides_become_the_stride_mode(strides: list[int] | None, 
     saved["anchors"]["strides"] = [8, 16, 32, 64, 64]
     with pytest.raises(ConfigError, match="anchors.strides"):
         upgrade_config({"model": saved})
+
+
+def test_version2_runs_read_rgb_and_resume_without_a_config_difference(tmp_path: Path) -> None:
+    """Version-2 runs saved no ``model.input``: they read the 3 RGB channels of their images, which the upgrade
+    writes out, so the config a resume builds equals the saved one."""
+    from harnet.config.model import to_dict
+
+    cfg = HARNetConfig.preset("retinanet", num_classes=2)
+    model = HARNet(cfg)
+    saved = to_dict(cfg)
+    del saved["input"]
+    path = tmp_path / "v2.pt"
+    checkpoint.save_atomic({"model": model.state_dict(), "config": {"model": saved, "config_version": 2}}, path)
+    ckpt = checkpoint.load(path)
+    assert ckpt["config"]["model"]["input"] == {"channels": 3, "bands": None, "dtype": "uint8"}
+    assert checkpoint.model_config(ckpt).input.is_rgb
+    checkpoint.load_model_weights(HARNet(cfg), ckpt, cfg)  # no "made for a different model config"

@@ -12,8 +12,9 @@ from harnet.config.model import HARNetConfig, resolve_model_dict, to_dict
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
 # Version 2: head.norm / head.norm_groups, channel.norm and channel.se placement, set 2 as its own module,
-# optimizer overrides by parameter name. CHANGELOG.md lists every version; harnet.engine.upgrade converts.
-CONFIG_VERSION = 2
+# optimizer overrides by parameter name. Version 3: model.input (channels, bands, dtype), a mean/std per channel.
+# CHANGELOG.md lists every version; harnet.engine.upgrade converts.
+CONFIG_VERSION = 3
 
 
 def _at_least(cfg: object, section: str, minimum: int, *names: str) -> None:
@@ -61,6 +62,9 @@ class DataConfig:
     # the RGB channels half the time (harmless from scratch, wrong for an ImageNet body that knows colours);
     # "jitter": the same brightness/contrast/saturation/hue jitter without the permutation; false: none.
     photometric: bool | Literal["distort", "jitter"] = True
+    # The image bands the model reads, 1-based, in its channel order (e.g. [4, 3, 2]); None: all of them. The
+    # band count and data type are read from the images (harnet.data.band_stats); see model.input.
+    bands: tuple[int, ...] | None = None
     # Training only: a random crop of this many pixels square (padded with zeros where the image is smaller),
     # before the model's resize. Boxes are clipped to the crop and those left empty dropped. Crops of large
     # images at min_size = the crop (scale 1) with transform.test_min_size = the image's own size keep the
@@ -78,6 +82,8 @@ class DataConfig:
                 raise ConfigError(f"data.{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.random_crop is not None:
             _at_least(self, "data", 1, "random_crop")
+        if self.bands is not None and (not self.bands or min(self.bands) < 1):
+            raise ConfigError(f"data.bands: 1-based band numbers such as [4, 3, 2], got {list(self.bands)}")
 
 
 @dataclass(frozen=True)

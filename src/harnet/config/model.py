@@ -169,6 +169,53 @@ class InferenceConfig:
     detections_per_img: int = 100
 
 
+# Data types a raster band can have (GDAL's, by numpy's names).
+RasterDType = Literal["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"]
+
+
+@dataclass
+class InputConfig:
+    """What the network reads: how many channels, from which bands of an image file, in which units.
+
+    Training sets it from its data (:func:`harnet.data.band_stats.resolve_input`) and stores it with the model,
+    so that evaluation, export and every prediction backend read new images as the training images were
+    read. The default describes every ordinary image: its 3 RGB channels as PIL decodes them, in [0, 1].
+
+    ``dtype`` ``uint8`` means pixels enter as value / 255 (also what PIL makes of 16-bit PNGs, rescaled to [0, 1]
+    as before); any other type means raster bands read through rasterio in their own units (raw values; the
+    per-band ``transform.image_mean``/``image_std`` are in those units), because 16-bit or float bands have no
+    common white point to divide by."""
+
+    channels: int = 3
+    # The image's bands the network reads, 1-based, in its channel order (``data.bands`` at training); None:
+    # every band (an ordinary image's R, G, B).
+    bands: tuple[int, ...] | None = None
+    dtype: RasterDType = "uint8"
+
+    def __post_init__(self) -> None:
+        if self.channels < 1:
+            raise ConfigError(f"input.channels: must be >= 1, got {self.channels}")
+        if self.bands is not None and (len(self.bands) != self.channels or min(self.bands) < 1):
+            raise ConfigError(f"input.bands: {self.channels} band numbers (1-based) for {self.channels} "
+                              f"channels, got {list(self.bands)}")
+
+    @property
+    def scale(self) -> float:
+        """The divisor a band value goes through on its way in: 255 for 8-bit data, 1 (raw values) otherwise."""
+        return 255.0 if self.dtype == "uint8" else 1.0
+
+    @property
+    def is_rgb(self) -> bool:
+        """The default: the RGB of ordinary images (a raster is read as RGB for it, 16-bit bands stretched)."""
+        return self == InputConfig()
+
+    def describe(self) -> str:
+        """``4 bands of uint16`` (``bands 4, 3, 2 of uint16`` when chosen): for messages."""
+        if self.bands is not None:
+            return f"band{'s' * (self.channels > 1)} {', '.join(map(str, self.bands))} of {self.dtype}"
+        return f"{self.channels} band{'s' * (self.channels > 1)} of {self.dtype}"
+
+
 @dataclass
 class TransformConfig:
     """Resize + normalise inside the model, like torchvision's GeneralizedRCNNTransform. Several
@@ -181,9 +228,19 @@ class TransformConfig:
     # Short side at test time; None: min_size[-1]. Training on random crops (data.random_crop) at min_size =
     # the crop and testing whole images at their own size keeps the objects' scale.
     test_min_size: int | None = None
-    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # One value per input channel (``input.channels``), in the units the images enter in (``InputConfig``): the
+    # ImageNet statistics of [0, 1] RGB by default; per-band statistics of the training data for other data,
+    # which training computes and stores here (harnet.data.band_stats), so every later use reads them back.
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
     size_divisible: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.image_mean or len(self.image_mean) != len(self.image_std):
+            raise ConfigError(f"transform.image_mean and image_std: one value per input channel each, got "
+                              f"{len(self.image_mean)} and {len(self.image_std)}")
+        if not all(s > 0 for s in self.image_std):
+            raise ConfigError(f"transform.image_std: every value must be > 0, got {list(self.image_std)}")
 
     @property
     def test_sizes(self) -> tuple[int, int]:
@@ -250,6 +307,7 @@ class HARNetConfig:
     """The whole detector. All attentions off is exactly RetinaNet."""
 
     num_classes: int = 80
+    input: InputConfig = field(default_factory=InputConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
@@ -265,6 +323,9 @@ class HARNetConfig:
     dual_prediction: bool = False
 
     def __post_init__(self) -> None:
+        if len(self.transform.image_mean) != self.input.channels:
+            raise ConfigError(f"transform.image_mean/image_std: one value per input channel; input.channels is "
+                              f"{self.input.channels}, image_mean has {len(self.transform.image_mean)}")
         if self.channel.enabled and self.channel.se == "set2" and not self.dual_prediction:
             raise ConfigError("channel.se: set2 scales the second prediction set, which needs dual_prediction: "
                               "true (or channel.se: towers / none)")
@@ -380,6 +441,7 @@ __all__ = [
     "HARNetConfig",
     "HeadConfig",
     "InferenceConfig",
+    "InputConfig",
     "LossConfig",
     "SpatialAttentionConfig",
     "TransformConfig",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harnet.config.experiment import DataConfig, ShapesConfig
 from harnet.config.io import ConfigError
-from harnet.config.model import to_dict
+from harnet.config.model import InputConfig, to_dict
 from harnet.data.coco import CocoDataset
 from harnet.data.csv_dataset import CsvDataset
 from harnet.data.cvat import CvatDataset
@@ -41,7 +41,7 @@ def annotation_source(cfg: DataConfig, split: str) -> str:
 
 
 def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = None,
-                  classes_from: str = "the training set") -> RecordDataset:
+                  classes_from: str = "the training set", model_input: InputConfig | None = None) -> RecordDataset:
     """The ``train`` or ``val`` dataset described by ``cfg`` (no augmentation: see AugmentedDataset).
 
     ``class_names`` are the model's classes (label ``i`` is ``class_names[i]``), read from ``classes_from``
@@ -52,6 +52,10 @@ def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = N
     image is then checked before anything trains (:meth:`RecordDataset.check_images`): its header by
     default, its pixels too with ``cfg.skip_bad``, which also turns bad items into skipped-and-listed
     ones (``dataset.issues``) instead of errors.
+
+    ``model_input``: the input of the model the dataset is for (evaluation, the val set of a training): its
+    bands are read and every image must have its band count and data type; else ``cfg.bands`` are read and the
+    first image sets them (``dataset.input``).
     """
     images = getattr(cfg, f"{split}_images")
     annotations = getattr(cfg, f"{split}_annotations")
@@ -80,8 +84,19 @@ def build_dataset(cfg: DataConfig, split: str, class_names: list[str] | None = N
         _require(cfg, split, "annotations", folder=False)
         reader = LabelStudioDataset if cfg.format == "labelstudio" else CvatDataset
         dataset = reader(annotations, images, class_names=class_names, skip_bad=skip)
-    dataset.check_images(decode=skip)
+    dataset.bands = _bands(cfg, model_input)
+    dataset.check_images(decode=skip, expect=model_input)
     return dataset
+
+
+def _bands(cfg: DataConfig, model_input: InputConfig | None) -> tuple[int, ...] | None:
+    """The bands to read: the model's (which ``data.bands`` may repeat, not contradict), else ``data.bands``."""
+    if model_input is None:
+        return cfg.bands
+    if cfg.bands is not None and tuple(cfg.bands) != model_input.bands:
+        raise ConfigError(f"data.bands {list(cfg.bands)}: the model reads "
+                          f"{'bands ' + str(list(model_input.bands)) if model_input.bands else 'every band'}")
+    return model_input.bands
 
 
 def _require(cfg: DataConfig, split: str, kind: str, folder: bool) -> None:

@@ -22,8 +22,11 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import ops, tv_tensors
 
-from harnet.data.image_io import BadImageError, image_size, load_image
+from harnet.config.model import InputConfig
+from harnet.data.image_io import BadImageError, ImageBands, image_size, load_bands, probe_image
 from harnet.data.issues import DROPPED_BOX, SKIPPED_IMAGE, BadDataError, IssueLog
+from harnet.deploy.image_bands import chosen_bands
+from harnet.utils.image_decode import check_size
 
 Target = dict[str, Any]
 Sample = tuple[tv_tensors.Image, Target]
@@ -140,9 +143,14 @@ def coco_from_dict(dataset: dict[str, Any]) -> COCO:
 class RecordDataset(Dataset[Sample]):
     """Map-style dataset over :class:`DetectionRecord` s, implementing the common sample contract.
 
-    ``__getitem__`` returns ``(image, target)``: a float32 ``tv_tensors.Image`` (3, H, W) in [0, 1] and
+    ``__getitem__`` returns ``(image, target)``: a float32 ``tv_tensors.Image`` (C, H, W) and
     ``{"boxes": BoundingBoxes XYXY (n, 4), "labels": int64 (n,), "image_id": int}``, after
     ``transforms`` if given. Subclasses only parse their format and call ``__init__``.
+
+    The image is the RGB of an ordinary image in [0, 1] (C = 3), or the ``bands`` (1-based, default all) of a
+    raster in their own units with NaN where nodata (:func:`harnet.data.image_io.load_bands`). Every image
+    must have the same band count and data type: :meth:`check_images` checks them and records them in
+    ``input`` (the model input these images make).
     """
 
     def __init__(
@@ -171,6 +179,11 @@ class RecordDataset(Dataset[Sample]):
         if num_invalid_boxes is None:
             num_invalid_boxes = self.issues.counts().get(DROPPED_BOX, 0)
         self.num_invalid_boxes = num_invalid_boxes
+        # The image bands read (data.bands; build_dataset sets them before check_images), None: all.
+        self.bands: tuple[int, ...] | None = None
+        # What the images are, as a model input (channels, bands, dtype): set by check_images.
+        self.input: InputConfig | None = None
+        self._probes: dict[Path, ImageBands] = {}  # how each image is read (check_images), not probed again
 
     def drop_images(self, image_ids: set[int]) -> None:
         """Remove images from the records and from the COCO ground truth (so AP is not charged for them)."""
@@ -184,31 +197,49 @@ class RecordDataset(Dataset[Sample]):
             "annotations": [a for a in data.get("annotations", []) if a["image_id"] not in image_ids],
         })
 
-    def check_images(self, decode: bool = False, threads: int | None = None) -> None:
+    def check_images(self, decode: bool = False, threads: int | None = None, expect: InputConfig | None = None) -> None:
         """Open every image before training so a bad file is found now, not hours into a run.
 
         Reads each header (exists, not empty, an image, within ``MAX_PIXELS``, size as annotated after
-        EXIF orientation); ``decode=True`` also decodes the pixels, which is the only way to find
-        truncated files (what ``--skip-bad`` does, at the cost of one full read of the dataset, run on
-        ``threads`` threads since PIL decodes without holding the GIL). Strict logs raise on the first
-        bad image in record order; skipping logs drop the image from records and ground truth.
+        EXIF orientation, ``bands`` in range); ``decode=True`` also decodes the pixels, which is the only way
+        to find truncated files (what ``--skip-bad`` does, at the cost of one full read of the dataset, run on
+        ``threads`` threads since PIL decodes without holding the GIL). Every image must have the band count
+        and data type of ``expect`` (a model's input), else of the first image; ``input`` records them.
+        Strict logs raise on the first bad image in record order; skipping logs drop the image from records and
+        ground truth.
         """
         threads = threads or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(threads) as pool:
-            problems = list(pool.map(lambda r: _inspect(r, decode), self.records))
+            inspected = list(pool.map(lambda r: _inspect(r, decode, self.bands), self.records))
+        reference: tuple[int, str] | None = None if expect is None else (expect.channels, expect.dtype)
+        owner = "the model reads"
         bad: set[int] = set()
-        for record, problem in zip(self.records, problems, strict=True):
+        for record, (problem, info) in zip(self.records, inspected, strict=True):
+            if problem is None and info is not None:
+                kind = (len(self.bands) if self.bands else info.count, info.dtype)
+                if reference is None:
+                    reference, owner = kind, f"the first image ({record.path}) has"
+                elif kind != reference:
+                    problem = BadImageError(f"{record.path}: {_bands(*kind)}, {owner} {_bands(*reference)}; "
+                                            "every image of a dataset needs the same bands")
             if problem is not None:
                 self.issues.reject(problem, record.path, SKIPPED_IMAGE)
                 bad.add(record.image_id)
+            elif info is not None:
+                self._probes[record.path] = info
         self.drop_images(bad)
+        if reference is not None:
+            self.input = InputConfig(reference[0], self.bands, reference[1])  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
-        image = load_image(record.path)
+        image = load_bands(record.path, self.bands, self._probes.get(record.path))
+        if self.input is not None and image.shape[0] != self.input.channels:  # the file changed since the check
+            raise BadDataError(f"{record.path}: {image.shape[0]} band(s), the dataset's images have "
+                               f"{self.input.channels}")
         height, width = image.shape[-2:]
         if (width, height) != (record.width, record.height):
             raise BadDataError(_size_mismatch(record, width, height))
@@ -229,15 +260,25 @@ def _size_mismatch(record: DetectionRecord, width: int, height: int) -> str:
             f"{record.width}x{record.height}")
 
 
-def _inspect(record: DetectionRecord, decode: bool) -> Exception | None:
-    """The problem with ``record``'s image file as an exception naming the file, or ``None``."""
+def _bands(channels: int, dtype: str) -> str:
+    return f"{channels} band{'s' * (channels != 1)} of {dtype}"
+
+
+def _inspect(record: DetectionRecord, decode: bool,
+             bands: tuple[int, ...] | None) -> tuple[Exception | None, ImageBands | None]:
+    """The problem with ``record``'s image file as an exception naming the file (or ``None``), and how it is read."""
     try:
+        info = probe_image(record.path)
+        chosen_bands(record.path, info, bands)
         if decode:
-            height, width = load_image(record.path).shape[-2:]
-        else:
+            height, width = load_bands(record.path, bands, info).shape[-2:]
+        elif info.reader == "pil":
             width, height = image_size(record.path)
+        else:
+            width, height = info.size
+            check_size(record.path, width, height)
     except (FileNotFoundError, BadImageError) as e:
-        return e
+        return e, None
     if (width, height) != (record.width, record.height):
-        return BadDataError(_size_mismatch(record, width, height))
-    return None
+        return BadDataError(_size_mismatch(record, width, height)), None
+    return None, info

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harnet.deploy.draw import DRAW_MIN_SIZE, draw_detections
-from harnet.deploy.predictor import Predictor, load_image
+from harnet.deploy.predictor import Predictor
 from harnet.deploy.report import PredictReport, output_stems
 from harnet.utils.atomic import atomic_file
 
@@ -23,7 +23,7 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], out_dir: Path | N
     report = report if report is not None else PredictReport()
     for path, stem in zip(paths, stems or output_stems(paths)):
         try:
-            image = load_image(path)
+            image = predictor.load_image(path)
         except Exception as e:  # any unreadable image is reported, the rest still processed
             report.skip(path, e)
             continue
@@ -32,8 +32,8 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], out_dir: Path | N
         if (hint := predictor.tile_hint(image.shape[-2:])) is not None:
             report.notes.append(f"{path}: {hint}")
         if out_dir is not None and draw:
-            drawn = draw_detections(image, det["boxes"], det["labels"].tolist(), det["scores"].tolist(),
-                                    predictor.class_names, draw_min_size)
+            drawn = draw_detections(predictor.display(image), det["boxes"], det["labels"].tolist(),
+                                    det["scores"].tolist(), predictor.class_names, draw_min_size)
             with atomic_file(out_dir / f"{stem}_pred.png") as f:
                 drawn.save(f, format="PNG")
     return report

@@ -19,7 +19,7 @@ import numpy as np
 from harnet.deploy.draw import draw_detections
 from harnet.deploy.geo_output import geo_available, preload_geo, write_geo_outputs
 from harnet.deploy.predictor import Predictor, TiledResult
-from harnet.deploy.raster import Raster, open_raster
+from harnet.deploy.raster import Raster
 from harnet.deploy.report import PredictReport, output_stems
 from harnet.deploy.tiling import window_grid
 from harnet.utils.atomic import atomic_file
@@ -60,7 +60,7 @@ def predict_rasters(
         preload_geo()
     for path, stem in zip(paths, stems or output_stems(paths)):
         try:
-            raster = open_raster(path, bands)
+            raster = predictor.open_raster(path, bands)
         except Exception as e:
             report.skip(path, e)
             continue

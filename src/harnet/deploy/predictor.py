@@ -20,10 +20,11 @@ import numpy as np
 
 from harnet.config.model import InferenceConfig
 from harnet.deploy.anchors import anchors_per_level, grid_anchors, level_shapes
+from harnet.deploy.image_bands import read_for_model
 from harnet.deploy.metadata import ExportInfo, load_export_info
 from harnet.deploy.postprocess import select_candidates, suppress
 from harnet.deploy.preprocess import Batch, preprocess, to_input_pixels
-from harnet.deploy.raster import Overview, Raster
+from harnet.deploy.raster import Overview, Raster, display_image, open_raster
 from harnet.deploy.runtime import Backend, Runtime, open_runtime
 from harnet.deploy.tiling import MIN_TILE, Window, WindowDetections, merge_windows, window_grid
 from harnet.deploy.tta import TTAConfig, flip_boxes, tta_inference
@@ -37,7 +38,8 @@ Detections = dict[str, Any]  # boxes (n, 4) float32 XYXY input pixels, scores (n
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as float32 CHW RGB in [0, 1], decoded exactly as the datasets decode it."""
+    """An ordinary image file as float32 CHW RGB in [0, 1], decoded exactly as the datasets decode it (what an
+    RGB model reads; :meth:`Predictor.load_image` reads a file for any model)."""
     with open_image(path) as image:
         return np.ascontiguousarray(_decode(image, path).transpose(2, 0, 1))
 
@@ -50,7 +52,7 @@ def candidates(cls_logits: np.ndarray, box_deltas: np.ndarray, batch: Batch, inf
     per_level = anchors_per_level(level_shapes(height, width), info.config.anchors.num_anchors)
     n = batch.images.shape[0]
     if cls_logits.shape[:2] != (n, sum(per_level)) or box_deltas.shape[:2] != (n, sum(per_level)):
-        raise ValueError(f"outputs {cls_logits.shape} / {box_deltas.shape} do not fit a {n}x3x{height}x{width} batch "
+        raise ValueError(f"outputs {cls_logits.shape} / {box_deltas.shape} do not fit a {batch.images.shape} batch "
                          f"(expected {sum(per_level)} anchors): is the model file the one its metadata describes?")
     splits = np.cumsum(per_level)[:-1]
     anchors = np.split(grid_anchors(info.config.anchors, (height, width)), splits)
@@ -83,15 +85,16 @@ class TiledResult:
     cut_dropped: int = 0
     merged: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, network, postprocess, merge
-    overview: np.ndarray | None = None  # with ``overview_side``: the raster scaled down, uint8 CHW
+    overview: np.ndarray | None = None  # with ``overview_side``: the raster scaled down, uint8 (3, h, w) to draw
 
 
 class Predictor:
     """``Predictor(runtime, info).predict([image])`` -> ``[{"boxes", "scores", "labels", "names"}]``.
 
     ``runtime`` runs the network (:class:`~harnet.deploy.runtime.Runtime`); ``info`` holds the model config,
-    class names and ids (an export's metadata, or a checkpoint's). Images are float32 CHW RGB arrays in
-    [0, 1] or file paths. ``tta`` pools the candidates of flipped and rescaled views before one suppression.
+    class names and ids (an export's metadata, or a checkpoint's). Images are float32 CHW arrays of the model's
+    input (``config.input``: RGB in [0, 1] by default) or file paths, read as the model reads them
+    (:meth:`load_image`). ``tta`` pools the candidates of flipped and rescaled views before one suppression.
     """
 
     def __init__(self, runtime: Runtime, info: ExportInfo, batch_size: int = 4, tta: TTAConfig | None = None) -> None:
@@ -110,6 +113,20 @@ class Predictor:
                     batch_size: int = 4, tta: TTAConfig | None = None) -> Predictor:
         """An exported ``.onnx`` or OpenVINO IR (``.xml`` or its folder) run by onnxruntime or OpenVINO."""
         return cls(open_runtime(model, backend, threads), load_export_info(model), batch_size, tta)
+
+    def load_image(self, path: str | Path) -> np.ndarray:
+        """An image file as this model reads it (:func:`~harnet.deploy.image_bands.read_for_model`): its bands,
+        in its units, nodata as NaN; a file that does not fit the model is a one-line error naming it."""
+        return read_for_model(path, self.config.input)
+
+    def open_raster(self, path: str | Path, bands: Sequence[int] | None = None) -> Raster:
+        """A raster read window by window for this model (``bands``: others than the model's own)."""
+        return open_raster(path, bands, self.config.input)
+
+    def display(self, image: np.ndarray) -> np.ndarray:
+        """Pixels as this model reads them -> (3, h, w) in [0, 1] to draw
+        (:func:`~harnet.deploy.raster.display_image`)."""
+        return display_image(image, self.config.input, self.config.transform)
 
     @property
     def min_tile(self) -> int:
@@ -179,7 +196,7 @@ class Predictor:
         image to the largest, which changes nothing in the detections but costs time)."""
         results = []
         for item in images:
-            image = load_image(item) if isinstance(item, (str, Path)) else np.asarray(item, dtype=np.float32)
+            image = self.load_image(item) if isinstance(item, (str, Path)) else np.asarray(item, dtype=np.float32)
             (det,) = self.detect([image])
             results.append(self._named(det, score_thresh))
         return results
@@ -193,11 +210,12 @@ class Predictor:
         corrupt block, a file truncated on disk) is listed in ``unreadable`` and the others are still
         predicted. ``progress`` is called with the number of windows done after each batch. With
         ``overview_side``, ``result.overview`` is the raster at most that many px on its long side, made
-        from the windows as they are read (:class:`~harnet.deploy.raster.Overview`)."""
+        from the windows as they are read (:class:`~harnet.deploy.raster.Overview`), as a picture to draw
+        (:meth:`display`)."""
         grid = window_grid(raster.width, raster.height, tile, overlap, self.min_tile)
         windows = grid.windows()
         result = TiledResult({}, len(windows))
-        overview = Overview(raster.width, raster.height, overview_side) if overview_side else None
+        overview = Overview(raster.width, raster.height, overview_side, display=self.display) if overview_side else None
         parts: list[WindowDetections] = []
         seconds = {"read": 0.0, "preprocess": 0.0, "network": 0.0, "postprocess": 0.0, "merge": 0.0}
         before = dict(self.seconds)

@@ -28,7 +28,7 @@ Size = tuple[int, int]
 class Batch:
     """What the exported network eats, plus the sizes post-processing needs."""
 
-    images: np.ndarray  # (N, 3, H, W) float32, normalised, zero-padded bottom/right
+    images: np.ndarray  # (N, C, H, W) float32, normalised, zero-padded bottom/right
     image_sizes: list[Size]  # (h, w) of each resized image inside the padded batch
     original_sizes: list[Size]  # (h, w) of each input image
 
@@ -66,14 +66,24 @@ def resize_bilinear(image: np.ndarray, size: Size) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, cfg: TransformConfig) -> np.ndarray:
+    """``(image - mean) / std`` per channel; nodata pixels (NaN) become 0, the band's training mean, as
+    :mod:`harnet.modeling.preprocess` makes them in training."""
+    if image.shape[0] != len(cfg.image_mean):
+        raise ValueError(f"image has {image.shape[0]} channel(s), the model reads {len(cfg.image_mean)} "
+                         "(transform.image_mean has one value per channel)")
     mean = np.asarray(cfg.image_mean, dtype=np.float32)[:, None, None]
     std = np.asarray(cfg.image_std, dtype=np.float32)[:, None, None]
-    return ((image - mean) / std).astype(np.float32, copy=False)
+    out = ((image - mean) / std).astype(np.float32, copy=False)
+    nodata = np.isnan(out)
+    if nodata.any():  # the test costs a fraction of the normalisation; most images have no nodata
+        out[nodata] = 0.0
+    return out
 
 
 def preprocess(images: Sequence[np.ndarray], cfg: TransformConfig, scale: float = 1.0) -> Batch:
-    """Float32 CHW RGB images in [0, 1] of any sizes -> one normalised batch zero-padded bottom/right to a
-    multiple of ``size_divisible`` (normalise, then resize, then pad: torchvision's order)."""
+    """Float32 CHW images (the model's input channels, in its units: RGB in [0, 1] by default) of any sizes -> one
+    normalised batch zero-padded bottom/right to a multiple of ``size_divisible`` (normalise, then resize, then
+    pad: torchvision's order)."""
     short, long = cfg.test_sizes
     short, long = round(short * scale), round(long * scale)
     resized = []
@@ -84,7 +94,7 @@ def preprocess(images: Sequence[np.ndarray], cfg: TransformConfig, scale: float 
     d = float(cfg.size_divisible)
     height = int(math.ceil(max(r.shape[-2] for r in resized) / d) * d)
     width = int(math.ceil(max(r.shape[-1] for r in resized) / d) * d)
-    batch = np.zeros((len(resized), 3, height, width), dtype=np.float32)
+    batch = np.zeros((len(resized), resized[0].shape[0], height, width), dtype=np.float32)
     for i, r in enumerate(resized):
         batch[i, :, : r.shape[-2], : r.shape[-1]] = r
     return Batch(batch, [(r.shape[-2], r.shape[-1]) for r in resized],

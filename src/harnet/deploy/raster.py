@@ -5,31 +5,40 @@ time, so an orthomosaic of any size is never decoded whole when GDAL can read it
 optional extra (``pip install -e ".[geo]"``); without it every file goes through PIL, which decodes the
 image once.
 
-Pixel values become float RGB in [0, 1], the model's input:
+A window is float32 ``(bands, h, w)``: the model's input before normalisation. Which bands, in which units,
+follows the model's :class:`~harnet.config.model.InputConfig` (``model``):
 
-* bands: ``bands`` (1-based, one or three of them; one band is repeated into grey RGB), else bands 1, 2, 3
-  of a raster with three or more bands and band 1 of a raster with fewer;
-* 8-bit bands are divided by 255, exactly as training images are, so a tile cut from the raster gives the
-  same pixels as the same tile saved as PNG;
-* 16-bit, other integer and float bands have no common white point: each band is stretched linearly from
-  its 2nd to its 98th percentile, computed once from a decimated read of the whole raster (at most
-  :data:`STRETCH_OVERVIEW` px on the long side, nodata excluded), and clipped to [0, 1]. Every window
-  uses the same stretch, so seams show no brightness steps.
+* an RGB model (the default input, or no model given): ``bands`` (1-based, one or three of them; one band is
+  repeated into grey RGB), else bands 1, 2, 3 of a raster with three or more bands and band 1 of a raster with
+  fewer; 8-bit bands are divided by 255, exactly as training images are, so a tile cut from the raster gives
+  the same pixels as the same tile saved as PNG; 16-bit, other integer and float bands have no common white
+  point: each band is stretched linearly from its 2nd to its 98th percentile, computed once from a decimated
+  read of the whole raster (at most :data:`STRETCH_OVERVIEW` px on the long side, nodata excluded), and clipped
+  to [0, 1]. Every window uses the same stretch, so seams show no brightness steps;
+* any other model: the bands it was trained on (``input.bands``, else every band, as many as it has channels;
+  ``bands`` chooses others), in its units: 8-bit bands divided by 255, other types raw, the numbers its
+  training images had (:mod:`harnet.deploy.image_bands`). A raster with another band count, bands out of
+  range or another data type than the model's is a one-line :class:`BadImageError` naming the file.
+
+Pixels flagged nodata (the raster's nodata value, a mask or alpha band, and non-finite float values) are NaN:
+normalisation (:func:`harnet.deploy.preprocess.normalize`) maps them to 0, the band's training mean, as
+training does. A window entirely nodata reads as None.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from harnet.config.model import InputConfig, TransformConfig
 from harnet.deploy.tiling import Window
 from harnet.utils.errors import first_line
-from harnet.utils.image_decode import BadImageError, pil_to_rgb_array
+from harnet.utils.image_decode import BadImageError, pil_to_rgb_array, tiff_hint
 
 # Long side of the decimated read the percentile stretch is computed from: enough pixels for stable
 # percentiles, a few MB whatever the raster's size.
@@ -42,13 +51,16 @@ GDAL_CACHE_MB = 64
 DECIMATE_STRIP_ROWS = 512
 # Suffixes read through rasterio when it is installed (GDAL's block-wise formats); other files go through PIL.
 GDAL_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".ecw", ".nc", ".hdf", ".sid"}
+# The overview picture of bands in raw units spans each band's training mean +- this many standard deviations.
+DISPLAY_STDS = 2.0
+GEO_EXTRA = 'pip install "harnet[geo]"'
 
 # (a, b, c, d, e, f): map x = a*col + b*row + c, map y = d*col + e*row + f (GDAL's and rasterio's order).
 Affine6 = tuple[float, float, float, float, float, float]
 
 
 class Raster(Protocol):
-    """What tiled prediction reads: the size, the georeference (if any) and windows as float RGB.
+    """What tiled prediction reads: the size, the georeference (if any) and windows of the model's bands.
 
     ``georef_note`` says why a raster that looks georeferenced has no usable ``crs``/``transform`` (e.g.
     ground control points), so the user is told what to do rather than "no CRS"."""
@@ -61,31 +73,65 @@ class Raster(Protocol):
     georef_note: str | None
 
     def read(self, window: Window) -> np.ndarray | None:
-        """(3, height, width) float32 RGB in [0, 1]; None when every pixel of the window is nodata (the
-        network is not run on it)."""
+        """(bands, height, width) float32 in the model's units, NaN where nodata; None when every pixel of the
+        window is nodata (the network is not run on it)."""
         ...
 
     def close(self) -> None: ...
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
-    """``"1,2,3"`` -> (1, 2, 3); one or three 1-based band numbers."""
+    """``"4,3,2"`` -> (4, 3, 2): 1-based band numbers. How many an input needs depends on the model (one or three
+    for an RGB model, its channels for another), checked when a raster is opened."""
     if text is None or not text.strip():
         return None
     try:
         bands = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"--bands {text}: expected 1-based band numbers such as 1,2,3") from None
-    if len(bands) not in (1, 3) or min(bands) < 1:
-        raise ValueError(f"--bands {text}: give one band (shown as grey) or three (red, green, blue), numbered from 1")
+    if min(bands) < 1:
+        raise ValueError(f"--bands {text}: bands are numbered from 1")
     return bands
 
 
 def _rgb_bands(count: int, bands: Sequence[int] | None, path: str) -> tuple[int, int, int]:
     chosen = tuple(bands) if bands else ((1, 2, 3) if count >= 3 else (1,))
+    if len(chosen) not in (1, 3):
+        raise BadImageError(f"{path}: {len(chosen)} bands chosen; an RGB model shows one band (as grey) or three "
+                            "(red, green, blue)")
     if max(chosen) > count:
         raise BadImageError(f"{path}: band {max(chosen)} asked for, the raster has {count} band(s)")
     return (chosen[0],) * 3 if len(chosen) == 1 else (chosen[0], chosen[1], chosen[2])  # type: ignore[misc]
+
+
+def _plural(n: int, noun: str = "band") -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def model_bands(path: str, count: int, model: InputConfig, bands: Sequence[int] | None) -> tuple[int, ...]:
+    """The bands of a ``count``-band raster that a non-RGB ``model`` reads: ``bands`` if given, else the model's
+    own (``input.bands``), else every band, which must then be as many as the model's channels. Anything that
+    cannot fit is a one-line :class:`BadImageError` naming the file."""
+    chosen = tuple(bands) if bands else model.bands
+    if chosen is None:
+        if count != model.channels:
+            raise BadImageError(f"{path}: {_plural(count)}, the model reads {_plural(model.channels)} (every band "
+                                f"of its training images); choose {model.channels} with --bands")
+        return tuple(range(1, count + 1))
+    if len(chosen) != model.channels:
+        raise BadImageError(f"{path}: {_plural(len(chosen))} chosen ({', '.join(map(str, chosen))}), the model "
+                            f"reads {_plural(model.channels)}")
+    if max(chosen) > count:
+        raise BadImageError(f"{path}: band {max(chosen)} asked for, the raster has {_plural(count)} (the model "
+                            f"reads {model.describe()})")
+    return chosen
+
+
+def check_dtype(path: str, dtype: str, model: InputConfig) -> None:
+    """A raster's data type against the model's: other units would be normalised as if they were the training's."""
+    if dtype != model.dtype:
+        raise BadImageError(f"{path}: {dtype} bands, the model was trained on {model.dtype} ones (other units); "
+                            f"convert the raster first, e.g. gdal_translate -ot {model.dtype.capitalize()}")
 
 
 def percentile_stretch(sample: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +153,38 @@ def percentile_stretch(sample: np.ndarray, valid: np.ndarray | None = None) -> t
     return np.asarray(lows), np.asarray(highs)
 
 
-def _scale(data: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """(3, h, w) raw band values -> float32 [0, 1]: /255 for 8-bit data, else the stretch."""
+def _scale(data: np.ndarray, stretch: tuple[np.ndarray, np.ndarray] | None, divisor: float) -> np.ndarray:
+    """(bands, h, w) raw band values -> float32: the stretch to [0, 1] if given, else value / ``divisor`` (255 for
+    8-bit bands, 1: raw values); non-finite float values become NaN (nodata)."""
     if stretch is None:
-        return np.ascontiguousarray(data, dtype=np.float32) / np.float32(255.0)
-    lo, hi = stretch
-    values = (data.astype(np.float64) - lo[:, None, None]) / (hi - lo)[:, None, None]
-    values = np.clip(np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-    return values.astype(np.float32)
+        values = np.ascontiguousarray(data, dtype=np.float32)
+        if divisor != 1.0:
+            values = values / np.float32(divisor)
+        elif values is data:
+            values = values.copy()  # NaN is written below: never into the caller's array
+    else:
+        lo, hi = stretch
+        scaled = (data.astype(np.float64) - lo[:, None, None]) / (hi - lo)[:, None, None]
+        values = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0).astype(np.float32)
+    if data.dtype.kind == "f":
+        values[~np.isfinite(data)] = np.nan
+    return values
+
+
+def display_image(image: np.ndarray, model: InputConfig | None = None,
+                  transform: TransformConfig | None = None) -> np.ndarray:
+    """Pixels as read for ``model`` (bands, h, w) -> (3, h, w) float32 in [0, 1] to draw: the first three bands as
+    RGB (fewer: the first as grey); 8-bit units as they are, raw units stretched over each band's training mean
+    +- :data:`DISPLAY_STDS` standard deviations (``transform``'s), so every window of a raster is drawn alike;
+    nodata (NaN) black."""
+    image = np.asarray(image, dtype=np.float32)
+    pick = [0, 1, 2] if image.shape[0] >= 3 else [0, 0, 0]
+    out = image[pick]
+    if model is not None and model.scale == 1.0 and transform is not None:
+        mean = np.asarray(transform.image_mean, dtype=np.float32)[pick, None, None]
+        std = np.asarray(transform.image_std, dtype=np.float32)[pick, None, None]
+        out = (out - (mean - DISPLAY_STDS * std)) / (2 * DISPLAY_STDS * std)
+    return np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0).astype(np.float32, copy=False)
 
 
 def overview_shape(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -131,24 +201,28 @@ def nearest_index(size: int, out: int) -> np.ndarray:
 
 class Overview:
     """The raster at most ``max_side`` px on its long side (nearest pixel, as :meth:`GdalRaster._decimated`),
-    assembled from the windows a tiled prediction reads anyway.
+    assembled from the windows a tiled prediction reads anyway, as a picture: ``display`` turns the sampled
+    pixels (the model's bands and units) into RGB in [0, 1] (:func:`display_image`; None: they are that).
 
     Why not a read of its own: a second pass over the raster decodes every block again (a third of a second
     for a 4,000 px GeoTIFF, more than the maps take to write). Windows never read (entirely nodata, or
     unreadable in a truncated file) stay black, so the picture shows what was predicted. The picture is kept
     as 8-bit, what its PNG holds, a quarter of the memory of float pixels for the whole prediction."""
 
-    def __init__(self, width: int, height: int, max_side: int, bands: int = 3) -> None:
+    def __init__(self, width: int, height: int, max_side: int, bands: int = 3,
+                 display: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         rows, cols = overview_shape(width, height, max_side)
         self.rows, self.cols = nearest_index(height, rows), nearest_index(width, cols)
         self.image = np.zeros((bands, rows, cols), dtype=np.uint8)
+        self.display = display
 
     def add(self, window: Window, image: np.ndarray) -> None:
-        """Copy the samples that fall in ``window`` from its pixels ``image`` (bands, h, w; float in [0, 1])."""
+        """Copy the samples that fall in ``window`` from its pixels ``image`` (bands, h, w)."""
         r0, r1 = np.searchsorted(self.rows, (window.y, window.y + window.height))
         c0, c1 = np.searchsorted(self.cols, (window.x, window.x + window.width))
         if r1 > r0 and c1 > c0:
             part = image.take(self.rows[r0:r1] - window.y, axis=1).take(self.cols[c0:c1] - window.x, axis=2)
+            part = self.display(part) if self.display is not None else np.nan_to_num(part, nan=0.0)
             self.image[:, r0:r1, c0:c1] = to_uint8(part)
 
 
@@ -158,9 +232,14 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 class GdalRaster:
-    """A raster read through rasterio, one window at a time."""
+    """A raster read through rasterio, one window at a time.
 
-    def __init__(self, path: str | Path, bands: Sequence[int] | None = None) -> None:
+    ``model``: the input of the model the windows are for (None: an RGB model; see the module docstring).
+    ``own_units``: the training view (:mod:`harnet.deploy.image_bands`): ``bands`` (default: all) in their own
+    units, /255 for 8-bit bands and raw otherwise, with no model to check them against."""
+
+    def __init__(self, path: str | Path, bands: Sequence[int] | None = None, model: InputConfig | None = None,
+                 own_units: bool = False) -> None:
         import rasterio
 
         self.path = str(path)
@@ -168,9 +247,35 @@ class GdalRaster:
             self._ds: Any = rasterio.open(self.path)
         except Exception as e:
             raise BadImageError(f"{self.path}: not a raster GDAL can read ({first_line(e)})") from None
+        try:
+            self._setup(bands, model, own_units)
+        except BaseException:
+            self._ds.close()
+            raise
+
+    def _setup(self, bands: Sequence[int] | None, model: InputConfig | None, own_units: bool) -> None:
         ds = self._ds
         self.width, self.height = int(ds.width), int(ds.height)
-        self.bands = _rgb_bands(int(ds.count), bands, self.path)
+        count = int(ds.count)
+        self.bands: tuple[int, ...]
+        if own_units or (model is not None and not model.is_rgb):
+            if own_units:
+                self.bands = tuple(bands) if bands else tuple(range(1, count + 1))
+                if max(self.bands) > count:
+                    raise BadImageError(f"{self.path}: band {max(self.bands)} asked for, the raster has "
+                                        f"{_plural(count)}")
+            else:
+                assert model is not None
+                self.bands = model_bands(self.path, count, model, bands)
+            dtype = band_dtype(self.path, [ds.dtypes[b - 1] for b in self.bands])
+            if model is not None and not own_units:
+                check_dtype(self.path, dtype, model)
+            self.divisor = 255.0 if dtype == "uint8" else 1.0
+        else:
+            self.bands = _rgb_bands(count, bands, self.path)
+            dtype = str(np.dtype(ds.dtypes[self.bands[0] - 1]))
+            self.divisor = 255.0
+        self.dtype = dtype
         self.crs = ds.crs.to_wkt() if ds.crs is not None else None
         t = ds.transform
         self.transform: Affine6 | None = (t.a, t.b, t.c, t.d, t.e, t.f) if self.crs is not None else None
@@ -180,8 +285,9 @@ class GdalRaster:
         # Masks are read only where the raster has nodata or a mask band: the masked read costs a second pass.
         self.has_nodata = ds.nodata is not None or any(
             "all_valid" not in [f.name for f in flags] for flags in ds.mask_flag_enums)
-        dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
-        self.stretch = None if dtype == np.uint8 else self._stretch()
+        # The RGB view of bands that are not 8-bit: the display-style stretch (no model units to keep).
+        rgb_view = not own_units and (model is None or model.is_rgb)
+        self.stretch = self._stretch() if rgb_view and dtype != "uint8" else None
 
     def _read(self, window: Window | None = None, masked: bool = False) -> Any:
         from rasterio.windows import Window as RioWindow
@@ -224,11 +330,16 @@ class GdalRaster:
         except Exception as e:  # a corrupt block, a file truncated on disk
             raise BadImageError(f"{self.path}: window x={window.x} y={window.y} {window.width}x{window.height} "
                                 f"unreadable ({first_line(e)})") from None
+        mask = None
         if self.has_nodata:
-            if np.ma.getmaskarray(data).all():
+            mask = np.ma.getmaskarray(data)
+            if mask.all():
                 return None
             data = np.ma.getdata(data)
-        return _scale(data, self.stretch)
+        values = _scale(data, self.stretch, self.divisor)
+        if mask is not None and mask.any():
+            values[mask] = np.nan
+        return values
 
     def close(self) -> None:
         self._ds.close()
@@ -237,9 +348,11 @@ class GdalRaster:
 class PilRaster:
     """A plain image (PNG, JPEG, ...) decoded once by PIL, as :func:`harnet.data.image_io.load_image` decodes it
     (8-bit RGB and grey kept as uint8, 3 bytes a pixel; other modes as float RGB). PIL cannot read these
-    formats in windows, so the image's size is bounded by memory, unlike a GeoTIFF read through rasterio."""
+    formats in windows, so the image's size is bounded by memory, unlike a GeoTIFF read through rasterio.
+    For a non-RGB ``model`` its 3 decoded channels are the bands the model chooses from, as in training."""
 
-    def __init__(self, path: str | Path, bands: Sequence[int] | None = None) -> None:
+    def __init__(self, path: str | Path, bands: Sequence[int] | None = None,
+                 model: InputConfig | None = None) -> None:
         self.path = str(path)
         self.crs: str | None = None
         self.transform: Affine6 | None = None
@@ -247,6 +360,15 @@ class PilRaster:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p}: image file not found")
+        chosen: tuple[int, ...] | None = None
+        if model is not None and not model.is_rgb:
+            if model.dtype != "uint8":
+                extra = ("" if rasterio_available() or p.suffix.lower() not in GDAL_SUFFIXES
+                         else f"; its {model.dtype} bands are read through rasterio: {GEO_EXTRA}")
+                raise BadImageError(f"{p}: an 8-bit image read by PIL, the model reads {model.describe()}{extra}")
+            chosen = model_bands(self.path, 3, model, bands)
+        elif bands and tuple(bands) != (1, 2, 3):
+            chosen = _rgb_bands(3, bands, self.path)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -254,9 +376,8 @@ class PilRaster:
                     plain = image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) == 1
                     array = np.asarray(image.convert("RGB")) if plain else pil_to_rgb_array(image)
         except Exception as e:
-            raise BadImageError(f"{p}: not a readable image file ({first_line(e)})") from None
-        if bands and tuple(bands) != (1, 2, 3):
-            chosen = _rgb_bands(3, bands, self.path)
+            raise BadImageError(f"{p}: not a readable image file ({first_line(e)}){tiff_hint(p)}") from None
+        if chosen is not None and chosen != (1, 2, 3):
             array = array[:, :, [b - 1 for b in chosen]]
         self._array = array
         self.height, self.width = int(array.shape[0]), int(array.shape[1])
@@ -297,13 +418,23 @@ def rasterio_available() -> bool:
     return True
 
 
-def open_raster(path: str | Path, bands: Sequence[int] | None = None) -> Raster:
-    """The raster at ``path``: through rasterio for GDAL formats (GeoTIFF, ...) when it is installed, else PIL."""
+def band_dtype(path: str, dtypes: Sequence[str]) -> str:
+    """The one data type of a raster's (chosen) bands; bands of different types are refused, naming the file."""
+    names = sorted({str(np.dtype(d)) for d in dtypes})
+    if len(names) > 1:
+        raise BadImageError(f"{path}: bands of different data types ({', '.join(names)}); harnet reads bands of one "
+                            "type (convert with gdal_translate -ot)")
+    return names[0]
+
+
+def open_raster(path: str | Path, bands: Sequence[int] | None = None, model: InputConfig | None = None) -> Raster:
+    """The raster at ``path``: through rasterio for GDAL formats (GeoTIFF, ...) when it is installed, else PIL;
+    its windows read for ``model`` (None: an RGB model), ``bands`` chosen (see the module docstring)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: image file not found")
     if p.stat().st_size == 0:
         raise BadImageError(f"{p}: empty file (0 bytes)")
     if p.suffix.lower() in GDAL_SUFFIXES and rasterio_available():
-        return GdalRaster(p, bands)
-    return PilRaster(p, bands)
+        return GdalRaster(p, bands, model)
+    return PilRaster(p, bands, model)

@@ -34,8 +34,17 @@ def optimize_for_inference(model: ModuleT, device: torch.device) -> ModuleT:
     ``model`` follows the detection contract (a list of CHW images in, detections out); it must not
     be trained afterwards (the folded convs no longer see the norms' statistics)."""
     model.eval()
-    example = [torch.rand(3, EXAMPLE_SIZE, EXAMPLE_SIZE, device=device)]
+    example = [torch.rand(input_channels(model), EXAMPLE_SIZE, EXAMPLE_SIZE, device=device)]
     fold_batch_norms(model, example)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
+
+
+def input_channels(model: nn.Module) -> int:
+    """The channels a detector's images have: its config's (``model.input``), or its transform's mean's length
+    (torchvision's RetinaNet)."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        return int(config.input.channels)
+    return len(getattr(getattr(model, "transform", None), "image_mean", (0.0, 0.0, 0.0)))

@@ -94,7 +94,8 @@ def evaluate_checkpoint(
     data_cfg = (load_experiment(data, list(overrides)) if data else
                 ExperimentConfig.from_dict(merge(ckpt["config"], tree))).data
     data_cfg.skip_bad = data_cfg.skip_bad or skip_bad
-    dataset = build_dataset(data_cfg, split, class_names=ckpt["class_names"], classes_from=f"checkpoint {ckpt['path']}")
+    dataset = build_dataset(data_cfg, split, class_names=ckpt["class_names"], classes_from=f"checkpoint {ckpt['path']}",
+                            model_input=checkpoint.model_config(ckpt).input)
     if dataset.class_names != ckpt["class_names"]:
         raise ConfigError(f"dataset classes {dataset.class_names} differ from the checkpoint's "
                           f"{ckpt['class_names']}")

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from harnet.data.image_io import load_image
 from harnet.deploy.predict_raster import window_bar
-from harnet.deploy.raster import ArrayRaster, Raster, open_raster
+from harnet.deploy.raster import ArrayRaster, Raster
 from harnet.deploy.tiling import DEFAULT_OVERLAP, window_grid
 from harnet.deploy.tta import TTAConfig
 from harnet.engine import checkpoint
@@ -98,7 +98,9 @@ class Detector:
         """One dict per image: ``boxes`` (n, 4) XYXY pixels, ``scores``, ``labels`` (tensors), ``names``."""
         single = isinstance(images, (str, Path, Image.Image, Tensor))
         items: list[ImageInput] = [images] if single else list(images)  # type: ignore[arg-type, list-item]
-        arrays = [self.to_tensor(x).detach().float().cpu().numpy() for x in items]
+        # Files are read as the model reads them (its bands and units); the rest are RGB.
+        arrays = [self.predictor.load_image(x) if isinstance(x, (str, Path)) else
+                  self.to_tensor(x).detach().float().cpu().numpy() for x in items]
         return [_tensors(det) for det in self.predictor.predict(arrays, score_thresh)]
 
     def tile_hint(self, size: Sequence[int]) -> str | None:
@@ -115,7 +117,7 @@ class Detector:
         if isinstance(image, Tensor):
             raster: Raster = ArrayRaster(image.detach().float().cpu().numpy())
         else:
-            raster = open_raster(image, bands) if isinstance(image, (str, Path)) else image
+            raster = self.predictor.open_raster(image, bands) if isinstance(image, (str, Path)) else image
         bar = window_bar(len(window_grid(raster.width, raster.height, tile, overlap, self.predictor.min_tile)),
                          raster.path, progress)
         try:

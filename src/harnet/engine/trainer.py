@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from harnet.config.experiment import ExperimentConfig
 from harnet.config.io import ConfigError
+from harnet.data.band_stats import resolve_input
 from harnet.data.build import annotation_source, build_dataset
 from harnet.data.image_io import BadImageError
 from harnet.data.issues import BadDataError, write_issues
 from harnet.data.loader import collate_fn
-from harnet.data.transforms import build_transforms
+from harnet.data.transforms import build_transforms, photometric_note
 from harnet.engine import checkpoint, distributed, runfolder
 from harnet.engine.device import resolve_amp_dtype, resolve_device
 from harnet.engine.errors import TrainingError, TrainingInterrupted
@@ -131,8 +132,17 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.train_set = build_dataset(cfg.data, "train")
+        # The model reads what the training images are (band count, data type): set before the val set is
+        # checked against it, and normalised per band when the data are not 8-bit RGB (harnet.data.band_stats).
+        notes = []
+        if len(self.train_set):
+            cfg.model, note = resolve_input(cfg.model, self.train_set)
+            notes += [note, photometric_note(cfg.model.input) if cfg.data.photometric else None]
         self.val_set = build_dataset(cfg.data, "val", class_names=self.train_set.class_names,
-                                     classes_from=annotation_source(cfg.data, "train"))
+                                     classes_from=annotation_source(cfg.data, "train"), model_input=cfg.model.input)
+        for line in filter(None, notes):
+            if distributed.is_main():
+                print(f"harnet: {line}", file=sys.stderr)
         summary = None
         if distributed.is_main():
             summary = write_issues(self.run_dir, {"train": self.train_set.issues, "val": self.val_set.issues})
@@ -278,8 +288,11 @@ class Trainer:
 
     def _loader(self) -> Iterator[tuple[list[Tensor], list[dict[str, Any]]]]:
         t, d = self.cfg.train, self.cfg.data
+        # Colour augmentation is for 8-bit RGB (photometric_note says so when it is skipped); nodata stays out of it.
+        photometric = d.photometric if photometric_note(self.cfg.model.input) is None else False
         transforms = build_transforms(True, hflip_prob=d.hflip_prob, vflip_prob=d.vflip_prob, rot90_prob=d.rot90_prob,
-                                      photometric=d.photometric, random_crop=d.random_crop)
+                                      photometric=photometric, random_crop=d.random_crop,
+                                      nodata_fill=self.cfg.model.transform.image_mean)
         data = AugmentedDataset(self.train_set, transforms, t.seed)
         # Distributed: every rank draws the same global batch and keeps its slice (train.batch_size is global).
         sampler = distributed.shard_batches(InfiniteBatchSampler(len(self.train_set), t.batch_size, t.seed, self.step),

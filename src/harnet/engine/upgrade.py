@@ -81,11 +81,21 @@ def _v1_to_v2(config: Saved) -> Saved:
     return config
 
 
+def _v2_to_v3(config: Saved) -> Saved:
+    """Version 3 describes the network's input (``model.input``: channels, bands, dtype). Every earlier run read
+    the 3 RGB channels of its images in [0, 1]: the default, written out so the saved config equals the one
+    a resume builds."""
+    model = _section(config, "model")
+    model.setdefault("input", {"channels": 3, "bands": None, "dtype": "uint8"})
+    return config
+
+
 # (step, state_dict key renames as (old prefix, new prefix)), indexed by the version the step starts from.
 _STEPS: tuple[tuple[Callable[[Saved], Saved], tuple[tuple[str, str], ...]], ...] = (
     (_v0_to_v1, ()),
     (_v1_to_v2, (("head.cls_extra.", "head.set2.cls_conv."), ("head.box_extra.", "head.set2.box_conv."),
                  ("head.predictor2.", "head.set2.predictor."))),
+    (_v2_to_v3, ()),
 )
 assert len(_STEPS) == CONFIG_VERSION, "one upgrade step per config version"
 

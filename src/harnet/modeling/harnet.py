@@ -99,7 +99,7 @@ class HARNet(nn.Module):
         super().__init__()
         cfg = config or HARNetConfig()
         self.config = cfg
-        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
+        self.backbone = backbone if backbone is not None else build_backbone(cfg.backbone, cfg.input.channels)
         channels = self.backbone.out_channels
         self.aligned = aligned if aligned is not None else build_aligned_attention(cfg.aligned, channels)
         self.fpn = fpn if fpn is not None else build_fpn(channels, cfg.fpn)
@@ -245,7 +245,7 @@ def build_harnet(cfg: HARNetConfig) -> HARNet:
     """The one place a config becomes a network: each part built from its section, then passed to
     :class:`HARNet` (as torchvision's ``retinanet_resnet50_fpn`` does for ``RetinaNet``). The parts are
     built in a fixed order (backbone, aligned attention, FPN, head), so a seed gives the same weights."""
-    backbone = build_backbone(cfg.backbone)
+    backbone = build_backbone(cfg.backbone, cfg.input.channels)
     aligned = build_aligned_attention(cfg.aligned, backbone.out_channels)
     fpn = build_fpn(backbone.out_channels, cfg.fpn)
     head = build_head(cfg)

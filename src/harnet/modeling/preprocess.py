@@ -9,6 +9,7 @@ model, so the functions here take the config section rather than the model.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
@@ -17,6 +18,16 @@ from harnet.config.model import TransformConfig
 
 Targets = list[dict[str, Tensor]]
 Size = tuple[int, int]
+
+
+class HARNetTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, with nodata: pixels a raster flags nodata arrive as NaN (see
+    :func:`harnet.data.image_io.load_bands`) and leave normalisation as 0, the band's training mean, before the
+    resize can spread them. For an image without NaN it computes exactly what torchvision's does."""
+
+    def normalize(self, image: Tensor) -> Tensor:
+        out = super().normalize(image)
+        return out.nan_to_num_(nan=0.0, posinf=torch.inf, neginf=-torch.inf)
 
 
 def build_transform(cfg: TransformConfig, training: bool, scale: float = 1.0) -> GeneralizedRCNNTransform:
@@ -31,19 +42,29 @@ def build_transform(cfg: TransformConfig, training: bool, scale: float = 1.0) ->
     else:
         short, long = cfg.test_sizes
         min_size, max_size = round(short * scale), round(long * scale)
-    transform = GeneralizedRCNNTransform(min_size, max_size, list(cfg.image_mean), list(cfg.image_std),
-                                         size_divisible=cfg.size_divisible)
+    transform = HARNetTransform(min_size, max_size, list(cfg.image_mean), list(cfg.image_std),
+                                size_divisible=cfg.size_divisible)
     return transform.train(training)
 
 
 def preprocess(cfg: TransformConfig, images: list[Tensor], targets: Targets | None = None, *, training: bool,
                scale: float = 1.0) -> tuple[ImageList, Targets | None]:
-    """Float CHW images in [0, 1] of any sizes (and their targets, boxes resized with them) -> one
-    normalised batch zero-padded bottom/right to a multiple of ``size_divisible``, with each image's
-    resized size."""
+    """Float CHW images of any sizes (the model's input channels, in its units: RGB in [0, 1] by default; and their
+    targets, boxes resized with them) -> one normalised batch zero-padded bottom/right to a multiple of
+    ``size_divisible``, with each image's resized size."""
+    check_channels(cfg, images)
     image_list, targets = build_transform(cfg, training, scale)(list(images), targets)
     image_list.image_sizes = [(int(h), int(w)) for h, w in image_list.image_sizes]
     return image_list, targets
+
+
+def check_channels(cfg: TransformConfig, images: list[Tensor]) -> None:
+    """Images with another channel count than the model's: one line, before a convolution says it its way."""
+    wanted = len(cfg.image_mean)
+    for image in images:
+        if image.dim() == 3 and image.shape[0] != wanted:
+            raise ValueError(f"image has {image.shape[0]} channel(s), the model reads {wanted} (model.input; "
+                             "transform.image_mean has one value per channel)")
 
 
 def original_sizes(images: list[Tensor]) -> list[Size]:

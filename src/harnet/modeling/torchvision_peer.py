@@ -23,6 +23,7 @@ from harnet.config.model import HARNetConfig
 from harnet.modeling.anchors import build_anchor_generator
 from harnet.modeling.backbone.resnet import build_backbone
 from harnet.modeling.fpn import build_fpn
+from harnet.modeling.preprocess import HARNetTransform
 from harnet.utils.compat import set_retinanet_box_loss
 
 # What torchvision's RetinaNet hard-codes; a config asking for anything else cannot be a peer.
@@ -48,7 +49,7 @@ class BodyFPN(nn.Module):
 
     def __init__(self, cfg: HARNetConfig) -> None:
         super().__init__()
-        self.body = build_backbone(cfg.backbone)
+        self.body = build_backbone(cfg.backbone, cfg.input.channels)
         self.fpn = build_fpn(self.body.out_channels, cfg.fpn)
         self.out_channels = cfg.fpn.channels
 
@@ -87,9 +88,13 @@ def build_torchvision_retinanet(cfg: HARNetConfig) -> RetinaNet:
                          norm_layer=norm)
     set_retinanet_box_loss(head.regression_head, cfg.loss.box_loss)
     t, inf = cfg.transform, cfg.inference
-    return RetinaNet(
+    model = RetinaNet(
         backbone, cfg.num_classes, min_size=t.min_size, max_size=t.max_size, image_mean=list(t.image_mean),
         image_std=list(t.image_std), anchor_generator=anchors, head=head, score_thresh=inf.score_thresh,
         nms_thresh=inf.nms_iou, detections_per_img=inf.detections_per_img, fg_iou_thresh=cfg.loss.fg_iou,
         bg_iou_thresh=cfg.loss.bg_iou, topk_candidates=inf.topk_candidates, size_divisible=t.size_divisible,
     )
+    # The same transform with HAR-Net's nodata rule (NaN pixels normalised to 0), so both read rasters alike.
+    model.transform = HARNetTransform(t.min_size, t.max_size, list(t.image_mean), list(t.image_std),
+                                      size_divisible=t.size_divisible)
+    return model

@@ -1,16 +1,15 @@
 """Export the network to ONNX, OpenVINO or TorchScript, with the metadata its prediction pipeline needs.
 
-What is exported is the network only: a normalised, zero-padded batch ``(N, 3, H, W)`` (any N, H,
-W) -> ``cls_logits`` ``(N, A, K)`` and ``box_deltas`` ``(N, A, 4)``, the hybrid's two prediction sets
-already averaged, exactly what :meth:`HARNet.forward` decodes. Every attention is inside, the
-aligned attention's deformable conv included (ONNX ``DeformConv``, opset 19; onnxruntime >= 1.25
-runs it on the CPU). Resizing, anchors, top-k, Soft-NMS and box voting stay outside: they are
-data-dependent loops that exporters handle badly, and :class:`harnet.deploy.predictor.Predictor` runs
-them, the same code for every backend (``harnet predict model.onnx ...``). A JSON document holds
-everything it needs (class names, transform, anchors, inference settings), written into the model file
-itself (ONNX ``metadata_props``, OpenVINO ``rt_info``, TorchScript extra files;
-:mod:`harnet.deploy.metadata` reads it) and, for older readers, beside it as ``<model>.json``, so a
-deployer needs only the exported model and ``harnet``.
+What is exported is the network only: a normalised, zero-padded batch ``(N, C, H, W)`` (any N, H, W; C the
+model's input channels, 3 for RGB) -> ``cls_logits`` ``(N, A, K)`` and ``box_deltas`` ``(N, A, 4)``, the
+hybrid's two prediction sets already averaged, exactly what :meth:`HARNet.forward` decodes. Every attention is
+inside, the aligned attention's deformable conv included (ONNX ``DeformConv``, opset 19; onnxruntime >= 1.25
+runs it on the CPU). Resizing, anchors, top-k, Soft-NMS and box voting stay outside: they are data-dependent
+loops that exporters handle badly, and :class:`harnet.deploy.predictor.Predictor` runs them, the same code for
+every backend (``harnet predict model.onnx ...``). A JSON document holds everything it needs (class names,
+transform, anchors, inference settings), written into the model file itself (ONNX ``metadata_props``, OpenVINO
+``rt_info``, TorchScript extra files; :mod:`harnet.deploy.metadata` reads it) and, for older readers, beside
+it as ``<model>.json``, so a deployer needs only the exported model and ``harnet``.
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ def _example_input(config: HARNetConfig, size: tuple[int, int] | None, extra: in
         size = (side, side)
     h, w = (-(-s // d) * d for s in size)
     g = torch.Generator().manual_seed(0)
-    return torch.randn(1 + extra, 3, h + extra * d, w + 2 * extra * d, generator=g)
+    return torch.randn(1 + extra, config.input.channels, h + extra * d, w + 2 * extra * d, generator=g)
 
 
 def export_onnx(model: HARNet, path: Path, exporter: Exporter = "torchscript",
@@ -125,7 +124,7 @@ def export_onnx(model: HARNet, path: Path, exporter: Exporter = "torchscript",
         # even P7 (stride 128) has two cells.
         d = model.config.transform.size_divisible
         side = max(example.shape[-1], example.shape[-2], -(-129 // d) * d)
-        example = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+        example = torch.randn(2, model.config.input.channels, side, side, generator=torch.Generator().manual_seed(0))
         dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=32, max=8192),
                 3: torch.export.Dim("width", min=32, max=8192)}
         program = torch.onnx.export(
@@ -174,10 +173,10 @@ def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[i
         "deform_conv": "GridSample + MatMul (portable)" if portable else "DeformConv",
         "precision": precision or {"precision": "fp32"},
         "torch": torch.__version__,
-        "inputs": {"images": "float32 (N, 3, H, W): RGB in [0, 1], resized so the short side is "
-                             f"{short} and the long side at most {long}, normalised "
-                             f"(x - {list(t.image_mean)}) / {list(t.image_std)}, zero-padded bottom/right "
-                             f"to a multiple of {t.size_divisible}"},
+        "inputs": {"images": f"float32 (N, {model.config.input.channels}, H, W): {_input_text(model.config)}, "
+                             f"resized so the short side is {short} and the long side at most {long}, normalised "
+                             f"(x - {list(t.image_mean)}) / {list(t.image_std)} (nodata pixels: 0), zero-padded "
+                             f"bottom/right to a multiple of {t.size_divisible}"},
         "outputs": {"cls_logits": "float32 (N, A, num_classes) logits (sigmoid -> scores)",
                     "box_deltas": "float32 (N, A, 4) (dx, dy, dw, dh) against the anchors, weights 1"},
         "anchor_order": "levels P3..P7 (strides 8..128); within a level row-major (y, x), then the "
@@ -187,6 +186,16 @@ def metadata(model: HARNet, class_names: Sequence[str], category_ids: Sequence[i
         "category_ids": [int(c) for c in category_ids],
         "model": to_dict(model.config),
     }
+
+
+def _input_text(config: HARNetConfig) -> str:
+    """What the input channels hold, for the metadata's description (``model.input`` has the details)."""
+    i = config.input
+    if i.is_rgb:
+        return "RGB in [0, 1]"
+    bands = f"image bands {', '.join(map(str, i.bands))}" if i.bands else f"the image's {i.channels} bands"
+    units = "divided by 255" if i.dtype == "uint8" else "raw values"
+    return f"{bands} ({i.dtype}, {units})"
 
 
 # An export's metadata, read back (the same reader harnet predict uses for an export, which needs no torch).

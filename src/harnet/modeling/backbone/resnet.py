@@ -10,7 +10,7 @@ from torchvision import models
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from harnet.config.model import BackboneConfig
-from harnet.modeling.backbone.pretrained import IMAGENET, load_state_file, torchvision_imagenet_state
+from harnet.modeling.backbone.pretrained import IMAGENET, load_state_file, torchvision_imagenet_state, widen_input_conv
 from harnet.utils.compat import IntermediateLayerGetter
 
 _BUILDERS = {
@@ -27,10 +27,11 @@ class ResNetBackbone(nn.Module):
     """torchvision ResNet up to layer4, exposing ``c3``, ``c4``, ``c5``.
 
     The stem and the lowest stages can be frozen (``trainable_layers``) as in Detectron; frozen
-    BatchNorm keeps pretrained statistics fixed when batches are tiny.
+    BatchNorm keeps pretrained statistics fixed when batches are tiny. ``in_channels`` other than 3 adapt the
+    RGB stem, pretrained or freshly initialised (:func:`~harnet.modeling.backbone.pretrained.widen_input_conv`).
     """
 
-    def __init__(self, cfg: BackboneConfig) -> None:
+    def __init__(self, cfg: BackboneConfig, in_channels: int = 3) -> None:
         super().__init__()
         if cfg.name not in _BUILDERS:
             raise ValueError(f"unknown backbone {cfg.name!r}; choose one of {', '.join(_BUILDERS)}")
@@ -49,6 +50,8 @@ class ResNetBackbone(nn.Module):
                     f"{len(missing)} missing keys (e.g. {missing[:2]}), "
                     f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
                 )
+        if in_channels != 3:
+            widen_input_conv(resnet.conv1, in_channels)
         trainable = _STAGES[: cfg.trainable_layers]
         if cfg.trainable_layers == 5:
             trainable += ("bn1",)  # the stem is conv1 + bn1; torchvision trains both at 5
@@ -63,10 +66,11 @@ class ResNetBackbone(nn.Module):
         return self.body(images)
 
 
-def build_backbone(cfg: BackboneConfig) -> nn.Module:
-    """The body named by ``cfg.name``; it has ``out_channels`` ({"c3", "c4", "c5"} -> channels)."""
+def build_backbone(cfg: BackboneConfig, in_channels: int = 3) -> nn.Module:
+    """The body named by ``cfg.name`` reading ``in_channels`` channels (``model.input.channels``); it has
+    ``out_channels`` ({"c3", "c4", "c5"} -> channels)."""
     if cfg.name == "efficientnet_lite0":
         from harnet.modeling.backbone.efficientnet import EfficientNetLite0Backbone  # imports timm only when used
 
-        return EfficientNetLite0Backbone(cfg)
-    return ResNetBackbone(cfg)
+        return EfficientNetLite0Backbone(cfg, in_channels)
+    return ResNetBackbone(cfg, in_channels)
