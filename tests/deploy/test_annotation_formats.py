@@ -23,6 +23,7 @@ from harnet.deploy.annotation_formats import (
     write_annotations,
     write_yolo,
 )
+from harnet.deploy.predictor import load_image
 from harnet.deploy.run import input_size, predict_inputs, sort_inputs
 from harnet.tools.cli import main
 from harnet.utils.errors import UsageError
@@ -124,6 +125,12 @@ class FakePredictor:
 
     def tile_hint(self, size: Any) -> None:
         return None
+
+    def load_image(self, path: Path) -> np.ndarray:
+        return load_image(path)
+
+    def display(self, image: np.ndarray) -> np.ndarray:
+        return image
 
 
 def test_predict_inputs_writes_every_format_before_detections(tmp_path: Path) -> None:

@@ -296,3 +296,34 @@ def test_stop_signals_interrupt_even_when_inherited_ignored(sig: signal.Signals)
         assert signal.getsignal(sig) == signal.SIG_IGN
     finally:
         signal.signal(sig, previous)
+
+
+def test_a_four_band_run_keeps_its_statistics_through_resume_eval_and_prediction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Statistics computed once before training, in the run's config and checkpoints; a resume reads them back
+    (no recomputation, no config difference), eval checks its data against them, prediction uses them."""
+    pytest.importorskip("rasterio")
+    from harnet.data.band_shapes import generate_band_shapes
+    from harnet.engine.inference import evaluate_checkpoint
+    from harnet.engine.predictor import Detector
+    from tests_support import TINY
+
+    info = generate_band_shapes(tmp_path / "data", num_images=8, size=64)
+    data = ["data.format=coco", f"data.train_images={info['train_images']}",
+            f"data.train_annotations={info['train_ann']}", f"data.val_images={info['val_images']}",
+            f"data.val_annotations={info['val_ann']}", f"output_dir={tmp_path / 'run'}"]
+    train(load_experiment(None, [*TINY, *data, "train.max_steps=2"]), progress=False)
+    err = capsys.readouterr().err
+    assert err.count("per-band statistics of the training data") == 1 and "data.photometric skipped" in err
+    ckpt = checkpoint.load(tmp_path / "run" / "last.pt")
+    model = checkpoint.model_config(ckpt)
+    assert (model.input.channels, model.input.dtype, len(model.transform.image_mean)) == (4, "uint16", 4)
+    assert model.transform.image_mean[0] > 1000  # raw 16-bit units
+    resumed = load_experiment(tmp_path / "run" / "config.yaml", ["train.max_steps=3"])
+    assert train(resumed, resume=True, progress=False).step == 3
+    assert "per-band statistics" not in capsys.readouterr().err
+    assert evaluate_checkpoint(tmp_path / "run").result.stats["AP"] >= 0
+    tile = next(Path(info["val_images"]).glob("*.tif"))
+    detections = Detector.from_checkpoint(tmp_path / "run", device="cpu").predict(tile)[0]
+    assert set(detections) >= {"boxes", "scores", "labels"}

@@ -392,8 +392,8 @@ class PilRaster:
 
 
 class ArrayRaster:
-    """An image already in memory (float CHW in [0, 1], numpy) seen as a raster: what evaluation and
-    ``Predictor.predict_tiled`` on an array tile."""
+    """An image already in memory (float CHW numpy in the model's units, RGB in [0, 1] by default; NaN where
+    nodata) seen as a raster: what evaluation and ``Predictor.predict_tiled`` on an array tile."""
 
     def __init__(self, image: np.ndarray, name: str = "<image>") -> None:
         self.path = name
