@@ -85,7 +85,7 @@ def _predict_raster(predictor: Predictor, raster: Raster, path: Path, stem: str,
     finally:
         if bar is not None:
             bar.close()
-    report.add(path, result.detections, predictor.category_ids)
+    report.add(path, result.detections, predictor.category_ids, size=(raster.width, raster.height))
     report.notes.append(summary(path, result))
     if result.unreadable:
         report.skip(path, f"{len(result.unreadable)} of {result.windows} windows unreadable, the rest predicted "

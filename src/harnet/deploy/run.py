@@ -10,23 +10,18 @@ others go on; the images' pre-annotations (``--format``) follow, and ``detection
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from PIL import Image
 
 from harnet.deploy.annotation_formats import ANNOTATION_FORMATS
 from harnet.deploy.files import expand_inputs
 from harnet.deploy.predict_files import predict_files
 from harnet.deploy.predict_raster import predict_rasters
 from harnet.deploy.predictor import Predictor
-from harnet.deploy.raster import GDAL_SUFFIXES, rasterio_available
-from harnet.deploy.report import PREDICT_OUTPUTS, PredictReport, Size, check_writable, output_stems
+from harnet.deploy.report import PREDICT_OUTPUTS, PredictReport, check_writable, output_stems
 from harnet.deploy.video import VideoReport, is_video_source, output_stem, predict_video
 from harnet.utils.errors import UsageError, one_line
-from harnet.utils.image_decode import _SWAPPING_ORIENTATIONS, _exif_orientation, image_size
 from harnet.utils.outputs import remove_outputs
 
 
@@ -67,25 +62,6 @@ def sort_inputs(items: list[str], source: str | None = None, tile: int | None = 
     return Inputs(images, videos)
 
 
-def input_size(path: str | Path, tiled: bool = False) -> Size:
-    """``(width, height)`` of an input as prediction saw it, from its header: EXIF orientation applied, and
-    for ``--tile`` a GDAL raster through rasterio, and no pixel limit (tiling is for images above it)."""
-    path = Path(path)
-    if not tiled:
-        return image_size(path)
-    if path.suffix.lower() in GDAL_SUFFIXES and rasterio_available():
-        import rasterio
-
-        with rasterio.open(path) as ds:
-            return int(ds.width), int(ds.height)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            width, height = image.size
-            swapped = _exif_orientation(image) in _SWAPPING_ORIENTATIONS
-    return (height, width) if swapped else (width, height)
-
-
 @dataclass
 class RunReport:
     """What one call predicted: the images' and rasters' report, one report per video, failures."""
@@ -117,8 +93,7 @@ def predict_inputs(predictor: Predictor, inputs: Inputs, out_dir: Path, score_th
                             report=run.report, stems=image_stems)
         else:
             predict_files(predictor, inputs.images, out_dir, score_thresh, report=run.report, stems=image_stems)
-        run.report.write_formats(out_dir, formats, predictor.class_names, predictor.category_ids,
-                                 lambda path: input_size(path, tiled=tile is not None))
+        run.report.write_formats(out_dir, formats, predictor.class_names, predictor.category_ids)
         run.report.write(out_dir)
     for source, stem in zip(inputs.videos, video_stems):
         try:
