@@ -96,10 +96,11 @@ def test_every_crown_inside_a_tile_is_in_its_annotations_at_its_place(tmp_path: 
 def test_a_box_cut_by_a_tile_edge_is_kept_by_its_visible_fraction(tmp_path: Path) -> None:
     grid = window_grid(200, 100, 100, 0.0)
     # 20 of 50 px in the left tile (0.4), 30 in the right (0.6).
-    window, owner, clipped, kept, dropped = boxes_in_windows(np.array([[80.0, 10, 130, 30]]), grid, 0.5)
+    window, owner, clipped, touched, kept, dropped = boxes_in_windows(np.array([[80.0, 10, 130, 30]]), grid, 0.5)
     assert window.tolist() == [1] and owner.tolist() == [0] and (kept, dropped) == (1, 1)
+    assert touched.tolist() == [0, 1]  # the left tile shows part of an object: no negative
     np.testing.assert_allclose(clipped, [[0, 10, 30, 30]])
-    window, _, clipped, kept, dropped = boxes_in_windows(np.array([[80.0, 10, 130, 30]]), grid, 0.4)
+    window, _, clipped, _, kept, dropped = boxes_in_windows(np.array([[80.0, 10, 130, 30]]), grid, 0.4)
     assert window.tolist() == [0, 1] and (kept, dropped) == (2, 0)
     np.testing.assert_allclose(clipped, [[80, 10, 100, 30], [0, 10, 30, 30]])
     # Exactly half inside stays kept, also after a round trip through map coordinates (float noise).
@@ -273,3 +274,21 @@ def test_harnet_train_reads_the_tiles(tmp_path: Path) -> None:
         args += ["--set", item]
     assert main(args) == 0
     assert (tmp_path / "run" / "last.pt").is_file() or any((tmp_path / "run").glob("*.pt"))
+
+
+def test_a_mask_band_counts_as_nodata_and_travels_with_the_tiles(tmp_path: Path) -> None:
+    raster = tmp_path / "masked.tif"
+    mask = np.full((100, 300), 255, dtype=np.uint8)
+    mask[:, :100] = 0  # the first tile is masked out
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            raster, "w", driver="GTiff", width=300, height=100, count=3, dtype="uint8", crs="EPSG:32612",
+            transform=rasterio.Affine(GSD, 0, ORIGIN[0], 0, -GSD, ORIGIN[1])) as out:
+        out.write(np.full((3, 100, 300), 9, dtype=np.uint8))
+        out.write_mask(mask)
+    layer = write_layer(tmp_path / "l.gpkg", to_map([[10, 10, 30, 30], [150, 10, 170, 30]]))
+    out_dir = tmp_path / "out"
+    summary = make_tiles([raster], layer, out_dir, TileOptions(size=100, val=0.0))
+    assert summary.tiles["nodata"] == 1 and summary.tiles["train"] == 1
+    with rasterio.open(out_dir / "train" / "masked_x100_y0.tif") as tile:
+        assert [f.name for f in tile.mask_flag_enums[0]] == ["per_dataset"]
+        assert tile.dataset_mask()[:, :50].all()

@@ -10,13 +10,14 @@ category per class name, read with ``data.format: coco``):
    model sees in training exactly the windows ``predict --tile`` will show it. A box cut by a tile edge is kept,
    clipped, when at least ``min_visible`` of its area lies in the tile (less of an object teaches the model
    to fire on fragments), else dropped there and counted;
-3. a tile whose every pixel is nodata is never written; a tile without boxes is written only for the
+3. a tile whose every pixel is nodata is never written; a tile no box touches is written only for the
    ``empty`` fraction of such tiles (seeded): in hand-drawn layers an empty region is more often unlabelled
-   than empty, so negatives are a choice;
+   than empty, so negatives are a choice. A tile holding only parts of boxes too small to keep is no
+   negative (it shows objects): it is not written;
 4. the val split is spatial (:mod:`harnet.data.spatial_split`): whole blocks of neighbouring tiles, and no val
    tile shares a pixel with a train tile;
 5. each tile is a GeoTIFF holding the window's CRS and transform and all of the raster's bands, data type and
-   nodata value, so it opens in QGIS at its place and keeps what item 2 of issue #27 trains on;
+   nodata value (and mask), so it opens in QGIS at its place and loses no band a model could train on;
 6. a summary (:class:`TilesSummary`, printed by the command) and ``DIR/tiles.png``, the grid over the rasters;
    every repaired or dropped feature is listed in ``DIR/label_issues.txt``.
 """
@@ -132,7 +133,7 @@ class TilesSummary:
     rasters: list[RasterReport]
     features_read: int
     features_used: int  # features (rows) giving a box on some raster
-    reprojected: int  # features reprojected (once per raster whose CRS differs from the layer's)
+    reprojected: int  # features reprojected to the CRS of a raster they lie on
     dropped: dict[str, int]  # features dropped, by reason
     repaired: int
     boxes: dict[str, dict[str, int]]  # class -> split -> boxes in written tiles
@@ -203,6 +204,7 @@ class _Raster:
     # per window (row-major over the grid): kept boxes (feature index, clipped XYXY in window pixels)
     window_boxes: list[list[tuple[int, tuple[float, float, float, float]]]] = field(default_factory=list)
     nodata: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    touched: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # some box overlaps the window
     overview: np.ndarray | None = None
     valid: np.ndarray | None = None
 
@@ -254,10 +256,11 @@ def _stems(paths: Sequence[Path]) -> list[str]:
 
 
 def boxes_in_windows(boxes: np.ndarray, grid: Grid, min_visible: float,
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Each box in each window it overlaps with a positive area: ``(window, box, clipped)`` for the pairs kept
-    (``window`` row-major over the grid, ``clipped`` (k, 4) XYXY in the window's pixels), and the counts of
-    cut boxes kept and dropped (less than ``min_visible`` of the box's area in the window)."""
+    (``window`` row-major over the grid, ``clipped`` (k, 4) XYXY in the window's pixels), the windows any box
+    overlaps (kept or not), and the counts of cut boxes kept and dropped (less than ``min_visible`` of the
+    box's area in the window)."""
     xs, ys = np.asarray(grid.xs), np.asarray(grid.ys)
     w, h = grid.win_w, grid.win_h
     b = boxes.astype(np.float64).reshape(-1, 4)
@@ -281,7 +284,8 @@ def boxes_in_windows(boxes: np.ndarray, grid: Grid, min_visible: float,
     cut = positive & (inside < area * (1.0 - AREA_TOLERANCE))
     keep = positive & (inside >= min_visible * area * (1.0 - AREA_TOLERANCE))
     window = row * len(xs) + col
-    return window[keep], owner[keep], clipped[keep], int((cut & keep).sum()), int((cut & ~keep).sum())
+    return (window[keep], owner[keep], clipped[keep], np.unique(window[positive]), int((cut & keep).sum()),
+            int((cut & ~keep).sum()))
 
 
 def _window(grid: Grid, index: int) -> Window:
@@ -355,9 +359,8 @@ def _choose_empty(candidates: list[tuple[int, int]], fraction: float, rng: np.ra
 
 
 def _labels_for(rasters: list[_Raster], labels: str | Path, options: TileOptions,
-                ) -> tuple[str, str, int, LabelIssues, int]:
-    """Place the labels on every raster (``raster.labels``); returns (source, its CRS, features read, issues,
-    features reprojected)."""
+                ) -> tuple[str, str, int, LabelIssues]:
+    """Place the labels on every raster (``raster.labels``); returns (source, its CRS, features read, issues)."""
     issues = LabelIssues()
     if is_pixel_csv(labels):
         if options.label_field or options.layer or options.point_size:
@@ -366,15 +369,12 @@ def _labels_for(rasters: list[_Raster], labels: str | Path, options: TileOptions
         placed, read = read_pixel_labels(labels, [r.geo.path for r in rasters])
         for raster in rasters:
             raster.labels = placed[raster.geo.path]
-        return str(labels), "pixel coordinates", read, issues, 0
+        return str(labels), "pixel coordinates", read, issues
     layer: MapLabels = read_map_labels(labels, options.layer, options.label_field)
-    reprojected = 0
     for raster in rasters:
         raster.labels = place_on_raster(layer, raster.geo, options.point_size)
-        if raster.labels.reprojected:
-            reprojected += len(raster.labels.boxes)
-            raster.report.reprojected = True
-    return layer.source, crs_name(layer.crs), layer.read, layer.issues, reprojected
+        raster.report.reprojected = raster.labels.reprojected
+    return layer.source, crs_name(layer.crs), layer.read, layer.issues
 
 
 def _on_raster(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -398,15 +398,18 @@ def make_tiles(rasters: Sequence[str | Path], labels: str | Path, out: str | Pat
     work = [_describe(p) for p in paths]
     for raster, stem in zip(work, _stems(paths), strict=True):
         raster.stem = stem
-    source, labels_crs, features_read, issues, reprojected = _labels_for(work, labels, options)
+    source, labels_crs, features_read, issues = _labels_for(work, labels, options)
 
     # Which features lie on a raster; the error when none does.
     used: set[Any] = set()
+    moved: set[Any] = set()  # features reprojected to the CRS of a raster they lie on
     for raster in work:
         assert raster.labels is not None
         on = _on_raster(raster.labels.boxes, raster.geo.width, raster.geo.height)
         raster.report.boxes = int(on.sum())
         used.update(raster.labels.fids[on].tolist())
+        if raster.labels.reprojected:
+            moved.update(raster.labels.fids[on].tolist())
     all_fids = {f for r in work if r.labels is not None for f in r.labels.fids.tolist()}
     for fid in sorted(all_fids - used, key=str):
         issues.drop(source, fid, OUTSIDE)
@@ -429,9 +432,12 @@ def make_tiles(rasters: Sequence[str | Path], labels: str | Path, out: str | Pat
         grid = window_grid(raster.geo.width, raster.geo.height, options.size, options.overlap)
         raster.grid = grid
         raster.class_ids = np.asarray([class_index[c] for c in raster.labels.classes], dtype=np.int64)
-        in_window, owner, clipped, kept, dropped = boxes_in_windows(raster.labels.boxes, grid, options.min_visible)
+        in_window, owner, clipped, touched, kept, dropped = boxes_in_windows(raster.labels.boxes, grid,
+                                                                             options.min_visible)
         cut_kept += kept
         cut_dropped += dropped
+        raster.touched = np.zeros(len(grid), dtype=bool)
+        raster.touched[touched] = True
         raster.window_boxes = [[] for _ in range(len(grid))]
         for w, o, box in zip(in_window.tolist(), owner.tolist(), clipped.tolist(), strict=True):
             raster.window_boxes[w].append((o, (box[0], box[1], box[2], box[3])))
@@ -452,7 +458,7 @@ def make_tiles(rasters: Sequence[str | Path], labels: str | Path, out: str | Pat
     empties: set[tuple[int, int]] = set()
     for part in (TRAIN, VAL):
         candidates = [(r, i) for r, t in enumerate(grid_tiles) for i in range(len(t.labelled))
-                      if split.splits[r][i] == part and not t.labelled[i] and not work[r].nodata[i]]
+                      if split.splits[r][i] == part and not work[r].touched[i] and not work[r].nodata[i]]
         empties |= _choose_empty(candidates, options.empty, rng)
     final: list[np.ndarray] = []
     for r, t in enumerate(grid_tiles):
@@ -523,7 +529,7 @@ def make_tiles(rasters: Sequence[str | Path], labels: str | Path, out: str | Pat
         issues_file.write_text("\n".join(issues.lines) + "\n", encoding="utf-8")
     elif (out / ISSUES_FILE).exists():
         (out / ISSUES_FILE).unlink()
-    return TilesSummary(out, source, labels_crs, [r.report for r in work], features_read, len(used), reprojected,
+    return TilesSummary(out, source, labels_crs, [r.report for r in work], features_read, len(used), len(moved),
                         dict(issues.dropped), issues.repaired, boxes_per_class, cut_kept, cut_dropped, tiles, options,
                         split.block, split.blocks, split.val_blocks, dataset, picture, issues_file, issues.lines)
 

@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--layer", metavar="NAME", help="the layer of a file holding several")
     gt.add_argument("--val", type=float, default=0.2, help="fraction of the labelled tiles for val (spatial blocks)")
     gt.add_argument("--empty", type=float, default=0.0,
-                    help="fraction of the tiles without labels to write too (negatives; default none)")
+                    help="fraction of the tiles no label touches to write too (negatives; default none)")
     gt.add_argument("--min-visible", type=float, default=0.5,
                     help="a box cut by a tile edge is kept (clipped) when this fraction of its area is in the tile")
     gt.add_argument("--point-size", type=float, metavar="METRES", help="side of the square box around each point")
