@@ -48,6 +48,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.dataset == "tiles":
+        return cmd_data_tiles(args)
     if args.dataset == "shapes":
         from harnet.data.shapes import generate_shapes
 
@@ -58,6 +60,20 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         info = convert_trees(Path(args.out), wheel=args.wheel, tile=args.tile)
     print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+def cmd_data_tiles(args: argparse.Namespace) -> int:
+    from harnet.data.tiles import TileOptions, make_tiles
+
+    options = TileOptions(size=args.size, overlap=args.overlap, val=args.val, empty=args.empty,
+                          min_visible=args.min_visible, point_size=args.point_size, label_field=args.label_field,
+                          layer=args.layer, seed=args.seed, block=args.block)
+    try:
+        summary = make_tiles(args.rasters, args.labels, args.out, options)
+    except ValueError as e:  # bad rasters, layers or options: the user's to fix, one line
+        raise UsageError(str(e)) from None
+    print("\n".join(summary.lines()))
     return 0
 
 
@@ -372,6 +388,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--wheel", default=None, help="local deepforest .whl (default: pip download it)")
     t.add_argument("--tile", type=int, default=400)
     t.set_defaults(func=cmd_data)
+    gt = dsub.add_parser("tiles", help="training tiles (GeoTIFF, COCO) cut from rasters under a map layer of labels")
+    gt.add_argument("rasters", nargs="+", metavar="RASTER", help="GeoTIFFs (anything GDAL reads)")
+    gt.add_argument("--labels", required=True, metavar="LAYER",
+                    help="GeoPackage, Shapefile, GeoJSON, FlatGeobuf (polygons or points; reprojected to each "
+                         "raster's CRS), or for rasters without CRS a CSV image_path,xmin,ymin,xmax,ymax,label")
+    gt.add_argument("--out", required=True, metavar="DIR",
+                    help="writes DIR/train, DIR/val, DIR/annotations/instances_{train,val}.json, DIR/tiles.png")
+    gt.add_argument("--size", type=int, default=400, help="tile side in px (the grid of predict --tile)")
+    gt.add_argument("--overlap", type=float, default=0.0, help="tile overlap, a fraction of --size")
+    gt.add_argument("--label-field", metavar="FIELD", help="the field holding each feature's class "
+                                                           "(default: one class, 'object')")
+    gt.add_argument("--layer", metavar="NAME", help="the layer of a file holding several")
+    gt.add_argument("--val", type=float, default=0.2, help="fraction of the labelled tiles for val (spatial blocks)")
+    gt.add_argument("--empty", type=float, default=0.0,
+                    help="fraction of the tiles no label touches to write too (negatives; default none)")
+    gt.add_argument("--min-visible", type=float, default=0.5,
+                    help="a box cut by a tile edge is kept (clipped) when this fraction of its area is in the tile")
+    gt.add_argument("--point-size", type=float, metavar="METRES", help="side of the square box around each point")
+    gt.add_argument("--block", type=int, metavar="TILES", help="side of the val split's blocks in tiles "
+                                                               "(default: automatic)")
+    gt.add_argument("--seed", type=int, default=0, help="seed of the val blocks and the negatives")
+    gt.set_defaults(func=cmd_data)
 
     tr = sub.add_parser("train", help="train from a YAML config")
     tr.add_argument("--config", help="YAML file or built-in config name")
