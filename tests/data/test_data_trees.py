@@ -60,7 +60,7 @@ def _overlap(a: list[int], b: list[int]) -> bool:
     return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
-def test_tiles_boxes_and_spatial_split(tmp_path: Path, wheel: Path) -> None:
+def test_tiles_boxes_and_split_by_scene(tmp_path: Path, wheel: Path) -> None:
     info = convert_trees(tmp_path / "out", wheel=wheel, tile=50, val_fraction=0.2, seed=0)
     assert info["class_names"] == ["tree"]
     # The sources as a map: one GeoTIFF per scene (small.tif/small.png are one scene) and one GeoPackage.
@@ -78,8 +78,10 @@ def test_tiles_boxes_and_spatial_split(tmp_path: Path, wheel: Path) -> None:
             windows.setdefault(Path(image["raster"]).name, []).append((split, image["window"]))
         for ann in data["annotations"]:
             boxes_per_tile.setdefault(names[ann["image_id"]], []).append(ann["bbox"])
-    # No val tile shares a pixel with a train tile of its scene; something is validated on.
+    # Each scene lies wholly in one split (so no val tile shares a pixel with a train tile); something is
+    # validated on.
     for tiles in windows.values():
+        assert len({split for split, _ in tiles}) == 1
         assert not any(_overlap(a, b) for sa, a in tiles for sb, b in tiles if sa == "val" and sb == "train")
     assert info["num_val"] >= 1 and info["num_train"] >= 1
     # big_x0_y10 keeps no box with half its area inside, so that tile is skipped.

@@ -13,6 +13,7 @@ from harnet.data.spatial_split import (
     auto_block,
     axis_blocks,
     choose_val_blocks,
+    choose_val_rasters,
     drop_straddling,
     overlapping,
 )
@@ -94,3 +95,16 @@ def test_automatic_block_wants_ten_labelled_blocks() -> None:
     small = _tiles(window_grid(500, 500, 100, 0.0))  # 5 x 5 tiles: only 1 x 1 blocks give 10
     assert auto_block([small]) == 1
     assert choose_val_blocks([small], 0.2, 0).block == 1
+
+
+def test_whole_rasters_closest_to_the_fraction_never_all() -> None:
+    """--split rasters: the subset of rasters whose labelled tiles come closest to the fraction, each raster
+    wholly in one split; never every raster, none with one raster or a fraction of 0."""
+    grids = [window_grid(w, 100, 50, 0.0, minimum=16) for w in (600, 100, 200, 150)]  # 12, 2, 4, 3 tiles
+    tiles = [_tiles(g) for g in grids]
+    split = choose_val_rasters(tiles, 0.2, seed=0)  # 21 tiles: 4.2 wanted, the 4-tile raster gives 4
+    assert [set(s.tolist()) for s in split.splits] == [{TRAIN}, {TRAIN}, {VAL}, {TRAIN}]
+    assert (split.blocks, split.val_blocks) == (4, 1)
+    assert all((s == TRAIN).all() for s in choose_val_rasters(tiles, 0.0, seed=0).splits)
+    assert (choose_val_rasters(tiles[:1], 0.5, seed=0).splits[0] == TRAIN).all()
+    assert any((s == TRAIN).any() for s in choose_val_rasters(tiles, 0.99, seed=0).splits)

@@ -121,6 +121,29 @@ def choose_val_blocks(tiles: Sequence[GridTiles], val_fraction: float, seed: int
     return SplitResult(splits, block, len(unique), len(val), target)
 
 
+def choose_val_rasters(tiles: Sequence[GridTiles], val_fraction: float, seed: int) -> SplitResult:
+    """Whole rasters to val (``--split rasters``): the proper, non-empty subset of rasters whose labelled tiles
+    come closest to ``val_fraction`` of all (exhaustive for up to 16 rasters, greedy by size beyond), ties
+    broken by a ``seed``-shuffled order. Why: rasters of different places or dates (the deepforest wheel's
+    scenes) are the strongest separation there is, and no tile of a val raster can share a pixel with a
+    train tile."""
+    weights = [int(t.labelled.sum()) for t in tiles]
+    val: set[int] = set()
+    target = val_fraction * sum(weights)
+    if val_fraction > 0 and len(tiles) > 1:
+        order = np.random.default_rng(seed).permutation(len(tiles)).tolist()
+        if len(order) > 16:
+            for r in sorted(order, key=lambda k: -weights[k]):
+                if sum(weights[k] for k in val) + weights[r] <= target or not val:
+                    val.add(r)
+            val -= {order[-1]} if len(val) == len(order) else set()
+        else:
+            subsets = ([order[i] for i in range(len(order)) if mask >> i & 1] for mask in range(1, 2 ** len(order) - 1))
+            val = set(min(subsets, key=lambda subset: abs(sum(weights[k] for k in subset) - target)))
+    splits = [np.full(len(t.labelled), VAL if r in val else TRAIN, dtype=np.int64) for r, t in enumerate(tiles)]
+    return SplitResult(splits, 0, len(tiles), len(val), target)
+
+
 def overlapping(grid: Grid, marked: np.ndarray) -> np.ndarray:
     """(len(ys), len(xs)) bool: the grid's windows sharing a pixel with a window marked in ``marked`` (same
     shape), marked windows included."""

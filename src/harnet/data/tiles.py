@@ -14,8 +14,8 @@ category per class name, read with ``data.format: coco``):
    ``empty`` fraction of such tiles (seeded): in hand-drawn layers an empty region is more often unlabelled
    than empty, so negatives are a choice. A tile holding only parts of boxes too small to keep is no
    negative (it shows objects): it is not written;
-4. the val split is spatial (:mod:`harnet.data.spatial_split`): whole blocks of neighbouring tiles, and no val
-   tile shares a pixel with a train tile;
+4. the val split is spatial (:mod:`harnet.data.spatial_split`): whole blocks of neighbouring tiles (or, with
+   ``split="rasters"``, whole rasters), and no val tile shares a pixel with a train tile;
 5. each tile is a GeoTIFF holding the window's CRS and transform and all of the raster's bands, data type and
    nodata value (and mask), so it opens in QGIS at its place and loses no band a model could train on;
 6. a summary (:class:`TilesSummary`, printed by the command) and ``DIR/tiles.png``, the grid over the rasters;
@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,7 +48,15 @@ from harnet.data.gis_labels import (
     read_map_labels,
     read_pixel_labels,
 )
-from harnet.data.spatial_split import DROPPED, TRAIN, VAL, GridTiles, choose_val_blocks, drop_straddling
+from harnet.data.spatial_split import (
+    DROPPED,
+    TRAIN,
+    VAL,
+    GridTiles,
+    choose_val_blocks,
+    choose_val_rasters,
+    drop_straddling,
+)
 from harnet.data.tiles_picture import Panel, draw_tile_map
 from harnet.deploy.raster import Overview
 from harnet.deploy.tiling import MIN_TILE, Grid, Window, window_grid
@@ -80,6 +88,7 @@ class TileOptions:
     layer: str | None = None
     seed: int = 0
     block: int | None = None  # tiles per block side of the val split; None: automatic
+    split: Literal["blocks", "rasters"] = "blocks"  # val by blocks of tiles, or whole rasters
 
     def check(self) -> None:
         """A one-line error for a value that cannot work."""
@@ -95,6 +104,8 @@ class TileOptions:
             raise ValueError(f"--point-size {self.point_size:g}: a side in metres, above 0")
         if self.block is not None and self.block < 1:
             raise ValueError(f"--block {self.block}: a block is at least one tile")
+        if self.split not in ("blocks", "rasters"):
+            raise ValueError(f"--split {self.split}: blocks (of neighbouring tiles) or rasters (whole rasters)")
 
 
 @dataclass
@@ -171,8 +182,12 @@ class TilesSummary:
                    f"(label-free among them: {t['empty_train']} train, {t['empty_val']} val; --empty {o.empty:g}); "
                    f"not written: {t['no_labels']} label-free, {t['nodata']} all nodata, "
                    f"{t['straddling']} straddling the val border")
-        out.append(f"split: spatial, blocks of {self.block}x{self.block} tiles, seed {o.seed}: {self.val_blocks} of "
-                   f"{self.blocks} blocks val (--val {o.val:g} of the labelled tiles)")
+        if o.split == "rasters":
+            out.append(f"split: whole rasters, seed {o.seed}: {self.val_blocks} of {self.blocks} rasters val "
+                       f"(--val {o.val:g} of the labelled tiles)")
+        else:
+            out.append(f"split: spatial, blocks of {self.block}x{self.block} tiles, seed {o.seed}: {self.val_blocks} "
+                       f"of {self.blocks} blocks val (--val {o.val:g} of the labelled tiles)")
         out.append(f"picture: {self.picture}  train: {self.dataset['train_ann']}  val: {self.dataset['val_ann']}")
         return out
 
@@ -452,7 +467,8 @@ def make_tiles(rasters: Sequence[str | Path], labels: str | Path, out: str | Pat
         raise ValueError(f"{source}: every box lies on nodata pixels of {', '.join(str(p) for p in paths)}")
 
     # The split, the negatives, the tiles straddling the val border.
-    split = choose_val_blocks(grid_tiles, options.val, options.seed, options.block)
+    split = (choose_val_rasters(grid_tiles, options.val, options.seed) if options.split == "rasters"
+             else choose_val_blocks(grid_tiles, options.val, options.seed, options.block))
     rng = np.random.default_rng([options.seed, 1])
     written: list[np.ndarray] = []
     empties: set[tuple[int, int]] = set()

