@@ -108,3 +108,17 @@ def test_whole_rasters_closest_to_the_fraction_never_all() -> None:
     assert all((s == TRAIN).all() for s in choose_val_rasters(tiles, 0.0, seed=0).splits)
     assert (choose_val_rasters(tiles[:1], 0.5, seed=0).splits[0] == TRAIN).all()
     assert any((s == TRAIN).any() for s in choose_val_rasters(tiles, 0.99, seed=0).splits)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_val_region_is_compact_so_overlap_leaves_training_tiles(seed: int) -> None:
+    """With --overlap every train tile touching a val tile is dropped: on a small raster (4 x 4 windows, 1 x 1
+    blocks) scattered val blocks could drop them all. The val region grows from an edge block to its nearest
+    neighbours, so a good part of the tiles stays in training (scattered, none did)."""
+    grid = window_grid(1249, 1035, 400, 0.25)
+    tiles = _tiles(grid)
+    split = choose_val_blocks([tiles], 0.2, seed, block=1).splits[0]
+    final = drop_straddling(tiles, split, np.ones(len(grid), dtype=bool))
+    val, train = np.nonzero(final == VAL)[0], np.nonzero(final == TRAIN)[0]
+    assert len(val) >= 1 and len(train) >= len(grid) // 4
+    assert not _sharing(grid, val, train).any()
