@@ -22,7 +22,9 @@ the whole: removing every false positive, and taking every unmatched object out 
 
 Where this differs from tidecv: the ``max_dets`` limit is per image and class (COCO's, so the starting AP
 is COCO's), not per image; a class without objects is left out of the mean (COCO), where tidecv counts it
-as 0; dAP is a fraction like every AP in harnet, not AP points.
+as 0; dAP is a fraction like every AP in harnet, not AP points; detections of equal score keep COCO's order
+after a fix, where tidecv lists the fixed ones first (so with ties its dAP can come out lower). Otherwise the
+counts and dAPs are tidecv's (compared on random cases with distinct scores).
 """
 
 from __future__ import annotations

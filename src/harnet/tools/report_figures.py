@@ -143,8 +143,9 @@ def confusion(analysis: ErrorAnalysis) -> bytes:
                 if counts[r, c] or (r < k - 1 and c < k - 1 and r == c):
                     ax.text(c, r, str(counts[r, c]), ha="center", va="center", fontsize=10,
                             color="white" if share[r, c] > 0.55 else "black")
-    ax.set_xticks(range(k), cols, rotation=35 if k > 4 else 0, ha="right" if k > 4 else "center")
-    ax.set_yticks(range(k), rows)
+    size = 10 if k <= 20 else max(5.0, 200 / k)  # 80 classes still fit, smaller
+    ax.set_xticks(range(k), cols, rotation=35 if k > 4 else 0, ha="right" if k > 4 else "center", fontsize=size)
+    ax.set_yticks(range(k), rows, fontsize=size)
     ax.set(xlabel="detected as", ylabel="ground truth",
            title=f"Confusion at IoU {analysis.iou:g}, score \u2265 {analysis.score:.2f}")
     ax.axhline(k - 1.5, color="0.4", lw=1)
