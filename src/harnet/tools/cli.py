@@ -110,15 +110,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harnet.engine.inference import evaluate_checkpoint
+    from harnet.engine.inference import CheckpointEval, evaluate_checkpoint
+
+    if not args.report and (args.iou is not None or args.score is not None):
+        raise UsageError("--iou and --score set the report's operating point: add --report")
+    if args.iou is not None and not 0 < args.iou <= 1:
+        raise UsageError(f"--iou: must lie in (0, 1], got {args.iou}")
+    if args.score is not None and not 0 <= args.score <= 1:
+        raise UsageError(f"--score: must lie in [0, 1], got {args.score}")
+    written: list[Any] = []
+
+    def write_report(evaluation: CheckpointEval) -> None:
+        from harnet.tools.eval_report import write_report
+
+        written.append(write_report(evaluation, iou=0.5 if args.iou is None else args.iou, score=args.score))
 
     report = evaluate_checkpoint(args.checkpoint, args.split, data=args.data, overrides=args.set,
                                  skip_bad=args.skip_bad, device=args.device, tta=_tta(args), out=args.out,
-                                 tile=args.tile, overlap=args.overlap)
+                                 tile=args.tile, overlap=args.overlap, report=write_report if args.report else None)
     print(report.result.table())
     if report.issues:
         print(f"harnet: {report.issues}", file=sys.stderr)
     print(f"metrics: {report.out / 'metrics.json'}  detections (COCO results format): {report.out / 'detections.json'}")
+    for files in written:
+        a = files.analysis
+        o = a.overall
+
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        print(f"at IoU {a.iou:g}, score >= {a.score:.2f} ({a.score_chosen_by}): precision {f(o['precision'])}, "
+              f"recall {f(o['recall'])}, F1 {f(o['f1'])}")
+        print(f"report: {files.html}  (numbers: {files.json})")
     return 0
 
 
@@ -441,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
     ev.add_argument("--skip-bad", action="store_true",
                     help="skip bad images/annotations (listed in OUT/skipped.txt) instead of stopping")
+    ev.add_argument("--report", action="store_true",
+                    help="also write OUT/report.html (one self-contained page: per-class AP, precision/recall/F1, "
+                         "curves, confusion matrix, TIDE errors, worst false detections and misses) and report.json")
+    ev.add_argument("--iou", type=float, default=None,
+                    help="with --report: IoU at which a detection finds an object, for precision/recall/F1, the "
+                         "confusion matrix and the galleries (default 0.5; DeepForest reports 0.4)")
+    ev.add_argument("--score", type=float, default=None,
+                    help="with --report: score threshold (default: the one of best F1, all classes pooled)")
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="detect objects in images, rasters and videos with any model file",
