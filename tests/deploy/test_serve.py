@@ -173,14 +173,12 @@ def test_a_bad_parameter_names_itself(server: Server, pngs: list[Path], query: s
 def test_a_geotiff_is_answered_as_geojson_as_harnet_predict_maps_it(server: Server, tmp_path: Path) -> None:
     rasterio = pytest.importorskip("rasterio")
     pytest.importorskip("geopandas")
-    from rasterio.transform import from_origin
-
     rng = np.random.default_rng(3)
     pixels = (rng.random((3, 80, 100)) * 80).astype(np.uint8)
     pixels[:, 10:30, 20:35] = 220
     tif = tmp_path / "ortho.tif"
     with rasterio.open(tif, "w", driver="GTiff", width=100, height=80, count=3, dtype="uint8", crs="EPSG:32633",
-                       transform=from_origin(500000, 4000000, 0.5, 0.5)) as dst:
+                       transform=rasterio.Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as dst:
         dst.write(pixels)
     assert main(["predict", str(server.model), str(tif), "--tile", "32", "--out", str(tmp_path / "out"),
                  "--score", "0.65", "--no-progress"]) == 0
@@ -196,6 +194,32 @@ def test_a_geotiff_is_answered_as_geojson_as_harnet_predict_maps_it(server: Serv
     assert status == 200 and native["crs"]["properties"]["name"] == "EPSG:32633"
     x, y = np.asarray(native["features"][0]["geometry"]["coordinates"][0]).T
     assert ((x >= 500000) & (x <= 500050) & (y >= 3999960) & (y <= 4000000)).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "backend"), [("checkpoint", "torch"), ("openvino", "openvino")])
+def test_every_model_kind_is_served_alike(server: Server, pngs: list[Path], tmp_path: Path, kind: str,
+                                          backend: str) -> None:
+    """The checkpoint the export came from (torch in the server) and an OpenVINO export answer as the ONNX does."""
+    model = server.model.with_name("model.pt")
+    if kind == "openvino":
+        pytest.importorskip("openvino")
+        from harnet.engine import checkpoint
+        from harnet.tools.export import export_model
+
+        network = checkpoint.build_model(checkpoint.load(model)).eval()
+        model = export_model(network, tmp_path / "openvino", "openvino", NAMES, [1, 2, 3],  # type: ignore[arg-type]
+                             verify=False).path
+    other = Server(model, tmp_path / "server.log")
+    try:
+        meta = get(other.port, "/metadata")[1]
+        assert (meta["kind"], meta["backend"]) == (kind, backend)
+        for path in pngs:
+            status, answer = other.post(path.read_bytes(), "/predict?score=0.65")
+            assert status == 200, answer
+            _same_records(answer["detections"], server.post(path.read_bytes(), "/predict?score=0.65")[1]["detections"])
+    finally:
+        assert other.stop() == 0
 
 
 @pytest.mark.slow
@@ -216,6 +240,7 @@ def test_load_2000_requests_at_16_concurrent(onnx_model: Path, tmp_path: Path) -
     print(f"\nload test ({tmp_path / 'load.json'}): {json.dumps(figures)}")
     assert code == 0
     assert figures["wrong"] == [] and figures["requests"] == 2000 and figures["bad_requests"] == 100
+    assert figures["mismatched"] == []  # every answer is its own image's, as alone
     assert figures["speedup"] >= 1.3, figures
     assert health["batches"] < health["images"]  # some requests did share a network call
     if figures["rss_last_over_first"] is not None:

@@ -22,7 +22,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -295,20 +295,40 @@ def load_test(port: int, good: Sequence[Call], bad: Sequence[Call], total: int =
         parts_many.append(run_load(port, calls[r * total // rounds : (r + 1) * total // rounds], concurrency,
                                    server_pid))
     many, one = merge(parts_many), merge(parts_one)
+    reference = {alone[a.index % len(alone)].body: a.body for a in reversed(one.answers) if a.status == 200}
     figures = many.summary(window)
     figures["single_client"] = {k: v for k, v in one.summary(window).items() if not k.startswith("rss")}
     figures["speedup"] = round(many.throughput / one.throughput, 3)
     figures["bad_requests"] = sum(1 for a in many.answers if a.expect != 200)
     figures["wrong"] = [f"#{a.index} {a.kind}: expected {a.expect}, got {a.status} "
                         f"{(a.error or a.body[:200].decode(errors='replace'))}" for a in [*many.wrong, *one.wrong]]
+    figures["mismatched"] = [f"#{a.index}: {why}" for a in many.answers if a.status == 200 and a.expect == 200
+                             and (why := differs(a.body, reference.get(calls[a.index].body)))]
     return figures
 
 
+def differs(answer: bytes, reference: bytes | None, atol: float = 1e-3) -> str | None:
+    """Why a concurrent answer is not the one its image got alone (another image's detections, a lost box),
+    else None; boxes within ``atol`` px and scores within ``atol`` (a batch may round the network's
+    sums differently)."""
+    if reference is None:
+        return "no single-client answer to compare with"
+    got, want = json.loads(answer)["detections"], json.loads(reference)["detections"]
+    if len(got) != len(want):
+        return f"{len(got)} detections, {len(want)} alone"
+    for g, w in zip(got, want):
+        if g["category_id"] != w["category_id"] or not np.allclose(g["bbox"], w["bbox"], atol=atol) \
+                or abs(g["score"] - w["score"]) > atol:
+            return f"{g} differs from {w}"
+    return None
+
+
 def merge(parts: Sequence[LoadResult]) -> LoadResult:
-    """Several runs as one: answers and RSS samples numbered on, wall times added."""
+    """Several runs of consecutive slices of one call list as one: answers (their index into the whole list)
+    and RSS samples numbered on, wall times added."""
     answers: list[Answer] = []
     rss: list[tuple[int, int]] = []
     for part in parts:
         rss += [(len(answers) + done, value) for done, value in part.rss]
-        answers += part.answers
+        answers += [replace(a, index=len(answers) + a.index) for a in part.answers]
     return LoadResult(answers, sum(p.wall for p in parts), parts[0].concurrency, rss)
