@@ -73,11 +73,11 @@ def serve_and_load(model: Path, backend: str, args: argparse.Namespace, good: li
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| backend | p50 ms | p99 ms | req/s at 16 | req/s alone | speedup | RSS first MB | RSS last MB | wrong |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]  # wrong: a status not the expected one, or another image's answer
     for r in rows:
         lines.append(f"| {r['backend']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.1f} | "
                      f"{r['single_client']['throughput_rps']:.1f} | {r['speedup']:.2f} | {r['rss_first_mb']} | "
-                     f"{r['rss_last_mb']} | {len(r['wrong'])} |")
+                     f"{r['rss_last_mb']} | {len(r['wrong']) + len(r['mismatched'])} |")
     return "\n".join(lines)
 
 

@@ -128,6 +128,42 @@ def test_answers_equal_harnet_predict_multipart_or_raw_body(server: Server, pngs
         _same_records(raw["detections"], [{**d, "file_name": "body"} for d in expected])
 
 
+def test_health_is_503_until_the_model_is_loaded(onnx_model: Path, pngs: list[Path]) -> None:
+    import uvicorn
+
+    from harnet.deploy.predictor import Predictor
+    from harnet.deploy.serve import ServeOptions, create_app
+
+    gate = threading.Event()
+
+    def load() -> Predictor:
+        assert gate.wait(30)
+        return Predictor.from_export(onnx_model)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(load, ServeOptions()), host="127.0.0.1", port=port,
+                                          log_level="warning"))
+    thread = threading.Thread(target=server.run)  # not the main thread: uvicorn leaves the signals alone
+    thread.start()
+    try:
+        while not server.started:
+            threading.Event().wait(0.02)
+        assert get(port, "/health") == (503, {"status": "loading"})
+        refused = run_load(port, [Call(pngs[0].read_bytes())], 1).answers[0]
+        assert refused.status == 503 and b"retry when GET /health answers 200" in refused.body
+        assert get(port, "/metadata")[0] == 503
+        gate.set()
+        for _ in range(500):
+            if get(port, "/health")[0] == 200:
+                break
+            threading.Event().wait(0.02)
+        assert get(port, "/health")[0] == 200 and get(port, "/metadata")[0] == 200
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(30)
+
+
 def test_health_and_metadata(server: Server) -> None:
     status, health = get(server.port, "/health")
     assert status == 200 and health["status"] == "ok"
