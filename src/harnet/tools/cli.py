@@ -1,4 +1,4 @@
-"""``harnet`` command line: demo, data, train, eval, predict, export, explain, bench, ablate, info.
+"""``harnet`` command line: demo, data, train, eval, predict, serve, export, explain, bench, ablate, info.
 
 Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
 with status 2 (usage/config) or 1 (runtime: bad data, NaN loss, unwritable output); ``--debug`` shows
@@ -180,6 +180,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for line in run.video_errors:
         print(f"harnet: {line}", file=sys.stderr)
     return 1 if run.failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from harnet.deploy.formats import runtime_for
+
+    try:
+        from harnet.deploy.serve import ServeOptions, run_server
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart"):
+            raise UsageError(f'harnet serve needs the [serve] extra ({e.name} is not installed: pip install '
+                             '"harnet[serve]")') from None
+        raise
+    from harnet.tools.predict import open_predictor
+
+    if not Path(args.model).exists():
+        raise UsageError(f"{args.model}: model not found")
+    runtime_for(args.model)  # an unknown suffix or an ambiguous folder: refused before the server starts
+    for name in ("max_batch", "max_bytes"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.max_wait_ms < 0 or args.timeout <= 0:
+        raise UsageError("--max-wait-ms must be at least 0 and --timeout above 0")
+    options = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_bytes=args.max_bytes,
+                           timeout=args.timeout, model=str(args.model))
+    tta = _tta(args)
+
+    def load() -> Any:
+        return open_predictor(args.model, backend=args.backend, threads=args.threads, device=args.device,
+                              batch_size=args.max_batch, tta=tta)
+
+    return run_server(load, options, host=args.host, port=args.port, access_log=not args.no_access_log)
+
+
+def _backend_options() -> argparse.ArgumentParser:
+    """What runs a model file, for serve (an argparse parent)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--device", default="auto", help="PyTorch device of a checkpoint (auto, cpu, cuda)")
+    options.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                         help="what runs the network (default: the model file decides)")
+    options.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: its own)")
+    return options
 
 
 def _float_parts(text: str | None) -> list[str] | None:
@@ -494,6 +535,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "as OUT/preannotations_FORMAT.json (cvat: .xml, CVAT for images 1.1; yolo: a folder with "
                          "data.yaml, labels/*.txt): coco, labelstudio, cvat or yolo; repeat for several")
     pr.set_defaults(func=cmd_predict)
+
+    sv = sub.add_parser("serve", help="serve any model file over HTTP: POST /predict, GET /health, /metadata "
+                                      "(the [serve] extra)", parents=[_backend_options(), tta_options])
+    sv.add_argument("model", metavar="MODEL", help="a run folder or .pt, an exported .onnx or an OpenVINO model "
+                                                   "(exports run without torch)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=8, help="images of concurrent requests run as one batch, "
+                                                            "at most this many")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0,
+                    help="how long the first image of a batch waits for others")
+    sv.add_argument("--max-bytes", type=int, default=50 * 1024 * 1024, help="largest request body (413 above it)")
+    sv.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds a request waits for the model before it is answered 503")
+    sv.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (metadata inside, "
                                        "and in a .json beside it)")
