@@ -111,4 +111,4 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
     with output_lock(tmp_path):
         waited = time.perf_counter() - tic
     holder.join()
-    assert waited > 0.3 and (tmp_path / LOCK_NAME).exists()
+    assert waited > 0.3 and (tmp_path / RECORDS_DIR / LOCK_NAME).exists()

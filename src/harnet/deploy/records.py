@@ -16,7 +16,7 @@ afresh, as before).
 
 ``detections.json`` (and ``skipped.txt``, ``--format`` files) is assembled from the records of every input
 of the command line, in the command line's order, under an exclusive lock (``fcntl.flock`` on
-:data:`LOCK_NAME` in the folder), by any process that finds them all complete: the last shard to finish
+:data:`LOCK_NAME` in ``records/``), by any process that finds them all complete: the last shard to finish
 writes it, and it is identical to one process's. While inputs are missing none of these files exist, so
 nothing incomplete looks finished.
 """
@@ -38,7 +38,7 @@ from harnet.utils.errors import UsageError
 from harnet.utils.outputs import remove_outputs
 
 RECORDS_DIR = "records"
-LOCK_NAME = ".harnet-predict.lock"
+LOCK_NAME = ".lock"  # in RECORDS_DIR: kept (a lock file removed while another process waits on it locks nothing)
 RECORD_VERSION = 1
 # What is assembled from the records, and removed while an input's record is missing.
 ASSEMBLED_OUTPUTS = ("detections.json", "skipped.txt", *PREDICTION_FILES.values())
@@ -145,7 +145,8 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     except ImportError:
         yield
         return
-    with open(out_dir / LOCK_NAME, "a") as f:
+    (out_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+    with open(out_dir / RECORDS_DIR / LOCK_NAME, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -147,8 +147,9 @@ def predict_inputs(predictor: Predictor, inputs: Inputs, out_dir: Path, score_th
     ``runner``: what predicts the images and rasters (default :class:`LocalRunner`)."""
     check_writable(out_dir)
     if settings is None:
-        settings = prediction_settings(None, backend=type(predictor.runtime).__name__, score=score_thresh,
-                                       tile=tile, overlap=overlap, bands=bands, tta=predictor.tta, formats=formats)
+        backend = type(getattr(predictor, "runtime", None)).__name__
+        settings = prediction_settings(None, backend=backend, score=score_thresh, tile=tile, overlap=overlap,
+                                       bands=bands, tta=getattr(predictor, "tta", None), formats=formats)
     stems = output_stems([*inputs.images, *(output_stem(v) for v in inputs.videos)])
     image_stems, video_stems = stems[: len(inputs.images)], stems[len(inputs.images):]
     items = list(zip(inputs.images, image_stems))

@@ -122,8 +122,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     shard = parse_shard(args.shard)
-    formats = list(dict.fromkeys(args.format or []))
-    inputs = sort_inputs(args.images, args.source, args.tile, bands, formats, shard=shard, dask=args.dask)
     threads = args.threads
     if args.dask is not None:
         from harnet.tools.predict_dask import worker_threads
@@ -131,6 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         threads = worker_threads(args.dask, args.threads)
     tta = _tta(args)
     predictor = open_predictor(args.model, backend=args.backend, threads=threads, device=args.device, tta=tta)
+    formats = list(dict.fromkeys(args.format or []))
+    inputs = sort_inputs(args.images, args.source, args.tile, bands, formats, shard=shard, dask=args.dask)
     out = Path(args.out)
     settings = prediction_settings(args.model, backend=type(predictor.runtime).__name__, score=args.score,
                                    tile=args.tile, overlap=args.overlap, bands=bands, tta=tta, formats=formats)
