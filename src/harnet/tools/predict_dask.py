@@ -67,12 +67,26 @@ _PREDICTORS_LOCK = threading.Lock()
 _RASTERS = threading.local()  # one open raster per worker thread: GDAL handles are not shared across threads
 
 
+def _stamp(path: str) -> tuple[int, int]:
+    """A file's modification time and size: a worker of a long-lived cluster must not keep serving a model or
+    reading a raster that was replaced at the same path since it opened it."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (info.st_mtime_ns, info.st_size)
+
+
 def worker_predictor(spec: ModelSpec) -> Predictor:
-    """The model of ``spec``, opened once per worker process and kept for every later task."""
+    """The model of ``spec``, opened once per worker process and kept for every later task (per model file
+    version: the cache key holds its modification time)."""
+    key = f"{spec.key()} {_stamp(spec.model)}"
     with _PREDICTORS_LOCK:
-        predictor = _PREDICTORS.get(spec.key())
+        predictor = _PREDICTORS.get(key)
         if predictor is None:
-            predictor = _PREDICTORS[spec.key()] = open_predictor(
+            for stale in [k for k in _PREDICTORS if k.startswith(f"{spec.key()} ")]:
+                del _PREDICTORS[stale]  # the same model file, replaced since: not kept in memory
+            predictor = _PREDICTORS[key] = open_predictor(
                 spec.model, backend=spec.backend, threads=spec.threads, device=spec.device,
                 batch_size=spec.batch_size, tta=spec.tta)
         return predictor
@@ -81,7 +95,7 @@ def worker_predictor(spec: ModelSpec) -> Predictor:
 def _worker_raster(path: str, bands: tuple[int, ...] | None) -> Raster:
     """The raster a worker thread read last, kept open: a raster's windows come in several tasks, and a
     non-8-bit raster's contrast stretch is computed when it is opened."""
-    key = (path, bands)
+    key = (path, bands, _stamp(path))
     if getattr(_RASTERS, "key", None) != key:
         if (previous := getattr(_RASTERS, "raster", None)) is not None:
             previous.close()
