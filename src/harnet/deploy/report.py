@@ -24,9 +24,10 @@ from harnet.deploy.annotation_formats import PREDICTION_FILES, AnnotatedImage, i
 from harnet.utils.atomic import write_text_atomic
 from harnet.utils.errors import first_line, one_line
 
-# What prediction writes into its output folder, and replaces as a set when it writes there again.
+# What prediction writes into its output folder, and what a call without --shard replaces as a set when it
+# writes there again ("records": the per-input results of harnet.deploy.records).
 PREDICT_OUTPUTS = ("*_pred.png", "detections.json", "skipped.txt", "*.gpkg", "*.geojson", "*_pred.mp4",
-                   "*_detections.jsonl", *PREDICTION_FILES.values())
+                   "*_detections.jsonl", "records", *PREDICTION_FILES.values())
 
 Size = tuple[int, int]  # (width, height) in pixels
 

@@ -148,7 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from harnet.deploy.annotation_formats import PREDICTION_FILES
     from harnet.deploy.raster import parse_bands
+    from harnet.deploy.records import prediction_settings
     from harnet.deploy.run import predict_inputs, sort_inputs
+    from harnet.deploy.shard import parse_shard
     from harnet.deploy.tiling import check_tile
     from harnet.tools.predict import open_predictor
 
@@ -158,17 +160,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
             check_tile(args.tile, args.overlap)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    predictor = open_predictor(args.model, backend=args.backend, threads=args.threads, device=args.device,
-                               tta=_tta(args))
+    shard = parse_shard(args.shard)
+    threads = args.threads
+    if args.dask is not None:
+        from harnet.tools.predict_dask import worker_threads
+
+        threads = worker_threads(args.dask, args.threads)
+    tta = _tta(args)
+    predictor = open_predictor(args.model, backend=args.backend, threads=threads, device=args.device, tta=tta)
     formats = list(dict.fromkeys(args.format or []))
-    inputs = sort_inputs(args.images, args.source, args.tile, bands, formats)
-    run = predict_inputs(predictor, inputs, Path(args.out), args.score, tile=args.tile, overlap=args.overlap,
-                         bands=bands, progress=not args.no_progress, formats=formats)
+    inputs = sort_inputs(args.images, args.source, args.tile, bands, formats, shard=shard, dask=args.dask)
+    out = Path(args.out)
+    settings = prediction_settings(args.model, backend=type(predictor.runtime).__name__, score=args.score,
+                                   tile=args.tile, overlap=args.overlap, bands=bands, tta=tta, formats=formats)
+    options: dict[str, Any] = dict(tile=args.tile, overlap=args.overlap, bands=bands, progress=not args.no_progress,
+                                   formats=formats, shard=shard, settings=settings)
+    if args.dask is None:
+        run = predict_inputs(predictor, inputs, out, args.score, **options)
+    else:
+        from harnet.tools.predict_dask import DaskRunner, ModelSpec, dask_client
+
+        spec = ModelSpec(str(args.model), args.backend, threads, args.device, predictor.batch_size, tta)
+        with dask_client(args.dask) as client:
+            runner = DaskRunner(client, spec, predictor, out, args.score, args.tile, args.overlap, bands,
+                                not args.no_progress, local=args.dask.strip().startswith("local:"))
+            run = predict_inputs(predictor, inputs, out, args.score, runner=runner, **options)
     report = run.report
     if inputs.images:
+        if run.done_before:
+            print(f"{run.done_before} inputs already complete in {out}: not predicted again")
         print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+        if not run.assembled:
+            print(f"shard {shard}: its inputs are done; detections.json is written by the shard that completes "
+                  f"the last of the {run.inputs} inputs")
     for fmt in formats:
-        if (written := Path(args.out) / PREDICTION_FILES[fmt]).exists():
+        if run.assembled and (written := out / PREDICTION_FILES[fmt]).exists():
             print(f"{fmt} pre-annotations: {written}")
     for video in run.videos:
         print(f"{video.source}: {video.frames} frames, {video.detections} detections, {video.fps:.1f} FPS"
@@ -534,6 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the detections as pre-annotations for a labelling tool, with their scores, "
                          "as OUT/preannotations_FORMAT.json (cvat: .xml, CVAT for images 1.1; yolo: a folder with "
                          "data.yaml, labels/*.txt): coco, labelstudio, cvat or yolo; repeat for several")
+    pr.add_argument("--shard", metavar="K/N",
+                    help="predict only shard K of N of the inputs (each input in exactly one shard) into a shared "
+                         "--out: a rerun skips inputs already complete, and the shard that completes the last "
+                         "input writes detections.json (e.g. a SLURM array: --shard $((SLURM_ARRAY_TASK_ID+1))/N)")
+    pr.add_argument("--dask", metavar="local:N|ADDRESS",
+                    help="spread images and raster windows over dask workers: local:N starts N worker processes "
+                         "here, tcp://HOST:8786 uses a running scheduler (a shared file system); pip install "
+                         '"harnet[dask]"')
     pr.set_defaults(func=cmd_predict)
 
     sv = sub.add_parser("serve", help="serve any model file over HTTP: POST /predict, GET /health, /metadata "
