@@ -22,10 +22,10 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # The runtime a device installs beside harnet.deploy (with the standard library): numpy, pillow and a runtime, plus
-# the optional extras loaded on use (rasters and maps: the [geo] extra; video: PyAV; a progress bar: tqdm); and
-# what must never load there.
+# the optional extras loaded on use (rasters and maps: the [geo] extra; video: PyAV; a progress bar: tqdm; the
+# HTTP server of harnet.deploy.serve: the [serve] extra); and what must never load there.
 DEPLOY_THIRD_PARTY = {"numpy", "PIL", "onnxruntime", "openvino", "rasterio", "geopandas", "pyogrio", "pyproj",
-                      "shapely", "av", "tqdm"}
+                      "shapely", "av", "tqdm", "fastapi", "uvicorn", "starlette", "anyio", "pydantic"}
 TORCH = {"torch", "torchvision", "timm"}
 
 # package -> the harnet packages it must not import (a package never counts against itself)

@@ -55,33 +55,43 @@ def wheel(tmp_path: Path) -> Path:
     return path
 
 
-def test_tiles_boxes_and_split_by_source(tmp_path: Path, wheel: Path) -> None:
+def _overlap(a: list[int], b: list[int]) -> bool:
+    """Two windows [x, y, w, h] share a pixel."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def test_tiles_boxes_and_split_by_scene(tmp_path: Path, wheel: Path) -> None:
     info = convert_trees(tmp_path / "out", wheel=wheel, tile=50, val_fraction=0.2, seed=0)
     assert info["class_names"] == ["tree"]
-    sources: dict[str, set[str]] = {}
+    # The sources as a map: one GeoTIFF per scene (small.tif/small.png are one scene) and one GeoPackage.
+    sources = tmp_path / "out" / "sources"
+    assert sorted(p.name for p in sources.iterdir()) == ["big.tif", "crowns.gpkg", "multi.tif", "small.tif"]
     boxes_per_tile: dict[str, list[list[float]]] = {}
+    windows: dict[str, list[tuple[str, list[int]]]] = {}
     for split in ("train", "val"):
         data = json.loads(info[f"{split}_ann"].read_text())
-        assert data["categories"] == [{"id": 1, "name": "tree", "supercategory": "plant"}]
+        assert data["categories"] == [{"id": 1, "name": "tree", "supercategory": "tree"}]
         names = {image["id"]: image["file_name"] for image in data["images"]}
         for image in data["images"]:
             assert (info[f"{split}_images"] / image["file_name"]).is_file()
             assert image["width"] <= 50 and image["height"] <= 50
-            sources.setdefault(image["file_name"].split("_x")[0], set()).add(split)
+            windows.setdefault(Path(image["raster"]).name, []).append((split, image["window"]))
         for ann in data["annotations"]:
             boxes_per_tile.setdefault(names[ann["image_id"]], []).append(ann["bbox"])
-    # Three sources (small.tif/small.png are one scene), each entirely in one split, one of them val.
-    assert sorted(sources) == ["big", "multi", "small"]
-    assert all(len(splits) == 1 for splits in sources.values())
-    assert sum(splits == {"val"} for splits in sources.values()) == 1
+    # Each scene lies wholly in one split (so no val tile shares a pixel with a train tile); something is
+    # validated on.
+    for tiles in windows.values():
+        assert len({split for split, _ in tiles}) == 1
+        assert not any(_overlap(a, b) for sa, a in tiles for sb, b in tiles if sa == "val" and sb == "train")
+    assert info["num_val"] >= 1 and info["num_train"] >= 1
     # big_x0_y10 keeps no box with half its area inside, so that tile is skipped.
-    assert info["num_train"] + info["num_val"] == 3 + 1 + 1 and "big_x0_y10.png" not in boxes_per_tile
+    assert info["num_train"] + info["num_val"] == 3 + 1 + 1 and "big_x0_y10.tif" not in boxes_per_tile
 
     # big.png 100x60 in 50px tiles: x origins 0, 50; y origins 0, 10 (last tile shifted, not padded).
-    assert sorted(boxes_per_tile["big_x0_y0.png"]) == [[2, 2, 10, 10], [40, 5, 10, 20]]
-    assert sorted(boxes_per_tile["big_x50_y0.png"]) == [[0, 5, 10, 20], [0, 30, 15, 10], [30, 40, 15, 10]]
-    assert sorted(boxes_per_tile["big_x50_y10.png"]) == [[0, 20, 15, 10], [30, 30, 15, 18]]
-    assert len(boxes_per_tile["small_x0_y0.png"]) == 2 and len(boxes_per_tile["multi_x0_y0.png"]) == 2
+    assert sorted(boxes_per_tile["big_x0_y0.tif"]) == [[2, 2, 10, 10], [40, 5, 10, 20]]
+    assert sorted(boxes_per_tile["big_x50_y0.tif"]) == [[0, 5, 10, 20], [0, 30, 15, 10], [30, 40, 15, 10]]
+    assert sorted(boxes_per_tile["big_x50_y10.tif"]) == [[0, 20, 15, 10], [30, 30, 15, 18]]
+    assert len(boxes_per_tile["small_x0_y0.tif"]) == 2 and len(boxes_per_tile["multi_x0_y0.tif"]) == 2
 
     ds = CocoDataset(info["train_images"], info["train_ann"])
     assert ds.class_names == ["tree"] and ds.num_invalid_boxes == 0 and ds[0][0].shape[0] == 3

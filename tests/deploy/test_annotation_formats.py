@@ -24,7 +24,7 @@ from harnet.deploy.annotation_formats import (
     write_yolo,
 )
 from harnet.deploy.predictor import load_image
-from harnet.deploy.run import input_size, predict_inputs, sort_inputs
+from harnet.deploy.run import predict_inputs, sort_inputs
 from harnet.tools.cli import main
 from harnet.utils.errors import UsageError
 from tests_support import TINY, random_checkpoint
@@ -165,13 +165,6 @@ def test_format_needs_images(tmp_path: Path) -> None:
         sort_inputs(["clip.mp4"], formats=["yolo"])
 
 
-def test_input_size_applies_exif_orientation_when_tiled(tmp_path: Path) -> None:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotated 90 degrees: a viewer shows it 30 wide, 50 tall
-    Image.new("RGB", (50, 30)).save(tmp_path / "r.jpg", exif=exif)
-    assert input_size(tmp_path / "r.jpg") == input_size(tmp_path / "r.jpg", tiled=True) == (30, 50)
-
-
 def test_cli_predict_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = random_checkpoint(tmp_path / "model.pt", list(TINY))
     rng = np.random.default_rng(0)
@@ -188,11 +181,3 @@ def test_cli_predict_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert len(task["predictions"][0]["result"]) == len(detections)
     with pytest.raises(SystemExit, match="2"):
         main(["predict", str(model), str(tmp_path / "x.png"), "--format", "pascal"])
-
-
-@pytest.mark.filterwarnings("ignore:Dataset has no geotransform")
-def test_input_size_of_a_geotiff_when_tiled(tmp_path: Path) -> None:
-    rasterio = pytest.importorskip("rasterio")
-    with rasterio.open(tmp_path / "r.tif", "w", driver="GTiff", width=70, height=20, count=3, dtype="uint8") as ds:
-        ds.write(np.zeros((3, 20, 70), np.uint8))
-    assert input_size(tmp_path / "r.tif", tiled=True) == (70, 20)

@@ -156,6 +156,7 @@ def test_version1_checkpoints_load_with_their_wiring_named(tmp_path: Path) -> No
     checkpoint.save_atomic({"model": _version1_weights(model.state_dict()), "config": config}, path)
     ckpt = checkpoint.load(path)
     assert ckpt["config"]["config_version"] == CONFIG_VERSION
+    assert ckpt["saved_config_version"] == 1  # what the run wrote, for reports
     assert checkpoint.model_config(ckpt).channel.se == "set2"
     assert ckpt["config"]["train"]["param_overrides"] == [{"pattern": "aligned.*.offset.*", "lr_mult": 0.2}]
     assert set(ckpt["model"]) == set(model.state_dict())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -52,3 +53,26 @@ def test_predict_dataset_tiled_matches_whole_images_when_one_window_covers_them(
     assert ids == tiled_ids
     for a, b in zip(whole, tiled):
         torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=0)
+
+
+def test_a_report_is_written_before_metrics_json_with_what_it_needs(trained_run: Path, tmp_path: Path) -> None:
+    """``report`` runs while metrics.json is not there yet (it marks a complete set of outputs), and gets the
+    ground truth, the detections, the image files and a description of the run."""
+    seen = {}
+
+    def report(evaluation: Any) -> None:
+        seen["metrics"] = (evaluation.out / "metrics.json").exists()
+        seen["evaluation"] = evaluation
+
+    result = evaluate_checkpoint(trained_run, device="cpu", out=tmp_path, report=report)
+    assert seen["metrics"] is False and (tmp_path / "metrics.json").is_file()
+    evaluation = seen["evaluation"]
+    assert evaluation is result
+    assert json.loads((tmp_path / "detections.json").read_text()) == evaluation.detections
+    assert sorted(evaluation.image_ids) == sorted(im["id"] for im in evaluation.ground_truth["images"])
+    assert all(evaluation.image_paths[i].is_file() for i in evaluation.image_ids)
+    assert evaluation.class_names[0] == "circle" and len(evaluation.category_ids) == 6
+    run = evaluation.run
+    assert run["step"] == 4 and run["checkpoint"].endswith("best.pt") and run["split"] == "val"
+    assert run["model"]["preset"] == "hybrid" and run["model"]["backbone"] == "resnet18"
+    assert run["config_version"] == run["saved_config_version"]

@@ -18,19 +18,26 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision import ops
 
-from harnet.data.coco_writer import GeneratedDataset, Split, coco_annotation, dataset_paths, write_splits
+from harnet.data.coco_writer import GeneratedDataset
 from harnet.data.csv_dataset import parse_csv_annotations
-from harnet.data.image_io import pil_to_rgb_array
-from harnet.data.records import clip_valid_boxes
+from harnet.data.geo_extra import require
+from harnet.data.tiles import TileOptions, make_tiles
 from harnet.data.voc import IMAGE_EXTENSIONS, parse_voc_xml
+from harnet.utils.image_decode import pil_to_rgb_array
 
 _DATA_PREFIX = "deepforest/data/"
-# A box cut by a tile edge is kept (clipped) only if at least this fraction of its area is inside.
-_MIN_INSIDE = 0.5
+# The sources as a map: each image a GeoTIFF in a projected CRS (UTM zone 12N, where the wheel's YELL scenes
+# lie) at the NEON images' 0.1 m pixels, its own made-up origin, SOURCE_SPACING m east of the previous one so
+# no two overlap; the boxes a GeoPackage in the same CRS. Made up, but a real projected CRS: the files open in
+# QGIS, and they go through `harnet data tiles` exactly as a user's orthomosaic and layer do.
+CRS = "EPSG:32612"
+GSD = 0.1
+ORIGIN = (500_000.0, 4_980_000.0)
+SOURCE_SPACING = 1_000.0
+# Folder of out_dir holding those GeoTIFFs and the GeoPackage.
+SOURCES_DIR = "sources"
 
 
 @dataclass
@@ -114,33 +121,6 @@ def _collect_sources(archive: zipfile.ZipFile, label: str) -> dict[str, _Source]
     return chosen
 
 
-def _tile_starts(length: int, tile: int) -> list[int]:
-    """Tile origins covering ``length``; the last tile is shifted back to end at the border (overlap)
-    rather than padded, so every tile is real image content of the full tile size."""
-    if length <= tile:
-        return [0]
-    return [*range(0, length - tile, tile), length - tile]
-
-
-def _choose_val_sources(tiles: dict[str, int], val_fraction: float, seed: int) -> set[str]:
-    """The proper, non-empty subset of sources whose tile count is closest to ``val_fraction`` of all
-    tiles (exhaustive for up to 16 sources, greedy by size beyond); ``seed`` orders the ties."""
-    if val_fraction <= 0 or len(tiles) < 2:
-        return set()
-    order = [sorted(tiles)[i] for i in np.random.default_rng(seed).permutation(len(tiles))]
-    target = val_fraction * sum(tiles.values())
-    if len(order) > 16:
-        chosen: list[str] = []
-        for stem in sorted(order, key=lambda s: -tiles[s]):
-            if sum(tiles[s] for s in chosen) + tiles[stem] <= target or not chosen:
-                chosen.append(stem)
-        return set(chosen[: len(order) - 1])
-    subsets = (
-        [order[i] for i in range(len(order)) if mask >> i & 1] for mask in range(1, 2 ** len(order) - 1)
-    )
-    return set(min(subsets, key=lambda subset: abs(sum(tiles[s] for s in subset) - target)))
-
-
 def convert_trees(
     out_dir: str | Path,
     wheel: str | Path | None = None,
@@ -155,20 +135,17 @@ def convert_trees(
     are read straight from the zip. All tree labels (``Tree``, ``Alive``, ``Dead``) become the one
     category ``tree``.
 
-    Images larger than ``tile`` are cut into ``tile`` x ``tile`` crops; boxes are clipped to the crop and
-    kept when at least half of their area is inside. Crops without any kept box are skipped: in these
-    sources an empty region is more likely unannotated than tree-free.
-
-    The train/val split is by *source image*, never by tile: neighbouring, overlapping tiles of one
-    scene are strongly correlated, so splitting tiles would leak validation content into training.
-    The sources are few and very unequal (the wheel's largest scene gives 40 tiles, two others one
-    each), so a split that counts sources would leave one tile to validate on. Instead the validation
-    sources are the set whose *tile* count is closest to ``val_fraction`` of all tiles (never none and
-    never all when there are two or more sources); ties are broken by a ``seed``-shuffled order. Layout
-    and return value are as for :func:`~harnet.data.shapes.generate_shapes`.
+    The sources become what a remote-sensing user holds: one GeoTIFF per image and a GeoPackage of the crowns
+    (``out_dir/sources/``, see :data:`CRS`), and those go through :func:`harnet.data.tiles.make_tiles`, the
+    code of ``harnet data tiles``: the same grid as ``predict --tile``, boxes cut by a tile edge kept clipped
+    when at least half of their area is in the tile, tiles without a box skipped (in these sources an empty
+    region is more likely unannotated than tree-free). The val split is by whole source image (``split="rasters"``:
+    neighbouring tiles of one scene are strongly correlated, and the wheel's scenes are few and unequal): the
+    sources whose tiles come closest to ``val_fraction`` of all, ties broken by ``seed``. Layout and
+    return value are as for :func:`~harnet.data.shapes.generate_shapes`; the
+    tiles are GeoTIFFs (``*.tif``).
     """
-    if tile < 16 or not 0.0 <= val_fraction < 1.0:
-        raise ValueError("need tile >= 16 and 0 <= val_fraction < 1")
+    TileOptions(size=tile, val=val_fraction, seed=seed).check()
     if wheel is None:
         with tempfile.TemporaryDirectory(prefix="harnet-deepforest-") as tmp:
             return _convert(_download_wheel(Path(tmp)), Path(out_dir), tile, val_fraction, seed)
@@ -176,6 +153,36 @@ def convert_trees(
     if not wheel.is_file():
         raise FileNotFoundError(f"deepforest wheel not found: {wheel}")
     return _convert(wheel, Path(out_dir), tile, val_fraction, seed)
+
+
+def _write_sources(archive: zipfile.ZipFile, sources: dict[str, _Source], folder: Path) -> tuple[list[Path], Path]:
+    """Each source image as a GeoTIFF in :data:`CRS` (its own made-up origin, :data:`GSD` m pixels) and all
+    boxes as one GeoPackage layer of polygons in the same CRS, class ``tree``; returns (rasters, layer)."""
+    rasterio = require("rasterio", "harnet data trees")
+    geopandas, shapely = require("geopandas", "harnet data trees"), require("shapely", "harnet data trees")
+    folder.mkdir(parents=True, exist_ok=True)
+    rasters, polygons, names = [], [], []
+    for k, stem in enumerate(sorted(sources)):
+        source = sources[stem]
+        with Image.open(io.BytesIO(archive.read(source.image))) as image:
+            pixels = (pil_to_rgb_array(image) * 255.0 + 0.5).astype(np.uint8)
+        height, width = pixels.shape[:2]
+        left, top = ORIGIN[0] + k * SOURCE_SPACING, ORIGIN[1]
+        path = folder / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs=CRS,
+                           transform=rasterio.Affine(GSD, 0.0, left, 0.0, -GSD, top), compress="deflate") as out:
+            out.write(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        rasters.append(path)
+        for x0, y0, x1, y1 in source.boxes:
+            if x1 > x0 and y1 > y0:  # the wheel's few degenerate boxes are dropped, as clip_valid_boxes did
+                polygons.append(shapely.box(left + x0 * GSD, top - y1 * GSD, left + x1 * GSD, top - y0 * GSD))
+                names.append(stem)
+    layer = folder / "crowns.gpkg"
+    if layer.exists():
+        layer.unlink()
+    frame = geopandas.GeoDataFrame({"class": ["tree"] * len(names), "source": names}, geometry=polygons, crs=CRS)
+    frame.to_file(layer, layer="crowns", engine="pyogrio")
+    return rasters, layer
 
 
 def _convert(wheel: Path, out_dir: Path, tile: int, val_fraction: float, seed: int) -> GeneratedDataset:
@@ -187,44 +194,6 @@ def _convert(wheel: Path, out_dir: Path, tile: int, val_fraction: float, seed: i
         sources = _collect_sources(archive, str(wheel))
         if not sources:
             raise ValueError(f"{wheel}: no annotated images under {_DATA_PREFIX}")
-        stems = sorted(sources)
-        tiles = {}
-        for stem in stems:
-            with Image.open(io.BytesIO(archive.read(sources[stem].image))) as image:
-                width, height = image.size
-            tiles[stem] = len(_tile_starts(height, tile)) * len(_tile_starts(width, tile))
-        val_stems = _choose_val_sources(tiles, val_fraction, seed)
-
-        train_dir, val_dir, _, _ = dataset_paths(out_dir)
-        splits: dict[str, Split] = {"train": ([], []), "val": ([], [])}
-        image_id = 0
-        for stem in stems:
-            source = sources[stem]
-            with Image.open(io.BytesIO(archive.read(source.image))) as image:
-                pixels = (pil_to_rgb_array(image) * 255.0 + 0.5).astype(np.uint8)
-            height, width = pixels.shape[:2]
-            raw = torch.tensor(source.boxes, dtype=torch.float32).reshape(-1, 4)
-            boxes, keep = clip_valid_boxes(raw, width, height)
-            boxes = boxes[keep]
-            areas = ops.box_area(boxes)
-            split = "val" if stem in val_stems else "train"
-            images, annotations = splits[split]
-            safe_stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
-            for y0 in _tile_starts(height, tile):
-                for x0 in _tile_starts(width, tile):
-                    tile_w, tile_h = min(tile, width - x0), min(tile, height - y0)
-                    shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
-                    clipped = ops.clip_boxes_to_image(shifted, (tile_h, tile_w))
-                    inside = ops.box_area(clipped) >= _MIN_INSIDE * areas
-                    if not bool(inside.any()):
-                        continue
-                    image_id += 1
-                    file_name = f"{safe_stem}_x{x0}_y{y0}.png"
-                    crop = Image.fromarray(np.ascontiguousarray(pixels[y0 : y0 + tile_h, x0 : x0 + tile_w]))
-                    crop.save((train_dir if split == "train" else val_dir) / file_name, format="PNG")
-                    images.append({"id": image_id, "file_name": file_name, "width": tile_w, "height": tile_h})
-                    for box in clipped[inside].tolist():
-                        annotations.append(coco_annotation(len(annotations) + 1, image_id, 1, box))
-
-    categories = [{"id": 1, "name": "tree", "supercategory": "plant"}]
-    return write_splits(out_dir, splits, categories, f"deepforest sample tree crowns ({wheel.name})")
+        rasters, layer = _write_sources(archive, sources, out_dir / SOURCES_DIR)
+    options = TileOptions(size=tile, val=val_fraction, seed=seed, label_field="class", split="rasters")
+    return make_tiles(rasters, layer, out_dir, options).dataset

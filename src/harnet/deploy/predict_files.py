@@ -28,7 +28,7 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], out_dir: Path | N
             report.skip(path, e)
             continue
         (det,) = predictor.predict([image], score_thresh)
-        report.add(path, det, predictor.category_ids)
+        report.add(path, det, predictor.category_ids, size=(int(image.shape[-1]), int(image.shape[-2])))
         if (hint := predictor.tile_hint(image.shape[-2:])) is not None:
             report.notes.append(f"{path}: {hint}")
         if out_dir is not None and draw:

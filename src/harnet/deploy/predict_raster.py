@@ -85,7 +85,14 @@ def _predict_raster(predictor: Predictor, raster: Raster, path: Path, stem: str,
     finally:
         if bar is not None:
             bar.close()
-    report.add(path, result.detections, predictor.category_ids)
+    report_tiled(predictor, raster, path, stem, out_dir, result, report)
+
+
+def report_tiled(predictor: Predictor, raster: Raster, path: Path, stem: str, out_dir: Path | None,
+                 result: TiledResult, report: PredictReport) -> None:
+    """A raster's tiled result, however it was predicted (here, or window batches on dask workers merged by
+    the caller): its detections and notes into ``report``, its picture and maps into ``out_dir``."""
+    report.add(path, result.detections, predictor.category_ids, size=(raster.width, raster.height))
     report.notes.append(summary(path, result))
     if result.unreadable:
         report.skip(path, f"{len(result.unreadable)} of {result.windows} windows unreadable, the rest predicted "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,10 @@ from harnet.deploy.annotation_formats import PREDICTION_FILES, AnnotatedImage, i
 from harnet.utils.atomic import write_text_atomic
 from harnet.utils.errors import first_line, one_line
 
-# What prediction writes into its output folder, and replaces as a set when it writes there again.
+# What prediction writes into its output folder, and what a call without --shard replaces as a set when it
+# writes there again ("records": the per-input results of harnet.deploy.records).
 PREDICT_OUTPUTS = ("*_pred.png", "detections.json", "skipped.txt", "*.gpkg", "*.geojson", "*_pred.mp4",
-                   "*_detections.jsonl", *PREDICTION_FILES.values())
+                   "*_detections.jsonl", "records", *PREDICTION_FILES.values())
 
 Size = tuple[int, int]  # (width, height) in pixels
 
@@ -37,19 +38,18 @@ class PredictReport:
     images: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "path: reason"
     notes: list[str] = field(default_factory=list)  # "path: advice" (e.g. use --tile)
-    sizes: dict[str, Size] = field(default_factory=dict)  # str(path) -> (width, height), where the caller knew it
+    sizes: dict[str, Size] = field(default_factory=dict)  # str(path) -> (width, height) as predicted
 
     def skip(self, path: Path | str, error: BaseException | str) -> None:
         """An unreadable file (or raster window): one line naming it, the rest still processed."""
         message = error if isinstance(error, str) else one_line(error)
         self.skipped.append(message if str(path) in message else f"{path}: {message}")
 
-    def add(self, path: Path | str, det: dict[str, Any], category_ids: Sequence[int], size: Size | None = None) -> None:
-        """One image's detections as COCO-style records (XYWH pixel boxes, the dataset's category ids);
-        ``size`` (width, height) saves reading the image's header again for ``--format``."""
+    def add(self, path: Path | str, det: dict[str, Any], category_ids: Sequence[int], size: Size) -> None:
+        """One image's detections as COCO-style records (XYWH pixel boxes, the dataset's category ids), and
+        its ``size`` (width, height) as predicted (EXIF orientation applied), which ``--format`` files hold."""
         self.images.append(str(path))
-        if size is not None:
-            self.sizes[str(path)] = (int(size[0]), int(size[1]))
+        self.sizes[str(path)] = (int(size[0]), int(size[1]))
         for box, score, label, name in zip(det["boxes"].tolist(), det["scores"].tolist(),
                                            det["labels"].tolist(), det["names"]):
             x0, y0, x1, y1 = box
@@ -58,17 +58,16 @@ class PredictReport:
                 "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score,
             })
 
-    def annotated_images(self, category_ids: Sequence[int], size_of: Callable[[str], Size]) -> list[AnnotatedImage]:
+    def annotated_images(self, category_ids: Sequence[int]) -> list[AnnotatedImage]:
         """Every predicted image with its detections (boxes XYXY, labels, scores), named as
-        :func:`~harnet.deploy.annotation_formats.image_names` names them; ``size_of(path)`` gives the size of
-        an image the caller did not report one for."""
+        :func:`~harnet.deploy.annotation_formats.image_names` names them."""
         label_of = {int(c): label for label, c in enumerate(category_ids)}
         by_file: dict[str, list[dict[str, Any]]] = {path: [] for path in self.images}
         for d in self.detections:
             by_file[d["file_name"]].append(d)
         images = []
         for path, name in zip(self.images, image_names(self.images), strict=True):
-            width, height = self.sizes[path] if path in self.sizes else size_of(path)
+            width, height = self.sizes[path]
             dets = by_file[path]
             boxes = [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]
             labels = [label_of[int(d["category_id"])] for d in dets]
@@ -77,17 +76,13 @@ class PredictReport:
         return images
 
     def write_formats(self, out_dir: Path, formats: Sequence[str], class_names: Sequence[str],
-                      category_ids: Sequence[int], size_of: Callable[[str], Size]) -> list[Path]:
+                      category_ids: Sequence[int]) -> list[Path]:
         """The detections as pre-annotations in each of ``formats``, named by
         :data:`~harnet.deploy.annotation_formats.PREDICTION_FILES` in ``out_dir``; returns what was written.
         A format that cannot be written is one line in ``skipped`` (detections.json still follows)."""
         if not formats or not self.images:
             return []
-        try:
-            images = self.annotated_images(category_ids, size_of)
-        except Exception as e:  # an image that was predicted but whose size cannot be read now
-            self.skip(", ".join(PREDICTION_FILES[f] for f in formats), f"not written ({one_line(e)})")
-            return []
+        images = self.annotated_images(category_ids)
         written = []
         for fmt in formats:
             target = out_dir / PREDICTION_FILES[fmt]

@@ -81,6 +81,7 @@ def upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
     try:
         version = saved_version(ckpt["config"])
         ckpt["config"] = upgrade_config(ckpt["config"])
+        ckpt["saved_config_version"] = version  # what the run wrote, for reports (the config is now current)
     except ConfigError as e:
         raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: {e}") from None
     for key in ("model", TRAIN_MODEL_KEY):

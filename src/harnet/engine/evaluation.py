@@ -30,7 +30,7 @@ from torch import Tensor
 from harnet.utils.atomic import write_text_atomic
 
 # What ``harnet eval`` writes into its output folder (and replaces as a set on the next evaluation there).
-EVAL_OUTPUTS = ("metrics.json", "detections.json", "skipped.json", "skipped.txt")
+EVAL_OUTPUTS = ("metrics.json", "detections.json", "skipped.json", "skipped.txt", "report.html", "report.json")
 
 # The 12 entries of ``COCOeval.stats`` for iouType="bbox", in pycocotools' order.
 STAT_NAMES: tuple[str, ...] = (

@@ -1,4 +1,4 @@
-"""``harnet`` command line: demo, data, train, eval, predict, export, explain, bench, ablate, info.
+"""``harnet`` command line: demo, data, train, eval, predict, serve, export, explain, bench, ablate, info.
 
 Errors a user can fix (bad config key, missing file, unusable checkpoint) print one line and exit
 with status 2 (usage/config) or 1 (runtime: bad data, NaN loss, unwritable output); ``--debug`` shows
@@ -48,6 +48,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.dataset == "tiles":
+        return cmd_data_tiles(args)
     if args.dataset == "shapes":
         from harnet.data.shapes import generate_shapes
 
@@ -58,6 +60,20 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         info = convert_trees(Path(args.out), wheel=args.wheel, tile=args.tile)
     print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+def cmd_data_tiles(args: argparse.Namespace) -> int:
+    from harnet.data.tiles import TileOptions, make_tiles
+
+    options = TileOptions(size=args.size, overlap=args.overlap, val=args.val, empty=args.empty,
+                          min_visible=args.min_visible, point_size=args.point_size, label_field=args.label_field,
+                          layer=args.layer, seed=args.seed, block=args.block, split=args.split)
+    try:
+        summary = make_tiles(args.rasters, args.labels, args.out, options)
+    except ValueError as e:  # bad rasters, layers or options: the user's to fix, one line
+        raise UsageError(str(e)) from None
+    print("\n".join(summary.lines()))
     return 0
 
 
@@ -94,22 +110,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harnet.engine.inference import evaluate_checkpoint
+    from harnet.engine.inference import CheckpointEval, evaluate_checkpoint
+
+    if not args.report and (args.iou is not None or args.score is not None):
+        raise UsageError("--iou and --score set the report's operating point: add --report")
+    if args.iou is not None and not 0 < args.iou <= 1:
+        raise UsageError(f"--iou: must lie in (0, 1], got {args.iou}")
+    if args.score is not None and not 0 <= args.score <= 1:
+        raise UsageError(f"--score: must lie in [0, 1], got {args.score}")
+    written: list[Any] = []
+
+    def write_report(evaluation: CheckpointEval) -> None:
+        from harnet.tools.eval_report import write_report
+
+        written.append(write_report(evaluation, iou=0.5 if args.iou is None else args.iou, score=args.score))
 
     report = evaluate_checkpoint(args.checkpoint, args.split, data=args.data, overrides=args.set,
                                  skip_bad=args.skip_bad, device=args.device, tta=_tta(args), out=args.out,
-                                 tile=args.tile, overlap=args.overlap)
+                                 tile=args.tile, overlap=args.overlap, report=write_report if args.report else None)
     print(report.result.table())
     if report.issues:
         print(f"harnet: {report.issues}", file=sys.stderr)
     print(f"metrics: {report.out / 'metrics.json'}  detections (COCO results format): {report.out / 'detections.json'}")
+    for files in written:
+        a = files.analysis
+        o = a.overall
+
+        def f(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        print(f"at IoU {a.iou:g}, score >= {a.score:.2f} ({a.score_chosen_by}): precision {f(o['precision'])}, "
+              f"recall {f(o['recall'])}, F1 {f(o['f1'])}")
+        print(f"report: {files.html}  (numbers: {files.json})")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from harnet.deploy.annotation_formats import PREDICTION_FILES
     from harnet.deploy.raster import parse_bands
+    from harnet.deploy.records import prediction_settings
     from harnet.deploy.run import predict_inputs, sort_inputs
+    from harnet.deploy.shard import parse_shard
     from harnet.deploy.tiling import check_tile
     from harnet.tools.predict import open_predictor
 
@@ -119,17 +160,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
             check_tile(args.tile, args.overlap)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    predictor = open_predictor(args.model, backend=args.backend, threads=args.threads, device=args.device,
-                               tta=_tta(args))
+    shard = parse_shard(args.shard)
+    threads = args.threads
+    if args.dask is not None:
+        from harnet.tools.predict_dask import worker_threads
+
+        threads = worker_threads(args.dask, args.threads)
+    tta = _tta(args)
+    predictor = open_predictor(args.model, backend=args.backend, threads=threads, device=args.device, tta=tta)
     formats = list(dict.fromkeys(args.format or []))
-    inputs = sort_inputs(args.images, args.source, args.tile, bands, formats)
-    run = predict_inputs(predictor, inputs, Path(args.out), args.score, tile=args.tile, overlap=args.overlap,
-                         bands=bands, progress=not args.no_progress, formats=formats)
+    inputs = sort_inputs(args.images, args.source, args.tile, bands, formats, shard=shard, dask=args.dask)
+    out = Path(args.out)
+    settings = prediction_settings(args.model, backend=type(predictor.runtime).__name__, score=args.score,
+                                   tile=args.tile, overlap=args.overlap, bands=bands, tta=tta, formats=formats)
+    options: dict[str, Any] = dict(tile=args.tile, overlap=args.overlap, bands=bands, progress=not args.no_progress,
+                                   formats=formats, shard=shard, settings=settings)
+    if args.dask is None:
+        run = predict_inputs(predictor, inputs, out, args.score, **options)
+    else:
+        from harnet.tools.predict_dask import DaskRunner, ModelSpec, dask_client
+
+        spec = ModelSpec(str(args.model), args.backend, threads, args.device, predictor.batch_size, tta)
+        with dask_client(args.dask) as client:
+            runner = DaskRunner(client, spec, predictor, out, args.score, args.tile, args.overlap, bands,
+                                not args.no_progress, local=args.dask.strip().startswith("local:"))
+            run = predict_inputs(predictor, inputs, out, args.score, runner=runner, **options)
     report = run.report
     if inputs.images:
+        if run.done_before:
+            print(f"{run.done_before} inputs already complete in {out}: not predicted again")
         print(f"{len(report.images)} images, {len(report.detections)} detections -> {args.out}")
+        if not run.assembled:
+            print(f"shard {shard}: its inputs are done; detections.json is written by the shard that completes "
+                  f"the last of the {run.inputs} inputs")
     for fmt in formats:
-        if (written := Path(args.out) / PREDICTION_FILES[fmt]).exists():
+        if run.assembled and (written := out / PREDICTION_FILES[fmt]).exists():
             print(f"{fmt} pre-annotations: {written}")
     for video in run.videos:
         print(f"{video.source}: {video.frames} frames, {video.detections} detections, {video.fps:.1f} FPS"
@@ -141,6 +206,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for line in run.video_errors:
         print(f"harnet: {line}", file=sys.stderr)
     return 1 if run.failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from harnet.deploy.formats import runtime_for
+
+    try:
+        from harnet.deploy.serve import ServeOptions, run_server
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart"):
+            raise UsageError(f'harnet serve needs the [serve] extra ({e.name} is not installed: pip install '
+                             '"harnet[serve]")') from None
+        raise
+    from harnet.tools.predict import open_predictor
+
+    if not Path(args.model).exists():
+        raise UsageError(f"{args.model}: model not found")
+    runtime_for(args.model)  # an unknown suffix or an ambiguous folder: refused before the server starts
+    for name in ("max_batch", "max_bytes"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.max_wait_ms < 0 or args.timeout <= 0:
+        raise UsageError("--max-wait-ms must be at least 0 and --timeout above 0")
+    options = ServeOptions(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_bytes=args.max_bytes,
+                           timeout=args.timeout, model=str(args.model))
+    tta = _tta(args)
+
+    def load() -> Any:
+        return open_predictor(args.model, backend=args.backend, threads=args.threads, device=args.device,
+                              batch_size=args.max_batch, tta=tta)
+
+    return run_server(load, options, host=args.host, port=args.port, access_log=not args.no_access_log)
+
+
+def _backend_options() -> argparse.ArgumentParser:
+    """What runs a model file, for serve (an argparse parent)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--device", default="auto", help="PyTorch device of a checkpoint (auto, cpu, cuda)")
+    options.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                         help="what runs the network (default: the model file decides)")
+    options.add_argument("--threads", type=int, default=None, help="CPU threads of the backend (default: its own)")
+    return options
 
 
 def _float_parts(text: str | None) -> list[str] | None:
@@ -372,6 +478,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--wheel", default=None, help="local deepforest .whl (default: pip download it)")
     t.add_argument("--tile", type=int, default=400)
     t.set_defaults(func=cmd_data)
+    gt = dsub.add_parser("tiles", help="training tiles (GeoTIFF, COCO) cut from rasters under a map layer of labels")
+    gt.add_argument("rasters", nargs="+", metavar="RASTER", help="GeoTIFFs (anything GDAL reads)")
+    gt.add_argument("--labels", required=True, metavar="LAYER",
+                    help="GeoPackage, Shapefile, GeoJSON, FlatGeobuf (polygons or points; reprojected to each "
+                         "raster's CRS), or for rasters without CRS a CSV image_path,xmin,ymin,xmax,ymax,label")
+    gt.add_argument("--out", required=True, metavar="DIR",
+                    help="writes DIR/train, DIR/val, DIR/annotations/instances_{train,val}.json, DIR/tiles.png")
+    gt.add_argument("--size", type=int, default=400, help="tile side in px (the grid of predict --tile)")
+    gt.add_argument("--overlap", type=float, default=0.0, help="tile overlap, a fraction of --size")
+    gt.add_argument("--label-field", metavar="FIELD", help="the field holding each feature's class "
+                                                           "(default: one class, 'object')")
+    gt.add_argument("--layer", metavar="NAME", help="the layer of a file holding several")
+    gt.add_argument("--val", type=float, default=0.2, help="fraction of the labelled tiles for val (spatial blocks)")
+    gt.add_argument("--empty", type=float, default=0.0,
+                    help="fraction of the tiles no label touches to write too (negatives; default none)")
+    gt.add_argument("--min-visible", type=float, default=0.5,
+                    help="a box cut by a tile edge is kept (clipped) when this fraction of its area is in the tile")
+    gt.add_argument("--point-size", type=float, metavar="METRES", help="side of the square box around each point")
+    gt.add_argument("--split", choices=["blocks", "rasters"], default="blocks",
+                    help="val by blocks of neighbouring tiles (default) or by whole rasters (other places or dates)")
+    gt.add_argument("--block", type=int, metavar="TILES", help="side of the val split's blocks in tiles "
+                                                               "(default: automatic)")
+    gt.add_argument("--seed", type=int, default=0, help="seed of the val blocks and the negatives")
+    gt.set_defaults(func=cmd_data)
 
     tr = sub.add_parser("train", help="train from a YAML config")
     tr.add_argument("--config", help="YAML file or built-in config name")
@@ -401,6 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output folder (default: beside the checkpoint)")
     ev.add_argument("--skip-bad", action="store_true",
                     help="skip bad images/annotations (listed in OUT/skipped.txt) instead of stopping")
+    ev.add_argument("--report", action="store_true",
+                    help="also write OUT/report.html (one self-contained page: per-class AP, precision/recall/F1, "
+                         "curves, confusion matrix, TIDE errors, worst false detections and misses) and report.json")
+    ev.add_argument("--iou", type=float, default=None,
+                    help="with --report: IoU at which a detection finds an object, for precision/recall/F1, the "
+                         "confusion matrix and the galleries (default 0.5; DeepForest reports 0.4)")
+    ev.add_argument("--score", type=float, default=None,
+                    help="with --report: score threshold (default: the one of best F1, all classes pooled)")
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="detect objects in images, rasters and videos with any model file",
@@ -422,7 +560,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the detections as pre-annotations for a labelling tool, with their scores, "
                          "as OUT/preannotations_FORMAT.json (cvat: .xml, CVAT for images 1.1; yolo: a folder with "
                          "data.yaml, labels/*.txt): coco, labelstudio, cvat or yolo; repeat for several")
+    pr.add_argument("--shard", metavar="K/N",
+                    help="predict only shard K of N of the inputs (each input in exactly one shard) into a shared "
+                         "--out: a rerun skips inputs already complete, and the shard that completes the last "
+                         "input writes detections.json (e.g. a SLURM array: --shard $((SLURM_ARRAY_TASK_ID+1))/N)")
+    pr.add_argument("--dask", metavar="local:N|ADDRESS",
+                    help="spread images and raster windows over dask workers: local:N starts N worker processes "
+                         "here, tcp://HOST:8786 uses a running scheduler (a shared file system); pip install "
+                         '"harnet[dask]"')
     pr.set_defaults(func=cmd_predict)
+
+    sv = sub.add_parser("serve", help="serve any model file over HTTP: POST /predict, GET /health, /metadata "
+                                      "(the [serve] extra)", parents=[_backend_options(), tta_options])
+    sv.add_argument("model", metavar="MODEL", help="a run folder or .pt, an exported .onnx or an OpenVINO model "
+                                                   "(exports run without torch)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=8, help="images of concurrent requests run as one batch, "
+                                                            "at most this many")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0,
+                    help="how long the first image of a batch waits for others")
+    sv.add_argument("--max-bytes", type=int, default=50 * 1024 * 1024, help="largest request body (413 above it)")
+    sv.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds a request waits for the model before it is answered 503")
+    sv.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="export the network to ONNX, OpenVINO or TorchScript (metadata inside, "
                                        "and in a .json beside it)")
