@@ -97,8 +97,8 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 def _rgb_bands(count: int, bands: Sequence[int] | None, path: str) -> tuple[int, int, int]:
     chosen = tuple(bands) if bands else ((1, 2, 3) if count >= 3 else (1,))
     if len(chosen) not in (1, 3):
-        raise BadImageError(f"{path}: {len(chosen)} bands chosen; an RGB model shows one band (as grey) or three "
-                            "(red, green, blue)")
+        raise BadImageError(f"{path}: bands {','.join(map(str, chosen))}: an RGB model shows one band (as grey) or "
+                            "three (red, green, blue)")
     if max(chosen) > count:
         raise BadImageError(f"{path}: band {max(chosen)} asked for, the raster has {count} band(s)")
     return (chosen[0],) * 3 if len(chosen) == 1 else (chosen[0], chosen[1], chosen[2])  # type: ignore[misc]
@@ -119,8 +119,8 @@ def model_bands(path: str, count: int, model: InputConfig, bands: Sequence[int] 
                                 f"of its training images); choose {model.channels} with --bands")
         return tuple(range(1, count + 1))
     if len(chosen) != model.channels:
-        raise BadImageError(f"{path}: {_plural(len(chosen))} chosen ({', '.join(map(str, chosen))}), the model "
-                            f"reads {_plural(model.channels)}")
+        raise BadImageError(f"{path}: bands {','.join(map(str, chosen))} chosen, the model reads "
+                            f"{_plural(model.channels)}")
     if max(chosen) > count:
         raise BadImageError(f"{path}: band {max(chosen)} asked for, the raster has {_plural(count)} (the model "
                             f"reads {model.describe()})")
