@@ -155,13 +155,15 @@ def main() -> None:
         data = work / "all"
         run = work / "run"
         tic = time.perf_counter()
-        harnet("train", "--config", "trees_cpu", "--set", f"output_dir={run}", "--set", f"train.threads={args.threads}",
-               "--set", f"data.train_images={data / 'train'}", "--set",
-               f"data.train_annotations={data / 'annotations' / 'instances_train.json'}",
-               "--set", f"data.val_images={data / 'val'}", "--set",
-               f"data.val_annotations={data / 'annotations' / 'instances_val.json'}")
-        metrics = json.loads(sorted(run.rglob("metrics.json"))[-1].read_text())
-        result["train"] = {"minutes": (time.perf_counter() - tic) / 60, "metrics": metrics}
+        if not (run / "last.pt").is_file():  # a finished run is reused
+            harnet("train", "--config", "trees_cpu", "--set", f"output_dir={run}", "--set",
+                   f"train.threads={args.threads}", "--set", f"data.train_images={data / 'train'}", "--set",
+                   f"data.train_annotations={data / 'annotations' / 'instances_train.json'}",
+                   "--set", f"data.val_images={data / 'val'}", "--set",
+                   f"data.val_annotations={data / 'annotations' / 'instances_val.json'}")
+        evals = sorted(run.glob("eval_step*.json"), key=lambda p: int(p.stem.removeprefix("eval_step")))
+        result["train"] = {"minutes": (time.perf_counter() - tic) / 60,
+                           "ap_by_step": {p.stem: json.loads(p.read_text())["stats"]["AP"] for p in evals}}
         harnet("predict", str(run), str(yell), "--tile", "400", "--out", str(work / "predict"))
         maps = geopandas.read_file(work / "predict" / f"{YELL}.gpkg")
         result["predict"] = {"gpkg_features": len(maps), "crs": str(maps.crs)}
