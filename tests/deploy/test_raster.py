@@ -220,3 +220,10 @@ def test_the_overview_draws_the_windows_through_the_display() -> None:
 
 def _geotiff_nodata(path: Path, data: np.ndarray, nodata: float) -> Path:
     return write_geotiff(path, data, nodata=nodata, tiled=True, blockxsize=16, blockysize=16)
+
+
+def test_raw_overview_keeps_the_samples_for_a_caller_that_stretches_them() -> None:
+    """``harnet data tiles`` stretches 16-bit samples itself: a raw overview must not clip them to [0, 1]."""
+    overview = Overview(4, 4, 2, bands=1, raw=True)
+    overview.add(Window(0, 0, 4, 4), np.full((1, 4, 4), 1234.0, dtype=np.float32))
+    assert overview.image.dtype == np.float32 and (overview.image == 1234.0).all()

@@ -317,8 +317,8 @@ def _scan(raster: _Raster) -> None:
     assert raster.grid is not None
     grid = raster.grid
     bands = [1, 2, 3] if raster.report.bands >= 3 else [1]
-    overview = Overview(grid.width, grid.height, OVERVIEW_SIDE, bands=len(bands))
-    mask = Overview(grid.width, grid.height, OVERVIEW_SIDE, bands=1)
+    overview = Overview(grid.width, grid.height, OVERVIEW_SIDE, bands=len(bands), raw=True)  # stretched when drawn
+    mask = Overview(grid.width, grid.height, OVERVIEW_SIDE, bands=1, raw=True)
     nodata = np.zeros(len(grid), dtype=bool)
     with _open(raster.geo.path) as ds:
         for index in range(len(grid)):

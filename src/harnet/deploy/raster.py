@@ -207,14 +207,15 @@ class Overview:
     Why not a read of its own: a second pass over the raster decodes every block again (a third of a second
     for a 4,000 px GeoTIFF, more than the maps take to write). Windows never read (entirely nodata, or
     unreadable in a truncated file) stay black, so the picture shows what was predicted. The picture is kept
-    as 8-bit, what its PNG holds, a quarter of the memory of float pixels for the whole prediction."""
+    as 8-bit, what its PNG holds, a quarter of the memory of float pixels for the whole prediction; with
+    ``raw`` the samples are kept as they come (float32), for a caller that stretches them itself."""
 
     def __init__(self, width: int, height: int, max_side: int, bands: int = 3,
-                 display: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 display: Callable[[np.ndarray], np.ndarray] | None = None, raw: bool = False) -> None:
         rows, cols = overview_shape(width, height, max_side)
         self.rows, self.cols = nearest_index(height, rows), nearest_index(width, cols)
-        self.image = np.zeros((bands, rows, cols), dtype=np.uint8)
-        self.display = display
+        self.image = np.zeros((bands, rows, cols), dtype=np.float32 if raw else np.uint8)
+        self.display, self.raw = display, raw
 
     def add(self, window: Window, image: np.ndarray) -> None:
         """Copy the samples that fall in ``window`` from its pixels ``image`` (bands, h, w)."""
@@ -222,6 +223,9 @@ class Overview:
         c0, c1 = np.searchsorted(self.cols, (window.x, window.x + window.width))
         if r1 > r0 and c1 > c0:
             part = image.take(self.rows[r0:r1] - window.y, axis=1).take(self.cols[c0:c1] - window.x, axis=2)
+            if self.raw:
+                self.image[:, r0:r1, c0:c1] = part
+                return
             part = self.display(part) if self.display is not None else np.nan_to_num(part, nan=0.0)
             self.image[:, r0:r1, c0:c1] = to_uint8(part)
 
