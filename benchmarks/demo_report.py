@@ -47,6 +47,7 @@ def main() -> None:
     from harnet.config.experiment import load_experiment
     from harnet.data.build import build_dataset
     from harnet.data.convert import write_dataset
+    from harnet.engine.upgrade import upgrade_config
 
     work = Path(args.work)
     report_dir = work / "report"
@@ -61,7 +62,7 @@ def main() -> None:
     }
     screenshot(report_dir / "report.html", Path(args.screenshot))
 
-    cfg = load_experiment(Path(args.run) / "config.yaml")
+    cfg = load_experiment(Path(args.run) / "config.yaml", upgrade=upgrade_config)
     coco = build_dataset(cfg.data, "val")
     formats: dict[str, object] = {}
     for fmt, name in FORMATS.items():
