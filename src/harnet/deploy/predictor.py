@@ -233,19 +233,10 @@ class Predictor:
             for start in range(0, len(windows), self.batch_size):
                 chunk = windows[start : start + self.batch_size]
                 tic = time.perf_counter()
-                ready: list[tuple[Window, np.ndarray]] = []
-                for window in chunk:
-                    try:
-                        image = raster.read(window)
-                    except BadImageError as e:
-                        result.unreadable.append(one_line(e))
-                        continue
-                    if image is None:
-                        result.empty_windows += 1
-                        continue
-                    if overview is not None:
-                        overview.add(window, image)
-                    ready.append((window, _padded(image, tile)))
+                read, empty, unreadable = read_windows(raster, chunk, tile, overview)
+                result.empty_windows += empty
+                result.unreadable += unreadable
+                ready = [(chunk[i], image) for i, image in read]
                 seconds["read"] += time.perf_counter() - tic
                 views = self._views([image for _, image in ready]) if ready else None
                 if pending is not None:
@@ -265,6 +256,27 @@ class Predictor:
         result.cut_dropped, result.merged, result.seconds = merged.cut_dropped, merged.merged, seconds
         result.overview = overview.image if overview is not None else None
         return result
+
+
+def read_windows(raster: Raster, windows: Sequence[Window], tile: int, overview: Overview | None = None,
+                 ) -> tuple[list[tuple[int, np.ndarray]], int, list[str]]:
+    """The pixels of each window worth predicting, as (its position in ``windows``, pixels zero-padded to
+    ``tile``), each also added to ``overview``; and the count of all-nodata windows skipped and the one-line
+    errors of the unreadable ones. One reading rule for :meth:`Predictor.predict_tiled` and the dask workers."""
+    ready, empty, unreadable = [], 0, []
+    for i, window in enumerate(windows):
+        try:
+            image = raster.read(window)
+        except BadImageError as e:
+            unreadable.append(one_line(e))
+            continue
+        if image is None:
+            empty += 1
+            continue
+        if overview is not None:
+            overview.add(window, image)
+        ready.append((i, _padded(image, tile)))
+    return ready, empty, unreadable
 
 
 def _padded(image: np.ndarray, tile: int) -> np.ndarray:

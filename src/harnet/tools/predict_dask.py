@@ -33,14 +33,13 @@ import numpy as np
 
 from harnet.deploy.predict_files import predict_files
 from harnet.deploy.predict_raster import OVERVIEW_SIDE, report_tiled, window_bar
-from harnet.deploy.predictor import Predictor, TiledResult, _padded
+from harnet.deploy.predictor import Predictor, TiledResult, read_windows
 from harnet.deploy.raster import Overview, Raster
 from harnet.deploy.report import PredictReport
 from harnet.deploy.tiling import Window, WindowDetections, merge_windows, window_grid
 from harnet.deploy.tta import TTAConfig
 from harnet.tools.predict import open_predictor
-from harnet.utils.errors import UsageError, one_line
-from harnet.utils.image_decode import BadImageError
+from harnet.utils.errors import UsageError
 
 # Window tasks per worker for one raster: several, so a slow worker does not hold up the merge, yet each
 # long enough that scheduling stays a small share of it.
@@ -126,9 +125,8 @@ class WindowBatch:
     patches: list[Patch] = field(default_factory=list)
 
 
-def _overview_patch(overview: Overview, window: Window, image: np.ndarray) -> Patch | None:
-    """``image`` added to ``overview``, and the part of the overview it set (what the client pastes)."""
-    overview.add(window, image)
+def _overview_patch(overview: Overview, window: Window) -> Patch | None:
+    """The part of ``overview`` that ``window``'s pixels set (what the client pastes)."""
     r0, r1 = (int(v) for v in np.searchsorted(overview.rows, (window.y, window.y + window.height)))
     c0, c1 = (int(v) for v in np.searchsorted(overview.cols, (window.x, window.x + window.width)))
     if r1 <= r0 or c1 <= c0:
@@ -145,19 +143,13 @@ def predict_windows_task(spec: ModelSpec, path: str, bands: tuple[int, ...] | No
                 else None)
     out = WindowBatch()
     for start in range(0, len(windows), predictor.batch_size):
-        ready: list[tuple[int, Window, np.ndarray]] = []
-        for index, window in windows[start : start + predictor.batch_size]:
-            try:
-                image = raster.read(window)
-            except BadImageError as e:
-                out.unreadable.append(one_line(e))
-                continue
-            if image is None:
-                out.empty += 1
-                continue
-            if overview is not None and (patch := _overview_patch(overview, window, image)) is not None:
-                out.patches.append(patch)
-            ready.append((index, window, _padded(image, tile)))
+        chunk = windows[start : start + predictor.batch_size]
+        read, empty, unreadable = read_windows(raster, [window for _, window in chunk], tile, overview)
+        out.empty += empty
+        out.unreadable += unreadable
+        ready = [(*chunk[i], image) for i, image in read]
+        if overview is not None:
+            out.patches += [patch for _, window, _ in ready if (patch := _overview_patch(overview, window))]
         if not ready:
             continue
         for (index, window, _), det in zip(ready, predictor.detect([image for _, _, image in ready])):
