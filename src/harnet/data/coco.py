@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 
 from harnet.config.io import ConfigError
-from harnet.data.issues import SKIPPED_ANNOTATION, BadDataError, IssueLog
+from harnet.data.issues import SKIPPED_ANNOTATION, BadDataError, IssueLog, read_json
 from harnet.data.records import (
     DetectionRecord,
     RecordDataset,
@@ -49,14 +48,7 @@ def load_coco_json(ann_file: str | Path, issues: IssueLog | None = None) -> dict
     def fail(problem: str) -> BadDataError:
         return BadDataError(f"{ann_file}: {problem}")
 
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"{ann_file}: annotation file not found")
-    try:
-        data = json.loads(ann_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise fail(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except UnicodeDecodeError:
-        raise fail("not UTF-8 text") from None
+    data = read_json(ann_file)
     if not isinstance(data, dict):
         raise fail(f"top level must be a JSON object, got {type(data).__name__}")
     data.setdefault("annotations", [])

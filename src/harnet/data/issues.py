@@ -26,6 +26,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harnet.utils.atomic import write_text_atomic
 from harnet.utils.errors import one_line
@@ -38,6 +39,19 @@ DROPPED_BOX = "dropped box"
 
 class BadDataError(ValueError):
     """A dataset problem the user must fix (or skip with ``--skip-bad``); the message names the file."""
+
+
+def read_json(path: Path) -> Any:
+    """The JSON of an annotation file; a missing, malformed or not UTF-8 file is one line naming it (every
+    JSON format reads its file through here, so they fail alike)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BadDataError(f"{path}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise BadDataError(f"{path}: not UTF-8 text") from None
 
 
 @dataclass(frozen=True)

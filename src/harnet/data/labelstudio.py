@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from urllib.parse import unquote
 import torch
 
 from harnet.data.image_io import BadImageError, image_size
-from harnet.data.issues import BadDataError, DataIssue, IssueLog
+from harnet.data.issues import BadDataError, DataIssue, IssueLog, read_json
 from harnet.data.records import DetectionRecord, RecordDataset, Transform, keep_valid_boxes
 from harnet.utils.errors import one_line
 
@@ -197,15 +196,7 @@ class LabelStudioDataset(RecordDataset):
     ) -> None:
         source, image_dir = Path(json_file), Path(image_dir)
         log = IssueLog(skip_bad)
-        if not source.is_file():
-            raise FileNotFoundError(f"{source}: annotation file not found")
-        try:
-            data = json.loads(source.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise BadDataError(f"{source}: malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        except UnicodeDecodeError:
-            raise BadDataError(f"{source}: not UTF-8 text") from None
-        tasks = parse_tasks(data, source, log)
+        tasks = parse_tasks(read_json(source), source, log)
         if class_names is None:
             class_names = sorted({box.label for _, task in tasks for box in task.boxes})
         label_of = {name: label for label, name in enumerate(class_names)}
