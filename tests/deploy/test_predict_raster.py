@@ -218,6 +218,8 @@ def test_a_four_band_geotiff_gives_the_same_detections_from_the_checkpoint_and_i
     tif = write_geotiff(tmp_path / "ms.tif", data, nodata=0)
     onnx = tmp_path / "model.onnx"
     assert main(["export", str(four_band_model), "--out", str(onnx)]) == 0
+    # int8 calibration reads its images as the model reads them (4 bands of uint16, nodata as the band mean).
+    assert main(["export", str(four_band_model), "--int8", "--calib", str(tif), "--out", str(tmp_path / "q.onnx")]) == 0
     runs = {}
     for name, model in (("torch", four_band_model), ("onnx", onnx)):
         out = tmp_path / name

@@ -276,11 +276,9 @@ def _export_format(args: argparse.Namespace) -> ExportFormat:
     return spec
 
 
-def _calibration_images(args: argparse.Namespace) -> list[Any]:
-    """The ``--calib`` images (at most ``--calib-count``) as float CHW tensors; none found names the arguments."""
-    import torch
-
-    from harnet.data.image_io import load_image
+def _calibration_paths(args: argparse.Namespace) -> list[Path]:
+    """The ``--calib`` images (at most ``--calib-count``), checked before the model loads; none found names the
+    arguments."""
     from harnet.deploy.files import IMAGE_SUFFIXES, expand_inputs
 
     try:
@@ -290,7 +288,20 @@ def _calibration_images(args: argparse.Namespace) -> list[Any]:
     if not paths:
         raise UsageError(f"--calib {' '.join(args.calib)}: no images there (looked for "
                          f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [load_image(p).as_subclass(torch.Tensor) for p in paths]
+    return paths
+
+
+def _calibration_images(paths: list[Path], model_input: Any) -> list[Any]:
+    """The calibration images as float CHW tensors, read as the model reads its inputs (``model_input``, its
+    ``model.input``: an N-band model's bands and units)."""
+    import torch
+
+    from harnet.data.image_io import load_image
+    from harnet.deploy.image_bands import read_for_model
+
+    if model_input.is_rgb:
+        return [load_image(p).as_subclass(torch.Tensor) for p in paths]
+    return [torch.from_numpy(read_for_model(p, model_input)) for p in paths]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -298,10 +309,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from harnet.tools.export import export_model
 
     spec = _export_format(args)
-    calibration = _calibration_images(args) if spec.precision == "int8" else []
+    paths = _calibration_paths(args) if spec.precision == "int8" else []
     ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.build_model(ckpt)
+    calibration = _calibration_images(paths, checkpoint.model_config(ckpt).input) if paths else []
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent / spec.default_name(args.portable)
-    result = export_model(checkpoint.build_model(ckpt), out, spec.name, ckpt["class_names"],  # type: ignore[arg-type]
+    result = export_model(model, out, spec.name, ckpt["class_names"],  # type: ignore[arg-type]
                           ckpt["category_ids"], exporter=args.exporter, size=tuple(args.size) if args.size else None,
                           portable=args.portable, calibration=calibration, float_parts=_float_parts(args.float_parts))
     check = ("not checked (pip install onnxruntime to check)" if result.max_abs_diff is None
