@@ -104,7 +104,9 @@ def test_a_new_run_into_a_finished_run_is_refused_and_overwrite_starts_over(tiny
 def test_best_pt_holds_what_deployment_needs_and_last_pt_what_resume_needs(tiny, tmp_path: Path) -> None:
     train(tiny(tmp_path, "train.max_steps=1"), progress=False)
     best = checkpoint.load(tmp_path / "best.pt")
-    assert set(best) == {"model", "config", "class_names", "category_ids", "step", "best_ap", "path"}
+    # (saved_config_version: added on load, the version the run wrote, for reports)
+    assert set(best) == {"model", "config", "class_names", "category_ids", "step", "best_ap", "path",
+                         "saved_config_version"}
     last = checkpoint.load(tmp_path / "last.pt")
     assert {"optimizer", "scheduler", "scaler", "rng", "skipped_nonfinite"} <= set(last)
     assert (tmp_path / "best.pt").stat().st_size < 0.6 * (tmp_path / "last.pt").stat().st_size  # no momentum
@@ -154,5 +156,7 @@ def test_eval_and_predict_replace_their_previous_outputs(trained_run: Path, shap
     pictures = tmp_path / "pictures"
     assert main(["predict", str(trained_run), *map(str, images[:2]), "--out", str(pictures), "--score", "0"]) == 0
     assert main(["predict", str(trained_run), str(images[2]), "--out", str(pictures), "--score", "0"]) == 0
-    assert sorted(p.name for p in pictures.iterdir()) == sorted(["detections.json", f"{images[2].stem}_pred.png"])
+    assert sorted(p.name for p in pictures.iterdir()) == sorted(["detections.json", f"{images[2].stem}_pred.png",
+                                                                 "records"])
+    assert [p.name for p in (pictures / "records").glob("*.json")] == [f"{images[2].stem}.json"]
     assert {d["file_name"] for d in json.loads((pictures / "detections.json").read_text())} <= {str(images[2])}
